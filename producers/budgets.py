@@ -1,0 +1,163 @@
+"""The budgets file: its validated shape and the loader that names a bad key.
+
+Money is ``Decimal`` everywhere. Unknown keys are errors, so a typo such as
+``usd_per_day`` fails at start instead of silently meaning "no budget".
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from spendstream.errors import ConfigError
+
+Period = Literal["minute", "hour", "day", "month"]
+Money = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Thresholds(_Strict):
+    """Fractions of a budget: warn flag, cutoff flag, Slack alert (120% by default)."""
+
+    warn: Annotated[Decimal, Field(gt=0)] = Decimal("0.8")
+    cutoff: Annotated[Decimal, Field(gt=0)] = Decimal("1.0")
+    alert: Annotated[Decimal, Field(gt=0)] = Decimal("1.2")
+    pace: Annotated[Decimal, Field(gt=0)] = Decimal("1.2")
+    """Month-to-date spend above this multiple of the pro-rated budget raises a pace warning."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Thresholds:
+        if not self.warn <= self.cutoff <= self.alert:
+            raise ValueError("must satisfy warn <= cutoff <= alert")
+        return self
+
+
+class Limit(_Strict):
+    """A budget in USD, in tokens, or both; whichever is reached first counts."""
+
+    usd: Money | None = None
+    tokens: Count | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Limit:
+        if self.usd is None and self.tokens is None:
+            raise ValueError("give usd, tokens or both")
+        return self
+
+
+class Users(_Strict):
+    """Per-user budgets by tier, over one UTC day."""
+
+    period: Literal["day"] = "day"
+    default_tier: str = "free"
+    tiers: dict[str, Limit] = Field(default_factory=dict)
+    members: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_tiers(self) -> Users:
+        if self.tiers and self.default_tier not in self.tiers:
+            raise ValueError(
+                f"default_tier {self.default_tier!r} is not one of the tiers {sorted(self.tiers)}"
+            )
+        for user, tier in self.members.items():
+            if tier not in self.tiers:
+                raise ValueError(f"members.{user}: tier {tier!r} is not one of {sorted(self.tiers)}")
+        return self
+
+    def tier_of(self, user_id: str) -> str:
+        """The tier a user belongs to: an explicit member entry, else the default tier."""
+        return self.members.get(user_id, self.default_tier)
+
+    def limit_of(self, user_id: str) -> Limit | None:
+        """The user's daily limit, or ``None`` when no tiers are configured."""
+        return self.tiers.get(self.tier_of(user_id))
+
+
+class Feature(_Strict):
+    """A category of calls (a product feature) with its own budget and call limits."""
+
+    period: Period = "month"
+    usd: Money | None = None
+    tokens: Count | None = None
+    max_input_tokens: Annotated[int, Field(gt=0)] | None = None
+    max_output_tokens: Annotated[int, Field(gt=0)] | None = None
+    model: str | None = None
+    tier_models: dict[str, str] = Field(default_factory=dict)
+    """A cheaper model per user tier, e.g. ``{free: gpt-4o-mini}``."""
+    on_input_over: Literal["reject", "truncate", "trim_history"] = "trim_history"
+
+    @property
+    def limit(self) -> Limit | None:
+        """The feature's spend limit for its period, if it has one."""
+        if self.usd is None and self.tokens is None:
+            return None
+        return Limit(usd=self.usd, tokens=self.tokens)
+
+
+class Global(_Strict):
+    """Ceilings across every user and feature."""
+
+    hourly_usd_alert: Money | None = None
+    daily_usd: Money | None = None
+    tokens_per_minute: Count | None = None
+
+
+class Price(_Strict):
+    """USD per one million tokens; overrides the bundled price table."""
+
+    input: Money
+    output: Money
+    cached_input: Money | None = None
+
+
+class Budgets(_Strict):
+    """The whole budgets file."""
+
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    users: Users = Field(default_factory=Users)
+    features: dict[str, Feature] = Field(default_factory=dict)
+    global_: Global = Field(default_factory=Global, alias="global")
+    prices: dict[str, Price] = Field(default_factory=dict)
+
+
+def parse_budgets(data: object, source: str = "budgets") -> Budgets:
+    """Validate already-parsed YAML/JSON data; errors name the key path and the problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, not {type(data).__name__}")
+    try:
+        return Budgets.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling against the README's budgets file)"
+            lines.append(f"  {key}: {msg}")
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines)) from e
+
+
+def load_budgets(path: Path) -> Budgets:
+    """Read and validate a budgets YAML file; raise :class:`ConfigError` naming the bad key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(
+            f"budgets file {path} not found: set SPENDSTREAM_BUDGETS or run "
+            "`spendstream init` to write an example"
+        ) from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    return parse_budgets(data, source=str(path))

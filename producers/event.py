@@ -1,0 +1,172 @@
+"""The usage event: one frozen, validated model, versioned by its ``schema`` field.
+
+Producers build it and encode it; the worker decodes raw bytes into the same model.
+Anything that does not decode raises :class:`MalformedEvent` with a reason fit for
+the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
+
+from spendstream.errors import SpendstreamError
+
+SCHEMA_VERSION = 1
+MAX_TOKENS_PER_EVENT = 50_000_000
+"""Above this a count is absurd (no model has such a context), so the event is rejected."""
+MAX_COST_PER_EVENT = Decimal("100000")
+MAX_EVENT_BYTES = 64 * 1024
+
+_ID = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+_TOKENS = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS_PER_EVENT)]
+
+
+class MalformedEvent(SpendstreamError):
+    """Raw bytes that are not a valid usage event; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _no_control_chars(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+class UsageEvent(BaseModel):
+    """What one model call used and cost; the JSON contract of ``spendstream.usage``."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    schema_: Literal[1] = Field(default=1, alias="schema")
+    event_id: _ID = Field(default_factory=lambda: uuid.uuid4().hex)
+    ts: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    user_id: _ID
+    feature: _ID
+    model: _ID
+    provider: Annotated[StrictStr, Field(max_length=64)] | None = None
+    input_tokens: _TOKENS = 0
+    output_tokens: _TOKENS = 0
+    cached_input_tokens: _TOKENS = 0
+    status: Annotated[StrictStr, Field(min_length=1, max_length=32)] = "ok"
+    finish_reason: Annotated[StrictStr, Field(max_length=64)] | None = None
+    cost_usd: Decimal | None = None
+    estimated: bool = False
+    """True when the counts were made locally (a cut stream), not reported by the provider."""
+    local_input_tokens: _TOKENS | None = None
+    """The producer's own tiktoken count of the prompt, for the token-inflation audit."""
+
+    @field_validator("event_id", "user_id", "feature", "model")
+    @classmethod
+    def _printable(cls, v: str) -> str:
+        return _no_control_chars(v)
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _parse_ts(cls, v: Any) -> datetime:
+        if isinstance(v, bool):
+            raise ValueError("must be an RFC 3339 string or epoch seconds")
+        if isinstance(v, int | float):
+            if not 0 <= v < 32_503_680_000:
+                raise ValueError("epoch seconds out of range")
+            return datetime.fromtimestamp(v, UTC)
+        if isinstance(v, datetime):
+            parsed = v
+        elif isinstance(v, str):
+            try:
+                parsed = datetime.fromisoformat(v.replace("Z", "+00:00"))
+            except ValueError as e:
+                raise ValueError("must be an RFC 3339 timestamp such as 2026-11-23T10:00:00Z") from e
+        else:
+            raise ValueError("must be an RFC 3339 string or epoch seconds")
+        if parsed.tzinfo is None:
+            raise ValueError("must carry a UTC offset, e.g. 2026-11-23T10:00:00Z")
+        return parsed.astimezone(UTC)
+
+    @field_validator("cost_usd", mode="before")
+    @classmethod
+    def _parse_cost(cls, v: Any) -> Decimal | None:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, str | int | float | Decimal):
+            raise ValueError("must be a decimal string such as \"0.0123\"")
+        try:
+            d = Decimal(str(v))
+        except InvalidOperation as e:
+            raise ValueError("must be a decimal string such as \"0.0123\"") from e
+        if not d.is_finite() or d < 0 or d > MAX_COST_PER_EVENT:
+            raise ValueError(f"must be between 0 and {MAX_COST_PER_EVENT}")
+        return d
+
+    @field_serializer("ts")
+    def _ser_ts(self, v: datetime) -> str:
+        return v.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    @field_serializer("cost_usd")
+    def _ser_cost(self, v: Decimal | None) -> str | None:
+        return None if v is None else str(v)
+
+    @property
+    def ok(self) -> bool:
+        """Only successful calls cost money; failed calls are counted but free."""
+        return self.status == "ok"
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens (cached input is part of input)."""
+        return self.input_tokens + self.output_tokens
+
+    def to_json(self) -> bytes:
+        """The wire form: compact UTF-8 JSON, ``None`` fields left out."""
+        return orjson.dumps(self.model_dump(by_alias=True, exclude_none=True))
+
+    @property
+    def key(self) -> bytes:
+        """The Kafka message key: the user id, so one user's events stay in order."""
+        return self.user_id.encode()
+
+
+def decode_event(raw: bytes | None) -> UsageEvent:
+    """Decode one message value into a :class:`UsageEvent` or raise :class:`MalformedEvent`."""
+    if raw is None:
+        raise MalformedEvent("empty message (no value)")
+    if len(raw) > MAX_EVENT_BYTES:
+        raise MalformedEvent(f"message is {len(raw)} bytes, over the {MAX_EVENT_BYTES} limit")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise MalformedEvent(f"not JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise MalformedEvent(f"not a JSON object but {type(data).__name__}")
+    schema = data.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise MalformedEvent(f"unknown schema {schema!r}; this worker reads schema {SCHEMA_VERSION}")
+    try:
+        return UsageEvent.model_validate(data)
+    except ValidationError as e:
+        raise MalformedEvent(_explain(e)) from e
+
+
+def _explain(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "event"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,99 @@
+"""One settings object per process, built once at the entry point and passed down.
+
+Nothing else in spendstream reads ``os.environ``: this module is the only place
+where the environment (and an optional settings file) turns into configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from spendstream.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Process settings. Every field is optional; see the README for the table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SPENDSTREAM_", frozen=True, extra="ignore", populate_by_name=True
+    )
+
+    kafka_url: str = "kafka://localhost:9092"
+    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    budgets: Path = Path("./budgets.yaml")
+    topic: str = "spendstream.usage"
+    redis_prefix: str = "spendstream:"
+    partitions: int = Field(default=4, ge=1, le=1024)
+    app_id: str = "spendstream"
+    grace_seconds: int = Field(default=3600, ge=0)
+    flush_interval: float = Field(default=0.25, gt=0)
+    state_dir: Path = Path("./.spendstream")
+
+    slack_webhook_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("SLACK_WEBHOOK_URL", "slack_webhook_url")
+    )
+    slack_bot_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("SLACK_BOT_TOKEN", "slack_bot_token")
+    )
+    slack_channel: str | None = Field(
+        default=None, validation_alias=AliasChoices("SLACK_CHANNEL", "slack_channel")
+    )
+    slack_api_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("SLACK_API_URL", "slack_api_url")
+    )
+
+    @field_validator("kafka_url")
+    @classmethod
+    def _kafka_scheme(cls, v: str) -> str:
+        if not v:
+            raise ValueError("must not be empty, e.g. kafka://localhost:9092")
+        return v
+
+    @property
+    def dlq_topic(self) -> str:
+        """Where malformed usage events go, with the reason."""
+        return f"{self.topic}.dlq"
+
+    @property
+    def alert_topic(self) -> str:
+        """Every alert is also published here, Slack or not."""
+        return f"{self.topic}.alerts"
+
+    @property
+    def rollup_topic(self) -> str:
+        """Internal: per-event feature/global contributions, keyed by feature."""
+        return f"{self.topic}.rollup"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port[,host:port]`` for aiokafka, from ``kafka_url``."""
+        return kafka_bootstrap(self.kafka_url)
+
+
+def kafka_bootstrap(url: str) -> str:
+    """Turn ``kafka://h1:9092;h2:9092`` (faust style) into aiokafka's ``h1:9092,h2:9092``."""
+    hosts = url.split("://", 1)[-1]
+    return ",".join(h.strip().rstrip("/") for h in hosts.replace(";", ",").split(",") if h.strip())
+
+
+def load_settings(settings_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the process settings from the environment, an optional env file and overrides.
+
+    Raises :class:`ConfigError` naming the bad variable when a value does not parse.
+    """
+    try:
+        if settings_file is not None:
+            if not settings_file.is_file():
+                raise ConfigError(f"settings file {settings_file} does not exist")
+            return Settings(_env_file=settings_file, **overrides)  # type: ignore[call-arg]
+        return Settings(**overrides)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"SPENDSTREAM_{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from e
