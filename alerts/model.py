@@ -1,0 +1,66 @@
+"""The alert value: what crossed what, in which window. Knows nothing of faust or Slack."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+
+class Level(enum.IntEnum):
+    """Alert levels of one (scope, id, window), in escalation order."""
+
+    OK = 0
+    WARN = 1
+    CUTOFF = 2
+    ALERT = 3
+    ESCALATED = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One state transition worth telling a human about.
+
+    ``scope`` is ``user``, ``feature``, ``global`` or ``model``; ``subject`` is the user id,
+    feature name, ``hourly``/``daily``/``tpm`` or the model name. ``kind`` names the rule
+    (``budget``, ``pace``, ``spike``, ``unpriced``...). ``unit`` is ``usd`` or ``tokens``.
+    """
+
+    scope: str
+    subject: str
+    kind: str
+    level: Level
+    previous: Level
+    spent: Decimal
+    budget: Decimal
+    unit: str
+    window_start: datetime
+    window_end: datetime
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    detail: str = ""
+
+    @property
+    def percent(self) -> Decimal:
+        """Spent as a percentage of the budget (0 when the budget is 0)."""
+        if not self.budget:
+            return Decimal(0)
+        return (self.spent / self.budget * 100).quantize(Decimal("0.1"))
+
+    @property
+    def key(self) -> str:
+        """Identity of the state machine this alert came from: one message per transition."""
+        return f"{self.scope}:{self.subject}:{self.kind}:{self.window_start.isoformat()}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as published on the alert topic."""
+        d = asdict(self)
+        d["level"] = self.level.name.lower()
+        d["previous"] = self.previous.name.lower()
+        d["spent"] = str(self.spent)
+        d["budget"] = str(self.budget)
+        d["percent"] = str(self.percent)
+        for k in ("window_start", "window_end", "at"):
+            d[k] = d[k].strftime("%Y-%m-%dT%H:%M:%SZ")
+        return d
