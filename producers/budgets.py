@@ -93,6 +93,9 @@ class Feature(_Strict):
     tier_models: dict[str, str] = Field(default_factory=dict)
     """A cheaper model per user tier, e.g. ``{free: gpt-4o-mini}``."""
     on_input_over: Literal["reject", "truncate", "trim_history"] = "trim_history"
+    cutoff: bool = False
+    """Write ``cutoff:feature:{name}`` at 100% of the budget (a hard cap); by default a
+    feature budget is soft: warn at 80%, Slack alert at 120%, no cutoff."""
 
     @property
     def limit(self) -> Limit | None:

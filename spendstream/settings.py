@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     topic: str = "spendstream.usage"
     redis_prefix: str = "spendstream:"
     partitions: int = Field(default=4, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1, le=16)
     app_id: str = "spendstream"
     grace_seconds: int = Field(default=3600, ge=0)
     flush_interval: float = Field(default=0.25, gt=0)

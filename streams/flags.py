@@ -1,0 +1,151 @@
+"""Flags and live spend in Redis: a port, and a coalescing, batching Redis adapter.
+
+The worker never waits on Redis. Writes are coalesced per key (the newest value wins),
+flushed in one pipeline per interval, and kept and retried while Redis is down, so the
+flags converge once it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("spendstream.flags")
+
+
+class FlagStore(Protocol):
+    """Where decisions go: cutoff/warn flags and live spend, each expiring at a window end."""
+
+    def set(self, key: str, value: dict[str, Any], expire_at: int, *, extend_only: bool = False
+            ) -> None:
+        """Schedule ``key = value`` expiring at epoch ``expire_at``."""
+
+    def delete(self, key: str) -> None:
+        """Schedule the removal of ``key``."""
+
+
+@dataclass(slots=True)
+class FlagStats:
+    """Counters for status output and tests."""
+
+    written: int = 0
+    flushes: int = 0
+    errors: int = 0
+    skipped_expired: int = 0
+
+
+class RedisFlagSink:
+    """A :class:`FlagStore` on Redis (redis-py asyncio), batched and outage-tolerant."""
+
+    def __init__(self, url: str, prefix: str = "spendstream:", interval: float = 0.25,
+                 client: aioredis.Redis | None = None) -> None:
+        self.prefix = prefix
+        self.interval = interval
+        self._redis = client or aioredis.from_url(
+            url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10)
+        self._pending: dict[str, tuple[bytes, int] | None] = {}
+        self._expiry: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._down_since: float | None = None
+        self._wake = asyncio.Event()
+        self.stats = FlagStats()
+
+    def set(self, key: str, value: dict[str, Any], expire_at: int, *, extend_only: bool = False
+            ) -> None:
+        """Schedule a write; with ``extend_only`` a live flag is never shortened by a later one."""
+        full = self.prefix + key
+        if extend_only and self._expiry.get(full, 0) > max(expire_at, int(time.time())):
+            return
+        self._expiry[full] = expire_at
+        self._pending[full] = (orjson.dumps(value), expire_at)
+
+    def delete(self, key: str) -> None:
+        """Schedule a delete."""
+        full = self.prefix + key
+        self._expiry.pop(full, None)
+        self._pending[full] = None
+
+    @property
+    def pending(self) -> int:
+        """Writes not yet acknowledged by Redis."""
+        return len(self._pending)
+
+    @property
+    def healthy(self) -> bool:
+        """False while Redis is unreachable."""
+        return self._down_since is None
+
+    async def flush(self) -> bool:
+        """Write everything pending in one pipeline; keep it for a retry on failure."""
+        if not self._pending:
+            return True
+        batch, self._pending = self._pending, {}
+        now = int(time.time())
+        pipe = self._redis.pipeline(transaction=False)
+        for key, entry in batch.items():
+            if entry is None:
+                pipe.delete(key)
+            elif entry[1] <= now:
+                self.stats.skipped_expired += 1
+            else:
+                pipe.set(key, entry[0], exat=entry[1])
+        try:
+            await pipe.execute()
+        except (RedisError, OSError) as e:
+            for key, entry in batch.items():  # newer writes made meanwhile win
+                self._pending.setdefault(key, entry)
+            self.stats.errors += 1
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                log.warning("Redis unreachable (%s): %d flag writes kept, retrying",
+                            type(e).__name__, len(self._pending))
+            return False
+        if self._down_since is not None:
+            log.warning("Redis is back after %.1fs; flags written",
+                        time.monotonic() - self._down_since)
+            self._down_since = None
+        self.stats.written += len(batch)
+        self.stats.flushes += 1
+        self._forget_expired(now)
+        return True
+
+    def _forget_expired(self, now: int) -> None:
+        if len(self._expiry) > 100_000:
+            self._expiry = {k: v for k, v in self._expiry.items() if v > now}
+
+    async def _run(self) -> None:
+        delay = self.interval
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
+            ok = await self.flush()
+            delay = self.interval if ok else min(delay * 2, 5.0)
+
+    def start(self) -> None:
+        """Start the background flush loop on the running event loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="flag-sink")
+
+    def kick(self) -> None:
+        """Flush soon, without waiting for the interval (after a batch with a new flag)."""
+        self._wake.set()
+
+    async def stop(self, timeout: float = 3.0) -> None:
+        """Stop the loop and try one last flush."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.flush(), timeout)
+        await self._redis.aclose()

@@ -1,0 +1,58 @@
+"""Explicit topic creation: the broker may auto-create unknown topics with its own
+partition count, which would break co-partitioning of the worker's state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from spendstream.errors import ServiceUnavailable
+
+log = logging.getLogger("spendstream.topics")
+
+
+async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int,
+                        replication: int = 1, timeout: float = 30.0, **client_kwargs: object
+                        ) -> dict[str, int]:
+    """Create the topics that do not exist; return each topic's partition count.
+
+    A topic that exists with another partition count is reported, not altered: state
+    keyed by partition cannot move silently.
+    """
+    names = list(names)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000,
+                                **client_kwargs)  # type: ignore[arg-type]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await admin.start()
+            break
+        except KafkaError as e:
+            if asyncio.get_running_loop().time() > deadline:
+                raise ServiceUnavailable(
+                    f"Kafka at {bootstrap} is not reachable ({e}); check SPENDSTREAM_KAFKA_URL"
+                ) from e
+            await asyncio.sleep(0.5)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            try:
+                await admin.create_topics([NewTopic(n, partitions, replication) for n in missing])
+            except TopicAlreadyExistsError:
+                pass  # another worker won the race
+            log.info("created topics %s with %d partitions", ", ".join(missing), partitions)
+        counts: dict[str, int] = {}
+        for meta in await admin.describe_topics(names):
+            counts[meta["topic"]] = len(meta.get("partitions", []))
+        for name, count in counts.items():
+            if count and count != partitions:
+                log.warning("topic %s has %d partitions, settings say %d; keeping %d",
+                            name, count, partitions, count)
+        return counts
+    finally:
+        await admin.close()
