@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     app_id: str = "spendstream"
     grace_seconds: int = Field(default=3600, ge=0)
     flush_interval: float = Field(default=0.25, gt=0)
+    status_interval: float = Field(default=10.0, gt=0)
     state_dir: Path = Path("./.spendstream")
 
     slack_webhook_url: SecretStr | None = Field(

@@ -1,0 +1,48 @@
+"""Running the worker: topics first, then a faust worker in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from spendstream.producers.budgets import Budgets
+from spendstream.settings import Settings
+
+log = logging.getLogger("spendstream.worker")
+
+
+def build_notifier_from(settings: Settings):  # type: ignore[no-untyped-def]
+    """The Slack notifier the settings ask for (webhook wins), else the log notifier."""
+    from spendstream.alerts import build_notifier
+
+    def plain(secret):  # type: ignore[no-untyped-def]
+        return None if secret is None else secret.get_secret_value()
+
+    return build_notifier(plain(settings.slack_webhook_url), plain(settings.slack_bot_token),
+                          settings.slack_channel, settings.slack_api_url)
+
+
+def run_worker(settings: Settings, budgets: Budgets, loglevel: str = "info") -> int:
+    """Create the topics, then run both stages until SIGINT/SIGTERM; return the exit code."""
+    import faust
+
+    from spendstream.streams.app import build_app
+    from spendstream.streams.topics import ensure_topics
+
+    notifier = build_notifier_from(settings)
+    asyncio.run(ensure_topics(
+        settings.bootstrap_servers,
+        [settings.topic, settings.rollup_topic, settings.dlq_topic, settings.alert_topic],
+        settings.partitions, settings.replication_factor))
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    app = build_app(settings, budgets, notifier)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    logging.getLogger("spendstream").setLevel(logging.INFO)
+    log.info("worker starting: kafka %s, topic %s (%d partitions), redis prefix %r, alerts via %s",
+             settings.kafka_url, settings.topic, settings.partitions, settings.redis_prefix,
+             type(notifier).__name__)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0

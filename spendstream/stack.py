@@ -1,0 +1,118 @@
+"""`spendstream up`: the embedded broker, a Redis-compatible server and a worker process.
+
+Everything runs in the foreground as child processes and is stopped on Ctrl-C or when
+the worker exits, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from spendstream.embedded import EmbeddedBroker, EmbeddedRedis
+from spendstream.errors import ServiceUnavailable
+from spendstream.settings import Settings
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _redis_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
+def say(msg: str) -> None:
+    """Status output of `up` and `demo`: one line, flushed at once."""
+    print(f"spendstream | {msg}", flush=True)
+
+
+class Stack:
+    """Broker, Redis and worker for one `up` or `demo` run."""
+
+    def __init__(self, settings: Settings, budgets_path: Path, worker_log_level: str = "warning"
+                 ) -> None:
+        self.settings = settings
+        self.budgets_path = budgets_path
+        self.worker_log_level = worker_log_level
+        self.broker: EmbeddedBroker | None = None
+        self.redis: EmbeddedRedis | None = None
+        self.redis_url = settings.redis_url.get_secret_value()
+        self.worker: subprocess.Popen[bytes] | None = None
+
+    @property
+    def kafka_url(self) -> str:
+        """Where the embedded broker listens."""
+        assert self.broker is not None
+        return self.broker.url
+
+    def start(self) -> None:
+        """Start the broker, pick or start Redis, then start the worker process."""
+        self.broker = EmbeddedBroker(port=9092 if _port_free(9092) else None)
+        say(f"starting the embedded Kafka broker (Tansu, in memory) on {self.broker.bootstrap}")
+        self.broker.start()
+        if "redis_url" in self.settings.model_fields_set:
+            say("using Redis from SPENDSTREAM_REDIS_URL")
+        elif _redis_answers("127.0.0.1", 6379):
+            say("using the Redis server already running on 127.0.0.1:6379")
+            self.redis_url = "redis://127.0.0.1:6379/0"
+        else:
+            self.redis = EmbeddedRedis(port=6379 if _port_free(6379) else None)
+            say(f"starting an embedded Redis-compatible server on 127.0.0.1:{self.redis.port}")
+            self.redis.start()
+            self.redis_url = self.redis.url
+        env = dict(os.environ, SPENDSTREAM_KAFKA_URL=self.kafka_url,
+                   SPENDSTREAM_REDIS_URL=self.redis_url,
+                   SPENDSTREAM_BUDGETS=str(self.budgets_path))
+        say(f"starting the worker (budgets: {self.budgets_path})")
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "spendstream", "worker", "--log-level", self.worker_log_level],
+            env=env)
+
+    def env_hint(self) -> str:
+        """The exports an application needs to talk to this stack."""
+        return (f"export SPENDSTREAM_KAFKA_URL={self.kafka_url} "
+                f"SPENDSTREAM_REDIS_URL={self.redis_url}")
+
+    def check_worker(self) -> None:
+        """Raise when the worker process has died."""
+        if self.worker is not None and self.worker.poll() is not None:
+            raise ServiceUnavailable(f"the worker exited with code {self.worker.returncode}; "
+                                     "see its output above")
+
+    def wait(self) -> int:
+        """Block until the worker exits (or Ctrl-C); return its exit code."""
+        assert self.worker is not None
+        while self.worker.poll() is None:
+            time.sleep(0.5)
+        return self.worker.returncode
+
+    def stop(self) -> None:
+        """Stop the worker (SIGTERM, then SIGKILL), then Redis and the broker."""
+        if self.worker is not None and self.worker.poll() is None:
+            say("stopping the worker")
+            self.worker.terminate()
+            try:
+                self.worker.wait(15)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait()
+        if self.redis is not None:
+            self.redis.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        say("stopped")
