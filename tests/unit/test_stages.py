@@ -1,0 +1,210 @@
+"""The worker's stages over in-memory ports: budgets, dedup, replay, alerts, late events.
+
+The ports (state, flags, alert sink) are the seams the faust and Redis adapters plug
+into; the integration tests drive the same stages through a real broker and Redis.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal as D
+from typing import Any
+
+import pytest
+
+from spendstream.alerts.model import Level
+from spendstream.producers.budgets import parse_budgets
+from spendstream.producers.event import UsageEvent
+from spendstream.producers.pricing import Pricer
+from spendstream.streams.stages import GLOBAL, Counters, RollupStage, UserStage
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+BUDGETS = parse_budgets({
+    "users": {"default_tier": "free", "tiers": {"free": {"usd": "0.13"}, "pro": {"usd": 1}},
+              "members": {"vip": "pro"}},
+    "features": {"chat": {"period": "month", "usd": "1.00"},
+                 "hard": {"period": "day", "usd": "0.05", "cutoff": True}},
+    "global": {"hourly_usd_alert": 5, "daily_usd": "0.50", "tokens_per_minute": 20000},
+    "prices": {"m": {"input": 10, "output": 10}},  # $0.01 per 1000 tokens
+})
+
+
+class DictState:
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, Any]] = {}
+        self.log: list[tuple[int, str, Any]] = []
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def put(self, partition, key, value):
+        self.log.append((partition, key, value))
+        if value is None:
+            self.data.pop(key, None)
+        else:
+            self.data[key] = value
+
+    def scan(self):
+        return list(self.data.items())
+
+
+class Flags:
+    def __init__(self) -> None:
+        self.keys: dict[str, tuple[dict[str, Any], int]] = {}
+
+    def set(self, key, value, expire_at, *, extend_only=False):
+        if extend_only and key in self.keys and self.keys[key][1] > expire_at:
+            return
+        self.keys[key] = (value, expire_at)
+
+    def delete(self, key):
+        self.keys.pop(key, None)
+
+
+class World:
+    """Both stages wired as the faust app wires them, partition 0 only."""
+
+    def __init__(self, budgets=BUDGETS) -> None:
+        self.flags, self.alerts, self.counters = Flags(), [], Counters()
+        self.ustate, self.rstate = DictState(), DictState()
+        sink = self.alerts.append
+        self.users = UserStage(budgets, Pricer(budgets.prices), self.ustate, self.flags,
+                               lambda a: sink(a) or True, timedelta(minutes=10), self.counters)
+        self.rollup = RollupStage(budgets, self.rstate, self.flags, lambda a: sink(a) or True,
+                                  timedelta(minutes=10), self.counters)
+        self.offset = 0
+
+    def send(self, *events: UsageEvent, offsets=None, now=NOW) -> None:
+        forward: dict[str, list] = {}
+        for i, e in enumerate(events):
+            off = offsets[i] if offsets else self.offset
+            self.offset = max(self.offset, off + 1)
+            entry = self.users.process(0, off, e, now)
+            if entry:
+                forward.setdefault(e.feature, []).append(entry)
+                forward.setdefault(GLOBAL, []).append(entry)
+        self.users.finish(now)
+        for key, entries in forward.items():
+            self.rollup.process(0, key, 0, entries, now)
+        self.rollup.finish(now)
+
+
+def ev(user="u1", feature="chat", tokens=1000, model="m", status="ok", ts=NOW, eid=None):
+    kw = {"event_id": eid} if eid else {}
+    return UsageEvent(user_id=user, feature=feature, model=model, input_tokens=tokens,
+                      status=status, ts=ts, **kw)
+
+
+def test_user_warns_then_cuts_off_with_one_alert_and_ttl_at_day_end():
+    w = World()
+    day_end = int(datetime(2026, 11, 24, tzinfo=UTC).timestamp())
+    for _ in range(11):
+        w.send(ev(tokens=1000))  # $0.01 each: $0.11 is 85% of $0.13
+    assert "spendstream:" not in "".join(w.flags.keys)  # the prefix is the adapter's job
+    assert "warn:user:u1" in w.flags.keys and "cutoff:user:u1" not in w.flags.keys
+    w.send(ev(tokens=1000), ev(tokens=1000))
+    value, expire = w.flags.keys["cutoff:user:u1"]
+    assert expire == day_end
+    assert value["spent"] == "0.13" and value["budget"] == "0.13" and value["unit"] == "usd"
+    user_alerts = [a for a in w.alerts if a.scope == "user"]
+    assert [(a.previous, a.level) for a in user_alerts] == [(Level.WARN, Level.CUTOFF)]
+    spend, _ = w.flags.keys["spend:user:u1"]
+    assert spend["spent_usd"] == "0.13" and spend["remaining_usd"] == "0.00"
+
+
+def test_tiers_apply_per_member():
+    w = World()
+    w.send(*[ev(user="vip", tokens=1000) for _ in range(20)])  # $0.20 of a $1 pro budget
+    assert "warn:user:vip" not in w.flags.keys
+
+
+def test_duplicate_event_id_counted_once_and_replay_after_crash_is_idempotent():
+    w = World()
+    a, b = ev(eid="a"), ev(eid="b")
+    w.send(a, b, a, offsets=[0, 1, 2])  # producer retry: same id at a new offset
+    assert w.counters.duplicates == 1
+    w.send(a, b, a, offsets=[0, 1, 2])  # the whole batch redelivered after a crash
+    spend, _ = w.flags.keys["spend:user:u1"]
+    assert spend["events"] == 2 and spend["spent_usd"] == "0.02"
+    g = w.rstate.data[f"g|*|day|{NOW:%Y-%m-%d}"]
+    assert g["n"] == 2 and g["usd"] == "0.02"
+
+
+def test_failed_calls_are_free_but_counted():
+    w = World()
+    w.send(ev(status="error", tokens=5000))
+    spend, _ = w.flags.keys["spend:user:u1"]
+    assert spend["spent_usd"] == "0" and spend["events"] == 1
+
+
+def test_feature_alert_at_120_percent_is_one_message_per_transition():
+    w = World(parse_budgets({"features": {"chat": {"usd": "1.00"}}, "prices": {
+        "m": {"input": 10, "output": 10}}}))
+    w.send(*[ev(user=f"u{i}", tokens=1000) for i in range(85)])     # 85%: warn
+    w.send(*[ev(user=f"v{i}", tokens=1000) for i in range(40)])     # 125%: cutoff+alert
+    w.send(*[ev(user=f"x{i}", tokens=1000) for i in range(10)])     # 135%: nothing new
+    levels = [a.level for a in w.alerts if a.scope == "feature" and a.kind == "budget"]
+    assert levels == [Level.WARN, Level.ALERT]
+    assert "cutoff:feature:chat" not in w.flags.keys  # soft budget by default
+
+
+def test_hard_feature_budget_writes_the_cutoff_flag():
+    w = World()
+    w.send(*[ev(user=f"u{i}", feature="hard", tokens=1000) for i in range(6)])
+    value, expire = w.flags.keys["cutoff:feature:hard"]
+    assert value["scope"] == "feature" and value["id"] == "hard"
+    assert expire == int(datetime(2026, 11, 24, tzinfo=UTC).timestamp())
+
+
+def test_global_daily_cap_and_tokens_per_minute():
+    w = World()
+    w.send(*[ev(user=f"u{i}", tokens=1000) for i in range(25)])  # 25k tokens in a minute
+    value, expire = w.flags.keys["cutoff:global"]
+    assert value["id"] == "tpm"
+    assert expire == int((NOW + timedelta(minutes=1)).timestamp())
+    w.send(*[ev(user=f"v{i}", tokens=1000) for i in range(30)])  # $0.55 > $0.50 daily cap
+    value, expire = w.flags.keys["cutoff:global"]
+    assert value["id"] == "daily_cap"
+    assert expire == int(datetime(2026, 11, 24, tzinfo=UTC).timestamp())
+    w.send(ev(user="z", tokens=30000, ts=NOW + timedelta(minutes=1)),
+           now=NOW + timedelta(minutes=1))  # a later tpm trip must not shorten the daily flag
+    assert w.flags.keys["cutoff:global"][0]["id"] == "daily_cap"
+    assert [a.kind for a in w.alerts if a.scope == "global"] == ["daily_cap"]
+
+
+def test_unknown_model_is_unpriced_and_alerted_once_never_free():
+    w = World()
+    w.send(*[ev(model="brand-new-model-9000", tokens=1000) for _ in range(5)])
+    unpriced = [a for a in w.alerts if a.kind == "unpriced"]
+    assert len(unpriced) == 1 and unpriced[0].subject == "brand-new-model-9000"
+    spend, _ = w.flags.keys["spend:user:u1"]
+    assert spend["unpriced_events"] == 5
+    assert w.counters.unpriced == 5
+
+
+def test_late_events_within_grace_count_in_their_window_later_ones_as_late():
+    w = World()
+    yesterday = NOW - timedelta(days=1)
+    just_after_midnight = datetime(2026, 11, 23, 0, 5, tzinfo=UTC)
+    w.send(ev(ts=datetime(2026, 11, 22, 23, 59, tzinfo=UTC)), now=just_after_midnight)
+    assert "u|u1|2026-11-22" in w.ustate.data and w.counters.late == 0
+    w.send(ev(ts=yesterday))  # 12h after its day ended, grace is 10 min
+    assert w.counters.late == 1
+    assert w.ustate.data["late|u1|2026-11-22"]["n"] == 1
+    assert w.ustate.data["u|u1|2026-11-22"]["n"] == 1
+
+
+def test_sweep_drops_only_expired_windows():
+    w = World()
+    w.send(ev(ts=NOW))
+    assert w.users.sweep(NOW) == 0
+    dropped = w.users.sweep(NOW + timedelta(days=3))
+    assert dropped > 0 and not w.ustate.data
+    assert all(v is None for _, _, v in w.ustate.log[-dropped:])
+
+
+@pytest.mark.parametrize("user", ["a|b", "x|2026-11-23"])
+def test_ids_with_separators(user):
+    w = World()
+    w.send(*[ev(user=user, tokens=1000) for _ in range(13)])
+    assert f"cutoff:user:{user}" in w.flags.keys
