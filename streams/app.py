@@ -89,8 +89,8 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                        partitions=n)
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
     alert_topic = app.topic(settings.alert_topic, key_serializer="raw", value_serializer="raw")
-    ledger = app.Table("ledger", partitions=n, key_serializer="json", value_serializer="json")
-    rollups = app.Table("rollup", partitions=n, key_serializer="json", value_serializer="json")
+    ledger = app.Table("ledger", partitions=n)  # json keys and values
+    rollups = app.Table("rollup", partitions=n)
 
     flags = RedisFlagSink(settings.redis_url.get_secret_value(), settings.redis_prefix,
                           settings.flush_interval)
@@ -156,6 +156,15 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                                  (Entry.from_wire(key, row) for row in body["e"]), now)
             features.finish(now)
             flags.kick()
+
+    @app.timer(settings.status_interval)
+    async def status() -> None:
+        c = counters
+        log.info("status: events %d, duplicates %d, late %d, dead letters %d, unpriced %d, "
+                 "alerts %d (sent %d, failed %d), flag writes %d pending %d%s",
+                 c.events, c.duplicates, c.late, c.dead_letters, c.unpriced, c.alerts,
+                 dispatcher.sent, dispatcher.failed, flags.stats.written, flags.pending,
+                 "" if flags.healthy else ", REDIS DOWN")
 
     @app.timer(SWEEP_EVERY)
     async def sweep() -> None:
