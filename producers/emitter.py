@@ -1,0 +1,428 @@
+"""The emitter applications call after each model call: buffer in memory, send in the background.
+
+``emit`` must never slow down or break the application it measures, so it only encodes the
+event and appends it to a bounded buffer. A background task connects to Kafka (retrying with
+backoff while the broker is down), sends the buffer in order and in batches, and keeps every
+event it could not deliver for the next attempt: delivery is at-least-once, and the worker
+deduplicates redeliveries by ``event_id``. Only a full buffer loses events, and those are
+counted and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import islice
+from types import TracebackType
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
+from spendstream.producers.event import UsageEvent
+
+from spendstream.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOPIC = "spendstream.usage"
+_MAX_BATCH = 500
+"""Events handed to the producer per round: big enough to amortise a round trip."""
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
+_DROP_LOG_INTERVAL = 10.0
+"""Seconds between two drop warnings, so a full buffer cannot flood the application's log."""
+# We hand the producer bytes; a serializer would encode them twice.
+_RESERVED = frozenset({"key_serializer", "value_serializer", "loop"})
+_PRODUCER_PARAMS = frozenset(inspect.signature(AIOKafkaProducer).parameters) - _RESERVED
+
+_Message = tuple[bytes, bytes]
+
+_in_emitter: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "spendstream_emitter", default=False)
+
+
+class _ClientChatter(logging.Filter):
+    """Turn the Kafka client's per-attempt errors inside our tasks into debug records.
+
+    aiokafka logs an ERROR for every refused connection and failed request; during an
+    outage that would be a line every few seconds in the application's log, which the
+    emitter replaces with one warning per outage. The context variable is set in the
+    emitter's task and inherited by the tasks the client spawns from it, so the client's
+    records from other code in the application (its own consumers, say) are left alone.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _in_emitter.get():
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return log.isEnabledFor(logging.DEBUG)
+
+
+_CHATTER = _ClientChatter()
+for _name in ("aiokafka", "aiokafka.conn", "aiokafka.cluster", "aiokafka.producer.producer",
+              "aiokafka.producer.sender"):
+    logging.getLogger(_name).addFilter(_CHATTER)
+
+
+def _no_buffer() -> int:
+    return 0
+
+
+@dataclass
+class EmitterStats:
+    """Counters of one emitter, safe to read from any thread.
+
+    ``emitted``: events accepted by ``emit``. ``sent``: events the broker acknowledged.
+    ``dropped``: events lost: refused by ``emit`` (buffer full, emitter stopped, event not
+    encodable) or still buffered when ``stop`` gave up. ``errors``: failures caught and
+    logged instead of raised (events that did not encode, send attempts that failed).
+    ``buffered``: events accepted and not yet acknowledged.
+    """
+
+    emitted: int = 0
+    sent: int = 0
+    dropped: int = 0
+    errors: int = 0
+    _buffered: Callable[[], int] = field(default=_no_buffer, repr=False, compare=False)
+
+    @property
+    def buffered(self) -> int:
+        """Events waiting in memory for delivery (including those in flight)."""
+        return self._buffered()
+
+
+class _Backoff:
+    """Exponential backoff with jitter, so many app replicas do not reconnect in lockstep."""
+
+    def __init__(self) -> None:
+        self._delay = _BACKOFF_FIRST
+
+    def reset(self) -> None:
+        self._delay = _BACKOFF_FIRST
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(random.uniform(self._delay / 2, self._delay))
+        self._delay = min(self._delay * 2, _BACKOFF_MAX)
+
+
+class Emitter:
+    """Publishes usage events to Kafka without ever blocking or failing the caller.
+
+    Use it from the event loop it was started on; a threaded application uses
+    :class:`spendstream.producers.SyncEmitter`. Keyword arguments the emitter does not
+    name itself (``security_protocol``, ``sasl_mechanism``, ``sasl_plain_username``,
+    ``ssl_context``, ``acks``, ``compression_type``, ...) go to ``AIOKafkaProducer``.
+    """
+
+    def __init__(self, bootstrap_servers: str, topic: str = DEFAULT_TOPIC, *,
+                 buffer_size: int = 10_000, linger_ms: int = 5,
+                 request_timeout_ms: int = 10_000, **producer_kwargs: Any) -> None:
+        if buffer_size < 1:
+            raise ConfigError(f"buffer_size must be at least 1, not {buffer_size}")
+        unknown = set(producer_kwargs) - _PRODUCER_PARAMS
+        if unknown:
+            raise ConfigError(f"unknown Kafka producer setting(s): {', '.join(sorted(unknown))}")
+        self.topic = topic
+        self.bootstrap_servers = bootstrap_servers
+        self.buffer_size = buffer_size
+        self._request_timeout = request_timeout_ms / 1000
+        # acks="all": a spend record acknowledged by one replica only can vanish on failover.
+        self._producer_kwargs: dict[str, Any] = {
+            "acks": "all", "client_id": "spendstream-emitter", **producer_kwargs,
+            "bootstrap_servers": bootstrap_servers, "linger_ms": linger_ms,
+            "request_timeout_ms": request_timeout_ms,
+        }
+        self._pending: deque[_Message] = deque()
+        self._inflight: list[_Message] = []
+        self._lock = threading.Lock()  # emit may come from other threads (SyncEmitter)
+        self._wakeup = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._idle = False
+        self._closed = False
+        self._delivered_at_stop = False
+        self._in_outage = False
+        self._next_drop_log = 0.0
+        self._unlogged_drops = 0
+        self._task: asyncio.Task[None] | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self.stats = EmitterStats(_buffered=self._count_buffered)
+
+    def _count_buffered(self) -> int:
+        return len(self._pending) + len(self._inflight)
+
+    async def start(self) -> None:
+        """Start connecting and sending in the background; returns at once.
+
+        A broker that is down is not an error here: the emitter keeps retrying and buffers
+        meanwhile. Raises :class:`ConfigError` only when the producer settings are invalid.
+        """
+        if self._task is not None:
+            return
+        try:
+            first = self._new_producer()
+        except (TypeError, ValueError, AssertionError) as e:
+            raise ConfigError(f"invalid Kafka producer settings: {e}") from e
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(first), name="spendstream-emitter")
+
+    def emit(self, event: UsageEvent) -> bool:
+        """Queue one event for delivery; True if accepted. Never raises, never blocks."""
+        accepted = self._offer(event)
+        if accepted and self._idle:
+            self._wake()
+        return accepted
+
+    def _offer(self, event: UsageEvent) -> bool:
+        """Encode and buffer an event (thread-safe); the caller wakes the sender."""
+        try:
+            message = (event.key, event.to_json())
+        except Exception:
+            # A bug in the caller's data or ours must not break the model call it measures;
+            # the traceback is logged with the (rate-limited) drop warning.
+            with self._lock:
+                self.stats.errors += 1
+                self._count_dropped(1, "event could not be encoded", exc_info=True)
+            return False
+        with self._lock:
+            if self._closed:
+                self._count_dropped(1, "emitter is stopped")
+                return False
+            if len(self._pending) + len(self._inflight) >= self.buffer_size:
+                self._count_dropped(1, f"buffer full ({self.buffer_size} events unsent)")
+                return False
+            self._pending.append(message)
+            self.stats.emitted += 1
+        return True
+
+    def _wake(self) -> None:
+        """Wake the sender task; called on the loop's thread only."""
+        self._idle = False
+        self._wakeup.set()
+
+    def _count_dropped(self, n: int, reason: str, exc_info: bool = False) -> None:
+        """Count lost events and warn at most once per interval (caller holds the lock)."""
+        self.stats.dropped += n
+        self._unlogged_drops += n
+        now = time.monotonic()
+        if now >= self._next_drop_log:
+            log.warning("dropped %d usage event(s) since the last warning, the latest "
+                        "because: %s; spend is under-counted", self._unlogged_drops, reason,
+                        exc_info=exc_info)
+            self._unlogged_drops = 0
+            self._next_drop_log = now + _DROP_LOG_INTERVAL
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until every buffered event is acknowledged; False if ``timeout`` ran out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.stats.buffered:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self._task is None or self._task.done():
+                return False
+            self._progress.clear()
+            if self._idle:
+                self._wake()
+            try:
+                await asyncio.wait_for(self._progress.wait(), remaining)
+            except TimeoutError:
+                return self.stats.buffered == 0
+        return True
+
+    async def stop(self, timeout: float = 5.0) -> bool:
+        """Refuse new events, flush for up to ``timeout`` seconds, then close.
+
+        Returns True when every accepted event was delivered; events still buffered are
+        counted as dropped. Calling it again returns the first call's answer.
+        """
+        with self._lock:
+            if self._closed:
+                return self._delivered_at_stop
+            self._closed = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delivered = await self.flush(timeout)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        with self._lock:
+            left = self._count_buffered()
+            self._pending.clear()
+            self._inflight = []
+            self.stats.dropped += left
+        if left:
+            log.warning("stopped with %d usage event(s) undelivered; they are lost "
+                        "(%d dropped in all)", left, self.stats.dropped)
+        if self._producer is not None:
+            await self._close_producer(self._producer, max(deadline - loop.time(), 0.5))
+            self._producer = None
+        self._delivered_at_stop = delivered = delivered and not left
+        return delivered
+
+    async def __aenter__(self) -> Emitter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
+    # -- the background task ----------------------------------------------------------
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(**self._producer_kwargs)
+
+    async def _run(self, first: AIOKafkaProducer) -> None:
+        """Connect, send until something unexpected happens, and start over."""
+        _in_emitter.set(True)  # this task's own context: see _ClientChatter
+        producer: AIOKafkaProducer | None = first
+        while True:
+            connected = await self._connect(producer)
+            producer = None
+            try:
+                await self._send_loop(connected)
+            except Exception:
+                # A bug here must not end delivery for the life of the process.
+                log.exception("usage event sender failed; restarting it")
+                with self._lock:
+                    self.stats.errors += 1
+                await self._close_producer(connected, self._request_timeout)
+                self._producer = None
+                await asyncio.sleep(_BACKOFF_MAX)
+
+    async def _connect(self, producer: AIOKafkaProducer | None) -> AIOKafkaProducer:
+        backoff = _Backoff()
+        while True:
+            # Held on self while connecting, so stop() closes it if it cancels us mid-way.
+            self._producer = producer = producer or self._new_producer()
+            try:
+                await producer.start()
+            except Exception as e:  # KafkaConnectionError, OSError, timeouts, auth...
+                self._outage(f"cannot connect to Kafka at {self.bootstrap_servers}: {e!r}")
+                await self._close_producer(producer, self._request_timeout)
+                self._producer = producer = None
+                await backoff.sleep()
+                continue
+            self._recovered()
+            return producer
+
+    async def _send_loop(self, producer: AIOKafkaProducer) -> None:
+        backoff = _Backoff()
+        while True:
+            if not self._inflight:
+                if not self._pending:
+                    self._progress.set()
+                    await self._wait_for_events()
+                with self._lock:
+                    # Copy before popping so ``buffered`` never under-counts for other threads.
+                    self._inflight = list(islice(self._pending, _MAX_BATCH))
+                    for _ in self._inflight:
+                        self._pending.popleft()
+                if not self._inflight:  # a spurious wake-up
+                    continue
+            failed = await self._send_batch(producer)
+            self._inflight = failed  # retried, ahead of newer events, on the next round
+            self._progress.set()
+            if failed:
+                await backoff.sleep()
+            else:
+                backoff.reset()
+                self._recovered()
+
+    async def _wait_for_events(self) -> None:
+        # Publish "idle" before the last look, so an emit from another thread either lands
+        # before that look or sees the flag and wakes us.
+        self._idle = True
+        if self._pending:
+            self._idle = False
+            return
+        await self._wakeup.wait()
+        self._wakeup.clear()
+        self._idle = False
+
+    async def _send_batch(self, producer: AIOKafkaProducer) -> list[_Message]:
+        """Send the in-flight batch; return the events to retry, in their original order."""
+        batch = self._inflight
+        queued: list[tuple[_Message, asyncio.Future[Any]]] = []
+        retry: list[_Message] = []
+        error: BaseException | None = None
+        i = 0
+        try:
+            # send() waits for topic metadata, which hangs while the broker is unreachable.
+            async with asyncio.timeout(self._request_timeout):
+                for i, message in enumerate(batch):  # noqa: B007 - i is read after the loop
+                    key, value = message
+                    try:
+                        queued.append((message, await producer.send(self.topic, value, key=key)))
+                    except MessageSizeTooLargeError as e:
+                        self._give_up(e)
+                i = len(batch)
+        except Exception as e:
+            error = e
+            retry = batch[i:]  # not handed to the producer yet
+        if queued:
+            # The producer fails a batch after request_timeout; the margin is for its retries.
+            done, _ = await asyncio.wait([f for _, f in queued],
+                                         timeout=2 * self._request_timeout + 1)
+            kept = []
+            for message, fut in queued:
+                if fut not in done:
+                    # Retried now; the producer may still deliver it (a duplicate, fine) or
+                    # fail it later, and that outcome must not surface as an unretrieved error.
+                    fut.add_done_callback(_outcome)
+                exc = _outcome(fut) if fut in done else TimeoutError("no acknowledgement")
+                if exc is None:
+                    continue
+                if isinstance(exc, MessageSizeTooLargeError):
+                    self._give_up(exc)
+                else:
+                    error = error or exc
+                    kept.append(message)
+            with self._lock:
+                self.stats.sent += len(queued) - len(kept)
+            retry = kept + retry
+        if retry:
+            with self._lock:
+                self.stats.errors += 1
+            self._outage(f"cannot deliver usage events to Kafka topic {self.topic!r}: {error!r}")
+        return retry
+
+    def _give_up(self, error: BaseException) -> None:
+        """Drop an event the broker will never take: retrying it would stall all others."""
+        log.error("usage event rejected by Kafka and dropped: %r", error)
+        with self._lock:
+            self.stats.errors += 1
+            self._count_dropped(1, f"rejected by Kafka: {error!r}")
+
+    def _outage(self, message: str) -> None:
+        """Log the first failure of an outage as a warning, the repeats at debug level."""
+        if self._in_outage:
+            log.debug(message)
+            return
+        self._in_outage = True
+        log.warning("%s; buffering up to %d events and retrying", message, self.buffer_size)
+
+    def _recovered(self) -> None:
+        if self._in_outage:
+            self._in_outage = False
+            log.warning("Kafka accepts usage events again (%d still buffered)",
+                        self.stats.buffered)
+
+    async def _close_producer(self, producer: AIOKafkaProducer, timeout: float) -> None:
+        """Close a producer without letting a dead broker hold the caller past ``timeout``."""
+        try:
+            await asyncio.wait_for(producer.stop(), timeout)
+        except Exception as e:
+            log.debug("closing the Kafka producer failed: %r", e)
+
+
+def _outcome(fut: asyncio.Future[Any]) -> BaseException | None:
+    if fut.cancelled():
+        return asyncio.CancelledError()
+    return fut.exception()
