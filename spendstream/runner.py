@@ -30,12 +30,12 @@ def run_worker(settings: Settings, budgets: Budgets, loglevel: str = "info") -> 
     from spendstream.streams.topics import ensure_topics
 
     notifier = build_notifier_from(settings)
-    asyncio.run(ensure_topics(
+    counts = asyncio.run(ensure_topics(
         settings.bootstrap_servers,
         [settings.topic, settings.rollup_topic, settings.dlq_topic, settings.alert_topic],
         settings.partitions, settings.replication_factor))
     asyncio.set_event_loop(asyncio.new_event_loop())
-    app = build_app(settings, budgets, notifier)
+    app = build_app(settings, budgets, notifier, partitions=counts)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     logging.getLogger("spendstream").setLevel(logging.INFO)
     log.info("worker starting: kafka %s, topic %s (%d partitions), redis prefix %r, alerts via %s",

@@ -6,6 +6,7 @@ where the environment (and an optional settings file) turns into configuration.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ class Settings(BaseSettings):
     grace_seconds: int = Field(default=3600, ge=0)
     flush_interval: float = Field(default=0.25, gt=0)
     status_interval: float = Field(default=10.0, gt=0)
-    state_dir: Path = Path("./.spendstream")
+    state_dir: Path = Path(tempfile.gettempdir()) / "spendstream"
+    session_timeout: float = Field(default=10.0, ge=3.0)
+    """Seconds before a silent worker's partitions move to the others (after a crash)."""
 
     slack_webhook_url: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("SLACK_WEBHOOK_URL", "slack_webhook_url")

@@ -65,9 +65,17 @@ def utcnow() -> datetime:
 
 
 def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
-              pricer: Pricer | None = None, **faust_options: Any) -> faust.App:
-    """A configured faust app running both stages; start it with a faust ``Worker``."""
-    n = settings.partitions
+              pricer: Pricer | None = None, partitions: dict[str, int] | None = None,
+              **faust_options: Any) -> faust.App:
+    """A configured faust app running both stages; start it with a faust ``Worker``.
+
+    ``partitions`` gives the actual partition counts of the usage and rollup topics (as
+    found by :func:`ensure_topics`): each table's changelog must match its source topic.
+    """
+    counts = partitions or {}
+    n = counts.get(settings.topic) or settings.partitions
+    n_rollup = counts.get(settings.rollup_topic) or n
+    settings.state_dir.mkdir(parents=True, exist_ok=True)  # faust's datadir lives here
     app = faust.App(
         settings.app_id,
         broker=settings.kafka_url,
@@ -77,7 +85,8 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         broker_rebalance_timeout=5.0,
-        broker_session_timeout=30.0,
+        broker_session_timeout=settings.session_timeout,
+        datadir=str(settings.state_dir / "{conf.name}"),
         broker_heartbeat_interval=1.0,
         producer_acks=-1,
         table_standby_replicas=0,
@@ -86,11 +95,11 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
     usage = app.topic(settings.topic, key_serializer="raw", value_serializer="raw",
                       partitions=n)
     rollup = app.topic(settings.rollup_topic, key_serializer="raw", value_serializer="raw",
-                       partitions=n)
+                       partitions=n_rollup)
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
     alert_topic = app.topic(settings.alert_topic, key_serializer="raw", value_serializer="raw")
     ledger = app.Table("ledger", partitions=n)  # json keys and values
-    rollups = app.Table("rollup", partitions=n)
+    rollups = app.Table("rollup", partitions=n_rollup)
 
     flags = RedisFlagSink(settings.redis_url.get_secret_value(), settings.redis_prefix,
                           settings.flush_interval)

@@ -206,7 +206,7 @@ class UserStage(_Stage):
                     spend["remaining_usd"] = str(max(limit.usd - totals.usd, Decimal(0)))
                 if limit.tokens is not None:
                     spend["remaining_tokens"] = max(limit.tokens - totals.tokens, 0)
-            self.flags.set(f"spend:user:{user}", spend, window.end_epoch)
+            self.flags.set(f"spend:user:{user}", spend, window.end_epoch, extend_only=True)
             if limit is None:
                 continue
             m = measure(totals, limit)
@@ -275,6 +275,8 @@ class RollupStage(_Stage):
         """Evaluate every feature and global window the batch touched, then persist them."""
         for key, totals in self._dirty.items():
             parts = split_key(key, 4)
+            if parts[0] in ("f", "g"):
+                self._publish_spend(parts, totals)
             if parts[0] == "f":
                 self._evaluate_feature(parts[1], window_from_key(parts[2], parts[3]), totals,
                                        now)  # type: ignore[arg-type]
@@ -282,6 +284,22 @@ class RollupStage(_Stage):
                 self._evaluate_global(window_from_key(parts[2], parts[3]), totals,
                                       now)  # type: ignore[arg-type]
         self._commit()
+
+    def _publish_spend(self, parts: list[str], totals: Totals) -> None:
+        """Live spend of a feature's current period or a global window, for dashboards."""
+        kind, subject, period, wkey = parts
+        window = window_from_key(period, wkey)  # type: ignore[arg-type]
+        name = f"spend:feature:{subject}" if kind == "f" else f"spend:global:{period}"
+        value: dict[str, Any] = {
+            "scope": "feature" if kind == "f" else "global", "id": subject, "period": period,
+            "spent_usd": str(totals.usd), "spent_tokens": totals.tokens, "events": totals.events,
+            "failed_events": totals.failed, "unpriced_events": totals.unpriced,
+            "window_start": window.start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "window_end": window.end.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        conf = self.budgets.features.get(subject) if kind == "f" else None
+        if conf is not None and conf.usd is not None:
+            value["budget_usd"] = str(conf.usd)
+        self.flags.set(name, value, window.end_epoch, extend_only=True)
 
     def _evaluate_feature(self, feature: str, window: Window, totals: Totals, now: datetime
                           ) -> None:

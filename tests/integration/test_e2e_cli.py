@@ -16,6 +16,7 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from spendstream.streams.topics import ensure_topics
 from tests.helpers import WorkerProcess, wait_until
 from tests.slack_fake import SlackFake
 
@@ -50,7 +51,10 @@ GARBAGE = [
 ]
 
 
-async def publish(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+async def publish(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]],
+                  partitions: int = 2) -> None:
+    """Create the topic explicitly (as the README tells apps to), then send in order."""
+    await ensure_topics(bootstrap, [topic], partitions)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
