@@ -18,6 +18,7 @@ from spendstream.examples import DEMO_BUDGETS
 from spendstream.settings import Settings, kafka_bootstrap
 from spendstream.stack import Stack, say
 
+DEMO_PREFIX = "spendstream-demo:"
 HEAVY_USER = "acct-7"
 HOT_FEATURE = "summarize"
 LIGHT_USERS = [f"acct-{i}" for i in range(1, 21) if i != 7]
@@ -46,6 +47,7 @@ async def _drive(stack: Stack, settings: Settings, timeout: float) -> bool:
     prefix = settings.redis_prefix
     seen: dict[str, str] = {}
     refused = 0
+    warmed_up = False
     started = time.monotonic()
     next_status = started + 5
     rng = random.Random(7)
@@ -56,8 +58,12 @@ async def _drive(stack: Stack, settings: Settings, timeout: float) -> bool:
                 emitter.emit(_event(rng.choice(LIGHT_USERS), "chat", "gpt-4o-mini", 800, 200))
             for _ in range(2):  # a feature running hot: ~$0.02 a call against $0.50 a day
                 emitter.emit(_event(rng.choice(LIGHT_USERS), HOT_FEATURE, "gpt-4o", 4000, 1000))
+            if not warmed_up:  # start the heavy user once the worker is counting
+                warmed_up = bool(await r.exists(f"{prefix}spend:global:day"))
+                if warmed_up:
+                    say(f"worker is counting; {HEAVY_USER} starts making $0.02 calls")
             # The heavy user's app checks its cutoff flag before calling the model.
-            if await r.exists(f"{prefix}cutoff:user:{HEAVY_USER}"):
+            elif await r.exists(f"{prefix}cutoff:user:{HEAVY_USER}"):
                 refused += 1
                 if refused == 1:
                     say(f"app: {HEAVY_USER}'s next call refused (cutoff flag set): no more spend")
@@ -105,13 +111,26 @@ async def _watch_alerts(consumer, seen: dict[str, str]) -> None:  # type: ignore
                 seen.setdefault("alert", a["subject"])
 
 
+def _clear_prefix(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=3)
+    keys = list(client.scan_iter(prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
 def run_demo(settings: Settings, keep_running: bool = False, timeout: float = 120.0) -> int:
     """Run the demo; 0 when a warning, a cutoff and an alert were all seen in time."""
     path = Path(tempfile.mkdtemp(prefix="spendstream-demo-")) / "budgets.yaml"
     path.write_text(DEMO_BUDGETS)
+    # Its own key prefix, cleared first: a rerun starts clean and real flags are untouched.
+    settings = settings.model_copy(update={"redis_prefix": DEMO_PREFIX})
     stack = Stack(settings, path)
     try:
         stack.start()
+        _clear_prefix(stack.redis_url, DEMO_PREFIX)
         say(f"demo: {HEAVY_USER} (free tier, $0.13/day) makes $0.02 calls; feature "
             f"{HOT_FEATURE} has $0.50/day; watch for a warning, a cutoff and an alert")
         ok = asyncio.run(_drive(stack, settings, timeout))

@@ -37,6 +37,7 @@ def run_worker(settings: Settings, budgets: Budgets, loglevel: str = "info") -> 
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = build_app(settings, budgets, notifier, partitions=counts)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.spinner = None  # a terminal spinner mangles logs and files
     logging.getLogger("spendstream").setLevel(logging.INFO)
     log.info("worker starting: kafka %s, topic %s (%d partitions), redis prefix %r, alerts via %s",
              settings.kafka_url, settings.topic, settings.partitions, settings.redis_prefix,

@@ -77,7 +77,8 @@ class Stack:
             self.redis_url = self.redis.url
         env = dict(os.environ, SPENDSTREAM_KAFKA_URL=self.kafka_url,
                    SPENDSTREAM_REDIS_URL=self.redis_url,
-                   SPENDSTREAM_BUDGETS=str(self.budgets_path))
+                   SPENDSTREAM_BUDGETS=str(self.budgets_path),
+                   SPENDSTREAM_REDIS_PREFIX=self.settings.redis_prefix)
         say(f"starting the worker (budgets: {self.budgets_path})")
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "spendstream", "worker", "--log-level", self.worker_log_level],
@@ -86,7 +87,8 @@ class Stack:
     def env_hint(self) -> str:
         """The exports an application needs to talk to this stack."""
         return (f"export SPENDSTREAM_KAFKA_URL={self.kafka_url} "
-                f"SPENDSTREAM_REDIS_URL={self.redis_url}")
+                f"SPENDSTREAM_REDIS_URL={self.redis_url} "
+                f"SPENDSTREAM_REDIS_PREFIX={self.settings.redis_prefix}")
 
     def check_worker(self) -> None:
         """Raise when the worker process has died."""

@@ -36,6 +36,7 @@ from spendstream.streams.windows import Period, Window, window_from_key, window_
 log = logging.getLogger("spendstream.worker")
 
 GLOBAL = "*"
+ADJECTIVE = {"minute": "per-minute", "hour": "hourly", "day": "daily", "month": "monthly"}
 DEDUP_HORIZON = timedelta(days=1)
 RETENTION = timedelta(days=1)
 
@@ -320,7 +321,7 @@ class RollupStage(_Stage):
         if tr is None:
             return
         totals.level = tr.current
-        reason = f"{window.period}ly {m.unit} budget of feature {feature}"
+        reason = f"{ADJECTIVE[window.period]} {m.unit} budget of feature {feature}"
         payload = flag_payload("feature", feature, reason, tr.current, m.spent, m.budget, m.unit,
                                window)
         self.flags.set(f"warn:feature:{feature}", payload, window.end_epoch)
