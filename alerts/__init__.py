@@ -12,7 +12,6 @@ from spendstream.alerts.format import render
 from spendstream.alerts.model import Alert, Level
 from spendstream.alerts.notifier import Notifier, NotifyError
 from spendstream.alerts.slack import DEFAULT_TIMEOUT, SlackBotNotifier, SlackWebhookNotifier
-
 from spendstream.errors import ConfigError
 
 __all__ = [

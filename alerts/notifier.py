@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from spendstream.alerts.model import Alert
-
 from spendstream.errors import SpendstreamError
 
 

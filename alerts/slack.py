@@ -17,6 +17,7 @@ import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
+
 from spendstream.alerts.format import render
 from spendstream.alerts.model import Alert
 from spendstream.alerts.notifier import NotifyError

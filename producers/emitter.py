@@ -26,9 +26,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
-from spendstream.producers.event import UsageEvent
 
 from spendstream.errors import ConfigError
+from spendstream.producers.event import UsageEvent
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from typing import Final, Literal
 
 from genai_prices import Usage, data_snapshot
 from genai_prices.types import ModelInfo, ModelPrice, TieredPrices, calc_unit_price
+
 from spendstream.producers.budgets import Price
 from spendstream.producers.event import UsageEvent
 

@@ -17,9 +17,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
-from spendstream.producers import Emitter, SyncEmitter, UsageEvent, decode_event
 
 from spendstream.embedded import EmbeddedBroker
+from spendstream.producers import Emitter, SyncEmitter, UsageEvent, decode_event
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 
 import pytest
-from spendstream.producers import Emitter, SyncEmitter, UsageEvent
 
 from spendstream.embedded import free_port
+from spendstream.producers import Emitter, SyncEmitter, UsageEvent
 
 pytestmark = pytest.mark.integration
 

@@ -17,6 +17,7 @@ from decimal import Decimal
 import pytest
 from slack_fake import Recorded, Reply, SlackFake
 from slack_fake import slack_fake as slack_fake  # re-exported so pytest finds the fixture
+
 from spendstream.alerts import (
     Alert,
     AlertDispatcher,

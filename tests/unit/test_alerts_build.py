@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+
 from spendstream.alerts import (
     LogNotifier,
     SlackBotNotifier,
     SlackWebhookNotifier,
     build_notifier,
 )
-
 from spendstream.errors import ConfigError, SpendstreamError
 
 HOOK = "https://hooks.slack.com/services/T0/B0/abcdefghijklmnop"

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+
 from spendstream.alerts.console import LogNotifier
 from spendstream.alerts.dispatch import AlertDispatcher
 from spendstream.alerts.format import render

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+
 from spendstream.alerts.format import escape, format_amount, format_window, render
 from spendstream.alerts.model import Alert, Level
 

@@ -6,9 +6,9 @@ import logging
 import time
 
 import pytest
-from spendstream.producers import Emitter, UsageEvent
 
 from spendstream.errors import ConfigError
+from spendstream.producers import Emitter, UsageEvent
 
 # Nothing listens here, and these tests never start the emitter: emit must not need Kafka.
 NOWHERE = "127.0.0.1:9"

@@ -12,6 +12,7 @@ from typing import Any
 import genai_prices
 import pytest
 from genai_prices import Usage, data_snapshot
+
 from spendstream.producers.budgets import Price
 from spendstream.producers.event import UsageEvent
 from spendstream.producers.pricing import Priced, Pricer

@@ -7,7 +7,6 @@ into; the integration tests drive the same stages through a real broker and Redi
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal as D
 from typing import Any
 
 import pytest

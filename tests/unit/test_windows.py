@@ -1,6 +1,6 @@
 """Window bucketing: UTC alignment, month lengths, keys and lateness."""
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -39,4 +39,4 @@ def test_lateness_and_elapsed():
     assert not w.is_late(datetime(2026, 11, 24, 0, 9, tzinfo=UTC), grace)
     assert w.is_late(datetime(2026, 11, 24, 0, 11, tzinfo=UTC), grace)
     assert str(w.elapsed_fraction(datetime(2026, 11, 23, 6, tzinfo=UTC))) == "0.25"
-    assert w.elapsed_fraction(datetime(2026, 11, 25, tzinfo=timezone.utc)) == 1
+    assert w.elapsed_fraction(datetime(2026, 11, 25, tzinfo=UTC)) == 1
