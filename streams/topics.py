@@ -4,6 +4,7 @@ partition count, which would break co-partitioning of the worker's state."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 
@@ -41,10 +42,9 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int,
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:
-            try:
+            # TopicAlreadyExistsError: another worker won the race.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([NewTopic(n, partitions, replication) for n in missing])
-            except TopicAlreadyExistsError:
-                pass  # another worker won the race
             log.info("created topics %s with %d partitions", ", ".join(missing), partitions)
         counts: dict[str, int] = {}
         for meta in await admin.describe_topics(names):

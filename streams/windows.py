@@ -12,7 +12,12 @@ from typing import Literal
 
 Period = Literal["minute", "hour", "day", "month"]
 
-_KEY_FORMAT = {"minute": "%Y-%m-%dT%H:%M", "hour": "%Y-%m-%dT%H", "day": "%Y-%m-%d", "month": "%Y-%m"}
+_KEY_FORMAT = {
+    "minute": "%Y-%m-%dT%H:%M",
+    "hour": "%Y-%m-%dT%H",
+    "day": "%Y-%m-%d",
+    "month": "%Y-%m",
+}
 
 
 @dataclass(frozen=True, slots=True)
