@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spendstream.errors import SpendstreamError
+
+if TYPE_CHECKING:
+    from spendstream.settings import Settings
 
 DESCRIPTION = """\
 spendstream puts a ceiling on what LLM features cost.
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _worker(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untyped-def]
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from spendstream.producers.budgets import load_budgets
     from spendstream.runner import run_worker
 
@@ -99,7 +104,7 @@ def _worker(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untyp
     return run_worker(settings, budgets, args.log_level)
 
 
-def _budgets_for_up(settings) -> Path:  # type: ignore[no-untyped-def]
+def _budgets_for_up(settings: Settings) -> Path:
     from spendstream.examples import EXAMPLE_BUDGETS
     from spendstream.producers.budgets import load_budgets
     from spendstream.stack import say
@@ -114,7 +119,7 @@ def _budgets_for_up(settings) -> Path:  # type: ignore[no-untyped-def]
     return tmp
 
 
-def _up(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untyped-def]
+def _up(args: argparse.Namespace, settings: Settings) -> int:
     from spendstream.stack import Stack, say
 
     stack = Stack(settings, _budgets_for_up(settings), args.log_level)
@@ -130,13 +135,13 @@ def _up(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untyped-d
         stack.stop()
 
 
-def _demo(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untyped-def]
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from spendstream.demo import run_demo
 
     return run_demo(settings, keep_running=args.keep_running, timeout=args.timeout)
 
 
-def _init(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untyped-def]
+def _init(args: argparse.Namespace, settings: Settings) -> int:
     from spendstream.examples import EXAMPLE_BUDGETS
 
     if args.path.exists() and not args.force:
@@ -147,7 +152,7 @@ def _init(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untyped
     return 0
 
 
-def _check(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untyped-def]
+def _check(args: argparse.Namespace, settings: Settings) -> int:
     from spendstream.producers.budgets import load_budgets
 
     path = args.path or settings.budgets
@@ -165,7 +170,7 @@ def _check(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untype
     return 0
 
 
-def _flags(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untyped-def]
+def _flags(args: argparse.Namespace, settings: Settings) -> int:
     import redis
     from redis.exceptions import RedisError
 
@@ -177,7 +182,8 @@ def _flags(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untype
         for pattern in ("cutoff:*", "warn:*"):
             for key in sorted(client.scan_iter(settings.redis_prefix + pattern, count=1000)):
                 value, ttl = client.get(key), client.ttl(key)
-                print(f"{key.decode()}  ttl={ttl}s  {value.decode() if value else ''}")
+                text = value.decode() if isinstance(value, bytes) else (value or "")
+                print(f"{key.decode()}  ttl={ttl}s  {text}")
                 found += 1
     except RedisError as e:
         raise ServiceUnavailable(f"Redis unreachable ({type(e).__name__}); check "
@@ -187,5 +193,6 @@ def _flags(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untype
     return 0
 
 
-COMMANDS = {"worker": _worker, "up": _up, "demo": _demo, "init": _init, "check": _check,
-            "flags": _flags}
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "worker": _worker, "up": _up, "demo": _demo, "init": _init, "check": _check, "flags": _flags,
+}

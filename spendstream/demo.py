@@ -11,6 +11,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -18,13 +19,19 @@ from spendstream.examples import DEMO_BUDGETS
 from spendstream.settings import Settings, kafka_bootstrap
 from spendstream.stack import Stack, say
 
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+    from aiokafka import AIOKafkaConsumer
+
+    from spendstream.producers.event import UsageEvent
+
 DEMO_PREFIX = "spendstream-demo:"
 HEAVY_USER = "acct-7"
 HOT_FEATURE = "summarize"
 LIGHT_USERS = [f"acct-{i}" for i in range(1, 21) if i != 7]
 
 
-def _event(user: str, feature: str, model: str, tin: int, tout: int):  # type: ignore[no-untyped-def]
+def _event(user: str, feature: str, model: str, tin: int, tout: int) -> UsageEvent:
     from spendstream.producers.event import UsageEvent
 
     return UsageEvent(user_id=user, feature=feature, model=model, provider="openai",
@@ -87,7 +94,7 @@ async def _drive(stack: Stack, settings: Settings, timeout: float) -> bool:
     return len(seen) == 3
 
 
-async def _watch_flags(r, prefix: str, seen: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+async def _watch_flags(r: aioredis.Redis, prefix: str, seen: dict[str, str]) -> None:
     for name, key in (("warning", f"warn:user:{HEAVY_USER}"),
                       ("cutoff", f"cutoff:user:{HEAVY_USER}")):
         if name in seen:
@@ -101,7 +108,7 @@ async def _watch_flags(r, prefix: str, seen: dict[str, str]) -> None:  # type: i
                 f"({flag['reason']}) -> Redis key {prefix}{key}, expires in {ttl}s")
 
 
-async def _watch_alerts(consumer, seen: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+async def _watch_alerts(consumer: AIOKafkaConsumer, seen: dict[str, str]) -> None:
     batches = await consumer.getmany(timeout_ms=50)
     for messages in batches.values():
         for m in messages:

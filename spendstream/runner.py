@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from spendstream.producers.budgets import Budgets
 from spendstream.settings import Settings
 
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from spendstream.alerts import Notifier
+
 log = logging.getLogger("spendstream.worker")
 
 
-def build_notifier_from(settings: Settings):  # type: ignore[no-untyped-def]
+def build_notifier_from(settings: Settings) -> Notifier:
     """The Slack notifier the settings ask for (webhook wins), else the log notifier."""
     from spendstream.alerts import build_notifier
 
-    def plain(secret):  # type: ignore[no-untyped-def]
+    def plain(secret: SecretStr | None) -> str | None:
         return None if secret is None else secret.get_secret_value()
 
     return build_notifier(plain(settings.slack_webhook_url), plain(settings.slack_bot_token),
