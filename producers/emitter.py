@@ -11,15 +11,11 @@ counted and logged.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 import logging
-import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from itertools import islice
 from types import TracebackType
 from typing import Any
@@ -28,6 +24,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
 from spendstream.errors import ConfigError
+from spendstream.producers._delivery import (
+    BACKOFF_MAX,
+    Backoff,
+    EmitterStats,
+    in_emitter,
+    quiet_client_chatter,
+)
 from spendstream.producers.event import UsageEvent
 
 log = logging.getLogger(__name__)
@@ -35,7 +38,6 @@ log = logging.getLogger(__name__)
 DEFAULT_TOPIC = "spendstream.usage"
 _MAX_BATCH = 500
 """Events handed to the producer per round: big enough to amortise a round trip."""
-_BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
 _DROP_LOG_INTERVAL = 10.0
 """Seconds between two drop warnings, so a full buffer cannot flood the application's log."""
 # We hand the producer bytes; a serializer would encode them twice.
@@ -44,72 +46,7 @@ _PRODUCER_PARAMS = frozenset(inspect.signature(AIOKafkaProducer).parameters) - _
 
 _Message = tuple[bytes, bytes]
 
-_in_emitter: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "spendstream_emitter", default=False)
-
-
-class _ClientChatter(logging.Filter):
-    """Turn the Kafka client's per-attempt errors inside our tasks into debug records.
-
-    aiokafka logs an ERROR for every refused connection and failed request; during an
-    outage that would be a line every few seconds in the application's log, which the
-    emitter replaces with one warning per outage. The context variable is set in the
-    emitter's task and inherited by the tasks the client spawns from it, so the client's
-    records from other code in the application (its own consumers, say) are left alone.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not _in_emitter.get():
-            return True
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return log.isEnabledFor(logging.DEBUG)
-
-
-_CHATTER = _ClientChatter()
-for _name in ("aiokafka", "aiokafka.conn", "aiokafka.cluster", "aiokafka.producer.producer",
-              "aiokafka.producer.sender"):
-    logging.getLogger(_name).addFilter(_CHATTER)
-
-
-def _no_buffer() -> int:
-    return 0
-
-
-@dataclass
-class EmitterStats:
-    """Counters of one emitter, safe to read from any thread.
-
-    ``emitted``: events accepted by ``emit``. ``sent``: events the broker acknowledged.
-    ``dropped``: events lost: refused by ``emit`` (buffer full, emitter stopped, event not
-    encodable) or still buffered when ``stop`` gave up. ``errors``: failures caught and
-    logged instead of raised (events that did not encode, send attempts that failed).
-    ``buffered``: events accepted and not yet acknowledged.
-    """
-
-    emitted: int = 0
-    sent: int = 0
-    dropped: int = 0
-    errors: int = 0
-    _buffered: Callable[[], int] = field(default=_no_buffer, repr=False, compare=False)
-
-    @property
-    def buffered(self) -> int:
-        """Events waiting in memory for delivery (including those in flight)."""
-        return self._buffered()
-
-
-class _Backoff:
-    """Exponential backoff with jitter, so many app replicas do not reconnect in lockstep."""
-
-    def __init__(self) -> None:
-        self._delay = _BACKOFF_FIRST
-
-    def reset(self) -> None:
-        self._delay = _BACKOFF_FIRST
-
-    async def sleep(self) -> None:
-        await asyncio.sleep(random.uniform(self._delay / 2, self._delay))
-        self._delay = min(self._delay * 2, _BACKOFF_MAX)
+quiet_client_chatter(log)
 
 
 class Emitter:
@@ -280,7 +217,7 @@ class Emitter:
 
     async def _run(self, first: AIOKafkaProducer) -> None:
         """Connect, send until something unexpected happens, and start over."""
-        _in_emitter.set(True)  # this task's own context: see _ClientChatter
+        in_emitter.set(True)  # this task's own context: see ClientChatter
         producer: AIOKafkaProducer | None = first
         while True:
             connected = await self._connect(producer)
@@ -294,10 +231,10 @@ class Emitter:
                     self.stats.errors += 1
                 await self._close_producer(connected, self._request_timeout)
                 self._producer = None
-                await asyncio.sleep(_BACKOFF_MAX)
+                await asyncio.sleep(BACKOFF_MAX)
 
     async def _connect(self, producer: AIOKafkaProducer | None) -> AIOKafkaProducer:
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             # Held on self while connecting, so stop() closes it if it cancels us mid-way.
             self._producer = producer = producer or self._new_producer()
@@ -313,7 +250,7 @@ class Emitter:
             return producer
 
     async def _send_loop(self, producer: AIOKafkaProducer) -> None:
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             if not self._inflight:
                 if not self._pending:
