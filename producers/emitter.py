@@ -32,6 +32,7 @@ from spendstream.producers._delivery import (
     quiet_client_chatter,
 )
 from spendstream.producers.event import UsageEvent
+from spendstream.settings import kafka_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class Emitter:
         if unknown:
             raise ConfigError(f"unknown Kafka producer setting(s): {', '.join(sorted(unknown))}")
         self.topic = topic
+        # Accept SPENDSTREAM_KAFKA_URL as it is (kafka://h1:9092,h2:9092) or plain host:port.
+        bootstrap_servers = kafka_bootstrap(bootstrap_servers)
         self.bootstrap_servers = bootstrap_servers
         self.buffer_size = buffer_size
         self._request_timeout = request_timeout_ms / 1000
