@@ -164,10 +164,19 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                 BATCH, within=settings.flush_interval):
             now = utcnow()
             for ev in events:
-                key = ev.key.decode()
-                body = orjson.loads(ev.value)
-                features.process(ev.message.partition, key, body["p"],
-                                 (Entry.from_wire(key, row) for row in body["e"]), now)
+                try:  # internal topic, but a stray producer must not crash-loop the agent
+                    key = ev.key.decode()
+                    body = orjson.loads(ev.value)
+                    source = int(body["p"])
+                    entries = [Entry.from_wire(key, row) for row in body["e"]]
+                except (AttributeError, ValueError, TypeError, KeyError, ArithmeticError) as e:
+                    counters.dead_letters += 1
+                    await dlq.send(key=ev.key, value=ev.value, headers={
+                        "x-spendstream-reason": f"malformed rollup message: {e!r}".encode(),
+                        "x-spendstream-source": f"{ev.message.topic}/{ev.message.partition}/"
+                                                f"{ev.message.offset}".encode()})
+                    continue
+                features.process(ev.message.partition, key, source, entries, now)
             features.finish(now)
             flags.kick()
 

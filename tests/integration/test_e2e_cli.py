@@ -96,6 +96,8 @@ def test_raw_events_to_cutoff_flag_slack_dlq_and_dedup(broker, redis_server, uid
             messages.insert(3, messages[2])  # a producer retry: same event_id twice
             messages += [(b"acct-1", g) for g in GARBAGE]
             asyncio.run(publish(broker.bootstrap, topic, messages))
+            # A stray message on the internal rollup topic must not crash-loop stage two.
+            asyncio.run(publish(broker.bootstrap, f"{topic}.rollup", [(b"chat", b"junk")]))
 
             r = redis.Redis.from_url(redis_server.url)
             cutoff = wait_until(lambda: r.get(f"{prefix}cutoff:user:acct-7"), 90,
@@ -114,13 +116,14 @@ def test_raw_events_to_cutoff_flag_slack_dlq_and_dedup(broker, redis_server, uid
                 orjson.loads(s)["events"] == 7 and orjson.loads(s), 30, "all 7 events counted")
             assert spend["spent_usd"] == "0.14"  # the duplicate was counted once
 
-            dead = asyncio.run(read_all(broker.bootstrap, f"{topic}.dlq", len(GARBAGE)))
-            assert sorted(m.value for m in dead) == sorted(GARBAGE)  # nothing lost
+            dead = asyncio.run(read_all(broker.bootstrap, f"{topic}.dlq", len(GARBAGE) + 1))
+            assert sorted(m.value for m in dead) == sorted([*GARBAGE, b"junk"])  # nothing lost
             reasons = {m.value: dict(m.headers)["x-spendstream-reason"].decode() for m in dead}
             assert "not JSON" in reasons[GARBAGE[0]]
             assert "unknown schema 2" in reasons[GARBAGE[1]]
             assert "input_tokens" in reasons[GARBAGE[2]]
             assert "output_tokens" in reasons[GARBAGE[3]]
+            assert "malformed rollup message" in reasons[b"junk"]
 
             asyncio.run(slack.wait_for(1, timeout=30))
         finally:
