@@ -7,6 +7,7 @@ the worker exits, so nothing is left behind.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +37,10 @@ def _redis_answers(host: str, port: int) -> bool:
         return False
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def say(msg: str) -> None:
     """Status output of `up` and `demo`: one line, flushed at once."""
     print(f"spendstream | {msg}", flush=True)
@@ -61,7 +66,12 @@ class Stack:
         return self.broker.url
 
     def start(self) -> None:
-        """Start the broker, pick or start Redis, then start the worker process."""
+        """Start the broker, pick or start Redis, then start the worker process.
+
+        SIGTERM (``docker stop``, systemd, ``kill``) is turned into the same clean stop as
+        Ctrl-C, so no broker or Redis process outlives ``up``.
+        """
+        signal.signal(signal.SIGTERM, _interrupt)
         self.broker = EmbeddedBroker(port=9092 if _port_free(9092) else None)
         say(f"starting the embedded Kafka broker (Tansu, in memory) on {self.broker.bootstrap}")
         self.broker.start()

@@ -1,0 +1,52 @@
+"""`spendstream up`: an app can use the stack it prints, and SIGTERM leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+
+import orjson
+import pytest
+import redis
+
+from tests.helpers import wait_until
+from tests.integration.test_e2e_cli import event, publish
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+
+def test_up_serves_apps_and_stops_cleanly_on_sigterm(redis_server, tmp_path):
+    prefix = f"up{uuid.uuid4().hex[:6]}:"
+    proc = subprocess.Popen(
+        [sys.executable, "-P", "-m", "spendstream", "up"], cwd=tmp_path, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "SPENDSTREAM_REDIS_URL": redis_server.url,
+             "SPENDSTREAM_REDIS_PREFIX": prefix})
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
+                              daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any("Ctrl-C to stop" in line for line in lines), 60, "up to be up")
+        hint = next(line for line in lines if "export SPENDSTREAM_KAFKA_URL=" in line)
+        port = int(re.search(r"kafka://127\.0\.0\.1:(\d+)", hint).group(1))
+        assert "no budgets.yaml: using the example budgets" in "".join(lines)
+        asyncio.run(publish(f"127.0.0.1:{port}", "spendstream.usage",
+                            [(b"acct-1", orjson.dumps(event("acct-1")))], partitions=4))
+        r = redis.Redis.from_url(redis_server.url)
+        spend = wait_until(lambda: r.get(f"{prefix}spend:user:acct-1"), 60, "the event counted")
+        assert orjson.loads(spend)["events"] == 1
+    finally:
+        proc.terminate()
+        code = proc.wait(60)
+        reader.join(5)
+    assert code == 0, "".join(lines)
+    assert lines[-1].strip() == "spendstream | stopped"
+    with socket.socket() as s:  # the embedded broker is gone with `up`
+        assert s.connect_ex(("127.0.0.1", port)) != 0
