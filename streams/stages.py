@@ -18,12 +18,13 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from spendstream.alerts.model import Alert, Level
-from spendstream.alerts.state import step
+from spendstream.alerts.state import Ladder, Transition, step
 from spendstream.producers.budgets import Budgets
 from spendstream.producers.event import UsageEvent
 from spendstream.producers.pricing import Pricer
 from spendstream.streams.flags import FlagStore
 from spendstream.streams.policy import (
+    Measure,
     cap_ladder,
     feature_ladder,
     measure,
@@ -136,6 +137,22 @@ class _Stage:
         self.counters.alerts += 1
         self.alerts(alert)
 
+    def _advance(self, scope: str, subject: str, totals: Totals, m: Measure, ladder: Ladder,
+                 reason: str, window: Window) -> tuple[Transition, dict[str, Any]] | None:
+        """Step the window's state machine; on a rise, store the level and set the warn flag.
+
+        Returns the transition and the flag payload for the caller's scope-specific cutoff
+        and alert, or ``None`` when the level did not change.
+        """
+        tr = step(Level(totals.level), m.ratio, ladder)
+        if tr is None:
+            return None
+        totals.level = tr.current
+        payload = flag_payload(scope, subject, reason, tr.current, m.spent, m.budget, m.unit,
+                               window)
+        self.flags.set(f"warn:{scope}:{subject}", payload, window.end_epoch)
+        return tr, payload
+
     def _commit(self) -> None:
         for key, totals in self._dirty.items():
             self.state.put(totals.partition, key, totals.to_json())
@@ -211,14 +228,11 @@ class UserStage(_Stage):
             if limit is None:
                 continue
             m = measure(totals, limit)
-            tr = step(Level(totals.level), m.ratio, ladder)
-            if tr is None:
-                continue
-            totals.level = tr.current
             reason = f"daily {m.unit} budget of tier {self.budgets.users.tier_of(user)}"
-            payload = flag_payload("user", user, reason, tr.current, m.spent, m.budget, m.unit,
-                                   window)
-            self.flags.set(f"warn:user:{user}", payload, window.end_epoch)
+            advanced = self._advance("user", user, totals, m, ladder, reason, window)
+            if advanced is None:
+                continue
+            tr, payload = advanced
             if tr.current >= Level.CUTOFF:
                 self.flags.set(f"cutoff:user:{user}", payload, window.end_epoch)
                 self._alert(Alert("user", user, "budget", tr.current, tr.previous, m.spent,
@@ -317,14 +331,12 @@ class RollupStage(_Stage):
                               m.unit, window.start, window.end, now,
                               f"month-to-date spend is ahead of the pro-rated budget "
                               f"({window.elapsed_fraction(now) * 100:.0f}% of the month gone)"))
-        tr = step(Level(totals.level), m.ratio, feature_ladder(self.budgets.thresholds))
-        if tr is None:
-            return
-        totals.level = tr.current
         reason = f"{ADJECTIVE[window.period]} {m.unit} budget of feature {feature}"
-        payload = flag_payload("feature", feature, reason, tr.current, m.spent, m.budget, m.unit,
-                               window)
-        self.flags.set(f"warn:feature:{feature}", payload, window.end_epoch)
+        advanced = self._advance("feature", feature, totals, m,
+                                 feature_ladder(self.budgets.thresholds), reason, window)
+        if advanced is None:
+            return
+        tr, payload = advanced
         if tr.current >= Level.CUTOFF and conf.cutoff:
             self.flags.set(f"cutoff:feature:{feature}", payload, window.end_epoch,
                            extend_only=True)
