@@ -24,7 +24,9 @@ from spendstream.producers.event import MalformedEvent, decode_event
 from spendstream.producers.pricing import Pricer
 from spendstream.settings import Settings
 from spendstream.streams.flags import RedisFlagSink
-from spendstream.streams.stages import GLOBAL, Counters, Entry, RollupStage, UserStage
+from spendstream.streams.rollup_stage import RollupStage
+from spendstream.streams.stages import GLOBAL, Counters, Entry
+from spendstream.streams.user_stage import UserStage
 
 log = logging.getLogger("spendstream.worker")
 

@@ -15,7 +15,9 @@ from spendstream.alerts.model import Level
 from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.event import UsageEvent
 from spendstream.producers.pricing import Pricer
-from spendstream.streams.stages import GLOBAL, Counters, RollupStage, UserStage
+from spendstream.streams.rollup_stage import RollupStage
+from spendstream.streams.stages import GLOBAL, Counters
+from spendstream.streams.user_stage import UserStage
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 BUDGETS = parse_budgets({

@@ -1,0 +1,150 @@
+"""Stage two: feature and global windows on the rollup topic's partitions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from spendstream.alerts.model import Alert, Level
+from spendstream.alerts.state import step
+from spendstream.streams.policy import cap_ladder, feature_ladder, measure, pace_exceeded
+from spendstream.streams.stages import ADJECTIVE, GLOBAL, Entry, Stage, flag_payload, split_key
+from spendstream.streams.totals import Totals
+from spendstream.streams.windows import Period, Window, window_from_key, window_of
+
+log = logging.getLogger("spendstream.worker")
+
+
+class RollupStage(Stage):
+    """Stage two: feature and global windows, on the rollup topic's partitions."""
+
+    def process(self, partition: int, key: str, source: int, entries: Iterable[Entry],
+                now: datetime) -> None:
+        """Fold the entries that one source partition sent for one feature (or ``*``)."""
+        for e in entries:
+            ts = datetime.fromtimestamp(e.ts, tz=now.tzinfo)
+            if key == GLOBAL:
+                self._fold_global(partition, source, e, ts, now)
+            else:
+                self._fold_feature(partition, source, key, e, ts, now)
+
+    def _fold_or_late(self, partition: int, key: str, window: Window, source: int, e: Entry,
+                      now: datetime) -> None:
+        if window.is_late(now, self.grace):
+            self._fold(partition, f"late|{key}", window, source, e.offset, e.contribution)
+        else:
+            self._fold(partition, key, window, source, e.offset, e.contribution)
+
+    def _fold_feature(self, partition: int, source: int, feature: str, e: Entry, ts: datetime,
+                      now: datetime) -> None:
+        conf = self.budgets.features.get(feature)
+        period: Period = conf.period if conf else "month"
+        w = window_of(period, ts)
+        self._fold_or_late(partition, f"f|{feature}|{period}|{w.key}", w, source, e, now)
+        h = window_of("hour", ts)
+        self._fold_or_late(partition, f"fh|{feature}|hour|{h.key}", h, source, e, now)
+
+    def _fold_global(self, partition: int, source: int, e: Entry, ts: datetime,
+                     now: datetime) -> None:
+        for period in ("minute", "hour", "day"):
+            w = window_of(period, ts)
+            self._fold_or_late(partition, f"g|*|{period}|{w.key}", w, source, e, now)
+        if not e.contribution.priced:
+            d = window_of("day", ts)
+            totals = self._fold(partition, f"unp|{e.model}|day|{d.key}", d, source, e.offset,
+                                e.contribution)
+            if totals.level == Level.OK:
+                totals.level = Level.ALERT
+                log.warning("model %r has no price: its events are counted as unpriced "
+                            "(add it under prices: in the budgets file)", e.model)
+                self._alert(Alert("model", e.model, "unpriced", Level.ALERT, Level.OK,
+                                  Decimal(totals.unpriced), Decimal(0), "events", d.start, d.end,
+                                  now, "no price in the table or the budgets file's prices:"))
+
+    def finish(self, now: datetime) -> None:
+        """Evaluate every feature and global window the batch touched, then persist them."""
+        for key, totals in self._dirty.items():
+            parts = split_key(key, 4)
+            if parts[0] in ("f", "g"):
+                self._publish_spend(parts, totals)
+            if parts[0] == "f":
+                self._evaluate_feature(parts[1], window_from_key(parts[2], parts[3]), totals,
+                                       now)  # type: ignore[arg-type]
+            elif parts[0] == "g":
+                self._evaluate_global(window_from_key(parts[2], parts[3]), totals,
+                                      now)  # type: ignore[arg-type]
+        self._commit()
+
+    def _publish_spend(self, parts: list[str], totals: Totals) -> None:
+        """Live spend of a feature's current period or a global window, for dashboards."""
+        kind, subject, period, wkey = parts
+        window = window_from_key(period, wkey)  # type: ignore[arg-type]
+        name = f"spend:feature:{subject}" if kind == "f" else f"spend:global:{period}"
+        value: dict[str, Any] = {
+            "scope": "feature" if kind == "f" else "global", "id": subject, "period": period,
+            "spent_usd": str(totals.usd), "spent_tokens": totals.tokens, "events": totals.events,
+            "failed_events": totals.failed, "unpriced_events": totals.unpriced,
+            "window_start": window.start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "window_end": window.end.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        conf = self.budgets.features.get(subject) if kind == "f" else None
+        if conf is not None and conf.usd is not None:
+            value["budget_usd"] = str(conf.usd)
+        self.flags.set(name, value, window.end_epoch, extend_only=True)
+
+    def _evaluate_feature(self, feature: str, window: Window, totals: Totals, now: datetime
+                          ) -> None:
+        conf = self.budgets.features.get(feature)
+        limit = conf.limit if conf else None
+        if conf is None or limit is None:
+            return
+        m = measure(totals, limit)
+        if (window.period == "month" and not totals.pace and m.unit == "usd"
+                and pace_exceeded(m.spent, m.budget, window.elapsed_fraction(now),
+                                  self.budgets.thresholds.pace)):
+            totals.pace = 1
+            self._alert(Alert("feature", feature, "pace", Level.WARN, Level.OK, m.spent, m.budget,
+                              m.unit, window.start, window.end, now,
+                              f"month-to-date spend is ahead of the pro-rated budget "
+                              f"({window.elapsed_fraction(now) * 100:.0f}% of the month gone)"))
+        reason = f"{ADJECTIVE[window.period]} {m.unit} budget of feature {feature}"
+        advanced = self._advance("feature", feature, totals, m,
+                                 feature_ladder(self.budgets.thresholds), reason, window)
+        if advanced is None:
+            return
+        tr, payload = advanced
+        if tr.current >= Level.CUTOFF and conf.cutoff:
+            self.flags.set(f"cutoff:feature:{feature}", payload, window.end_epoch,
+                           extend_only=True)
+        self._alert(Alert("feature", feature, "budget", tr.current, tr.previous, m.spent,
+                          m.budget, m.unit, window.start, window.end, now, reason))
+
+    def _evaluate_global(self, window: Window, totals: Totals, now: datetime) -> None:
+        g = self.budgets.global_
+        if window.period == "hour" and g.hourly_usd_alert is not None:
+            rule = ("spike", totals.usd, g.hourly_usd_alert, "usd",
+                    "hourly spend above hourly_usd_alert")
+        elif window.period == "day" and g.daily_usd is not None:
+            rule = ("daily_cap", totals.usd, g.daily_usd, "usd", "global daily_usd cap")
+        elif window.period == "minute" and g.tokens_per_minute is not None:
+            rule = ("tpm", Decimal(totals.tokens), Decimal(g.tokens_per_minute), "tokens",
+                    "global tokens_per_minute ceiling")
+        else:
+            return
+        kind, spent, budget, unit, reason = rule
+        tr = step(Level(totals.level), spent / budget if budget else Decimal(1), cap_ladder())
+        if tr is None:
+            return
+        totals.level = tr.current
+        if kind in ("daily_cap", "tpm"):
+            payload = flag_payload("global", kind, reason, tr.current, spent, budget, unit, window)
+            self.flags.set("cutoff:global", payload, window.end_epoch, extend_only=True)
+        if kind == "tpm":
+            # A per-minute ceiling can trip every minute: flag and log, never a Slack message.
+            log.warning("global tokens per minute %s over %s: cutoff until %s", spent, budget,
+                        window.end.isoformat())
+            return
+        self._alert(Alert("global", kind, kind, tr.current, tr.previous, spent, budget, unit,
+                          window.start, window.end, now, reason))
