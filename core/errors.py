@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from decimal import Decimal
+
 
 class SpendstreamError(Exception):
     """Root of every error spendstream raises on purpose."""
@@ -11,16 +14,47 @@ class ConfigError(SpendstreamError):
     """Settings or the budgets file are invalid; the message names the key and the fix."""
 
 
-class BudgetExceeded(SpendstreamError):
+class Refused(SpendstreamError):
+    """A call the guard refused; says why, how much was spent of what, and when it resets.
+
+    ``scope`` and ``subject`` name the flag (``user``/``acct-7``, ``feature``/``chat``,
+    ``global``/``daily_cap``); ``resets_at`` is the end of the flag's window (UTC), or
+    ``None`` when it has no end (an operator's switch without a TTL).
+    """
+
+    def __init__(self, message: str = "", *, reason: str | None = None,
+                 spent: Decimal | None = None, budget: Decimal | None = None,
+                 unit: str | None = None, resets_at: datetime | None = None,
+                 scope: str | None = None, subject: str | None = None) -> None:
+        super().__init__(message or reason or type(self).__name__)
+        self.reason = reason if reason is not None else message
+        self.spent = spent
+        self.budget = budget
+        self.unit = unit
+        self.resets_at = resets_at
+        self.scope = scope
+        self.subject = subject
+
+
+class BudgetExceeded(Refused):
     """A user, feature or the global budget is spent for the current window."""
 
 
-class FeatureDisabled(SpendstreamError):
-    """An operator switched the feature off (kill switch)."""
+class FeatureDisabled(Refused):
+    """An operator switched the feature off (kill switch), or its hard cap is reached."""
 
 
-class Throttled(SpendstreamError):
+class Throttled(Refused):
     """Too many requests or tokens per unit of time; retry after the window resets."""
+
+
+class InputTooLong(SpendstreamError):
+    """The prompt exceeds the feature's ``max_input_tokens`` and its policy cannot fit it."""
+
+    def __init__(self, message: str, *, tokens: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.tokens = tokens
+        self.limit = limit
 
 
 class ServiceUnavailable(SpendstreamError):

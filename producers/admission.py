@@ -1,0 +1,150 @@
+"""The guard's decision over flag values and budgets: pure, with an explicit ``now``.
+
+Nothing here talks to Redis. The guard reads the flag keys (one MGET), hands their raw
+values to :func:`FlagSnapshot.from_values`, and :func:`refuse` turns a snapshot into the
+exception the call site sees. Model and ``max_tokens`` selection live here too, so every
+rule of issue 3 is a table-testable function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from spendstream.errors import BudgetExceeded, ConfigError, FeatureDisabled, Refused, Throttled
+from spendstream.producers.budgets import Feature
+
+FLAG_KINDS = ("cutoff_user", "cutoff_feature", "cutoff_global", "warn_user", "warn_feature",
+              "spend_user")
+"""The order of the keys in the guard's one MGET (see :func:`flag_keys`)."""
+
+
+def flag_keys(prefix: str, user_id: str, feature: str) -> list[str]:
+    """The Redis keys one admission reads, in :data:`FLAG_KINDS` order."""
+    return [f"{prefix}cutoff:user:{user_id}", f"{prefix}cutoff:feature:{feature}",
+            f"{prefix}cutoff:global", f"{prefix}warn:user:{user_id}",
+            f"{prefix}warn:feature:{feature}", f"{prefix}spend:user:{user_id}"]
+
+
+def parse_flag(raw: bytes | str | None) -> dict[str, Any] | None:
+    """A flag's JSON value; a key that exists but does not hold a JSON object still counts
+    as set (someone wrote it on purpose), with an empty value."""
+    if raw is None:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def parse_time(value: object) -> datetime | None:
+    """A flag's ``window_end`` (RFC 3339, ``Z`` accepted) as an aware UTC datetime."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _decimal(value: object) -> Decimal | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class FlagSnapshot:
+    """The flags that bear on one (user, feature), as read at one moment."""
+
+    cutoff_user: dict[str, Any] | None = None
+    cutoff_feature: dict[str, Any] | None = None
+    cutoff_global: dict[str, Any] | None = None
+    warn_user: dict[str, Any] | None = None
+    warn_feature: dict[str, Any] | None = None
+    spend_user: dict[str, Any] | None = None
+
+    @classmethod
+    def from_values(cls, values: list[bytes | str | None]) -> FlagSnapshot:
+        """Build from MGET's answer for :func:`flag_keys` (same order)."""
+        return cls(*(parse_flag(v) for v in values))
+
+    def live(self, flag: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
+        """``flag`` unless its window ended before ``now`` (a cached value outlived it)."""
+        if flag is None:
+            return None
+        end = parse_time(flag.get("window_end"))
+        return None if end is not None and end <= now else flag
+
+    def warning(self, now: datetime) -> dict[str, Any] | None:
+        """The user's warn flag, else the feature's: what a banner should show."""
+        return self.live(self.warn_user, now) or self.live(self.warn_feature, now)
+
+    def remaining_usd(self, now: datetime) -> Decimal | None:
+        """What is left of the user's daily USD budget, from the live spend key."""
+        spend = self.live(self.spend_user, now)
+        return None if spend is None else _decimal(spend.get("remaining_usd"))
+
+
+def _error(cls: type[Refused], flag: dict[str, Any], default_reason: str, what_to_do: str
+           ) -> Refused:
+    reason = str(flag.get("reason") or default_reason)
+    resets_at = parse_time(flag.get("window_end"))
+    when = f"it resets at {resets_at:%Y-%m-%d %H:%M} UTC" if resets_at else "no reset time is set"
+    spent, budget = _decimal(flag.get("spent")), _decimal(flag.get("budget"))
+    unit = flag.get("unit")
+    used = f" ({spent} of {budget} {unit})" if spent is not None and budget else ""
+    return cls(f"{reason}{used}: {when}; {what_to_do}", reason=reason, spent=spent,
+               budget=budget, unit=str(unit) if unit is not None else None, resets_at=resets_at,
+               scope=flag.get("scope"), subject=flag.get("id"))
+
+
+def refusal(snapshot: FlagSnapshot, user_id: str, feature: str, now: datetime
+            ) -> Refused | None:
+    """The exception for the first cutoff that applies, or ``None`` when the call may go.
+
+    Order: the feature's switch (an operator's decision), then the global ceiling, then
+    the user's own budget. A global flag whose id is ``tpm`` is a per-minute ceiling, so
+    it throttles rather than exhausts a budget. Flags whose window has ended are ignored.
+    """
+    flag = snapshot.live(snapshot.cutoff_feature, now)
+    if flag is not None:
+        return _error(FeatureDisabled, flag, f"feature {feature} is disabled",
+                      "ask an operator (`spendstream enable` re-enables it)")
+    flag = snapshot.live(snapshot.cutoff_global, now)
+    if flag is not None:
+        if flag.get("id") == "tpm":
+            return _error(Throttled, flag, "global tokens per minute ceiling",
+                          "retry after the reset")
+        return _error(BudgetExceeded, flag, "global daily budget", "retry after the reset")
+    flag = snapshot.live(snapshot.cutoff_user, now)
+    if flag is not None:
+        return _error(BudgetExceeded, flag, f"daily budget of user {user_id}",
+                      "the user can try again after the reset")
+    return None
+
+
+def choose_model(feature: Feature, tier: str, requested: str | None, feature_name: str) -> str:
+    """The caller's model, else the feature's model for this tier, else the feature's."""
+    model = requested or feature.tier_models.get(tier) or feature.model
+    if not model:
+        raise ConfigError(f"feature {feature_name!r} has no model in the budgets file and the "
+                          "call gave none: pass model= or set features.{name}.model")
+    return model
+
+
+def choose_max_tokens(feature: Feature, requested: int | None) -> int | None:
+    """``min(requested, max_output_tokens)``; the feature's cap when the caller gave none."""
+    cap = feature.max_output_tokens
+    if requested is None:
+        return cap
+    return requested if cap is None else min(requested, cap)
