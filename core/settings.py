@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     state_dir: Path = Path(tempfile.gettempdir()) / "spendstream"
     session_timeout: float = Field(default=10.0, ge=3.0)
     """Seconds before a silent worker's partitions move to the others (after a crash)."""
+    guard_cache_ttl: float = Field(default=1.0, ge=0)
+    """Seconds the call-site guard caches the flags it read (a kill switch takes this long)."""
+    guard_fail_closed: bool = False
+    """Refuse calls (ServiceUnavailable) instead of letting them through when Redis is down."""
+    guard_rate_limit_per_minute: int | None = Field(default=None, ge=1)
+    """Requests per user per minute the guard admits, across replicas; none by default."""
 
     slack_webhook_url: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("SLACK_WEBHOOK_URL", "slack_webhook_url")
