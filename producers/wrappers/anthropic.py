@@ -1,0 +1,217 @@
+"""A drop-in guard around the official ``anthropic`` client's ``messages.create``.
+
+``wrap_anthropic(Anthropic(...), guard)`` (or ``AsyncAnthropic`` with an ``AsyncGuard``)
+returns a client whose ``messages.create`` takes ``user_id`` and ``feature`` (and
+optionally ``tier``) besides Anthropic's own arguments. The guard sees the chat as one
+list, the ``system=`` prompt first as a ``system`` message, and the admitted list is split
+again for the call. ``max_tokens`` is the admission's (Anthropic requires one).
+
+Anthropic reports ``input_tokens`` without the prompt-cache reads and writes; the event's
+``input_tokens`` is their sum, with the cache reads as ``cached_input_tokens``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from spendstream.errors import ConfigError
+from spendstream.producers.guard import Admission
+from spendstream.producers.wrappers.streams import (
+    AsyncGuardedStream,
+    GuardedStream,
+    StreamMeter,
+    record_safely,
+)
+
+PROVIDER = "anthropic"
+
+
+def wrap_anthropic(client: Any, guard: Any) -> GuardedAnthropic:
+    """Guard ``client`` (``anthropic.Anthropic`` with a ``Guard``,
+    ``anthropic.AsyncAnthropic`` with an ``AsyncGuard``); see the module docstring."""
+    is_async = inspect.iscoroutinefunction(inspect.unwrap(client.messages.create))
+    if is_async != inspect.iscoroutinefunction(guard.admit):
+        raise ConfigError(
+            "wrap_anthropic: an Anthropic client needs a Guard and an AsyncAnthropic client "
+            f"an AsyncGuard (got {type(client).__name__} with {type(guard).__name__})")
+    messages = (AsyncMessages if is_async else Messages)(client.messages, guard)
+    return GuardedAnthropic(client, messages)
+
+
+class GuardedAnthropic:
+    """The wrapped client: ``messages.create`` is guarded, the rest passes through."""
+
+    def __init__(self, client: Any, messages: Messages | AsyncMessages) -> None:
+        self._client = client
+        self.messages = messages
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+class _Base:
+    def __init__(self, inner: Any, guard: Any) -> None:
+        self._inner = inner
+        self._guard = guard
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _failed(self, admission: Admission) -> None:
+        record_safely(self._guard, admission, provider=PROVIDER, input_tokens=0,
+                      output_tokens=0, status="error")
+
+    def _meter(self, admission: Admission) -> StreamMeter:
+        return StreamMeter(self._guard, admission, PROVIDER, observe_event)
+
+    def _done(self, admission: Admission, response: Any) -> None:
+        record_safely(self._guard, admission, provider=PROVIDER, **usage_of(response))
+
+
+class Messages(_Base):
+    """``messages`` of a sync client, guarded."""
+
+    def create(self, *, user_id: str, feature: str, tier: str | None = None,
+               **kwargs: Any) -> Any:
+        """``messages.create(**kwargs)`` for ``user_id`` and ``feature``: admitted by the
+        guard first, recorded after; a stream is returned metered."""
+        request = _Request(kwargs)
+        admission = self._guard.admit(user_id, feature, request.guard_messages,
+                                      model=request.model, max_tokens=request.max_tokens,
+                                      tier=tier)
+        params = request.params(admission)
+        try:
+            response = self._inner.create(**params)
+        except BaseException:
+            self._failed(admission)
+            raise
+        if request.stream:
+            return GuardedStream(response, self._meter(admission))
+        self._done(admission, response)
+        return response
+
+
+class AsyncMessages(_Base):
+    """``messages`` of an ``AsyncAnthropic`` client, guarded."""
+
+    async def create(self, *, user_id: str, feature: str, tier: str | None = None,
+                     **kwargs: Any) -> Any:
+        """See :meth:`Messages.create`."""
+        request = _Request(kwargs)
+        admission = await self._guard.admit(user_id, feature, request.guard_messages,
+                                            model=request.model,
+                                            max_tokens=request.max_tokens, tier=tier)
+        params = request.params(admission)
+        try:
+            response = await self._inner.create(**params)
+        except BaseException:
+            self._failed(admission)
+            raise
+        if request.stream:
+            return AsyncGuardedStream(response, self._meter(admission))
+        self._done(admission, response)
+        return response
+
+
+class _Request:
+    """The caller's arguments: the chat the guard sees, and what passes through."""
+
+    def __init__(self, kwargs: dict[str, Any]) -> None:
+        self.rest = dict(kwargs)
+        system = self.rest.pop("system", None)
+        messages = list(self.rest.pop("messages"))
+        self.guard_messages: list[dict[str, Any]] = (
+            [{"role": "system", "content": system}] if system else []) + messages
+        model = self.rest.pop("model", None)
+        self.model: str | None = model if isinstance(model, str) else None
+        cap = self.rest.pop("max_tokens", None)
+        self.max_tokens: int | None = cap if isinstance(cap, int) else None
+        self.stream = self.rest.get("stream") is True
+
+    def params(self, admission: Admission) -> dict[str, Any]:
+        if admission.max_tokens is None:
+            raise ConfigError(
+                f"Anthropic needs max_tokens: pass max_tokens= or set max_output_tokens "
+                f"for feature {admission.feature!r} in the budgets file")
+        system = [m.get("content") for m in admission.messages if m.get("role") == "system"]
+        params = dict(self.rest, model=admission.model, max_tokens=admission.max_tokens,
+                      messages=[m for m in admission.messages if m.get("role") != "system"])
+        if system:
+            params["system"] = _join_system(system)
+        return params
+
+
+def _join_system(parts: list[Any]) -> Any:
+    """One ``system=`` value from the admitted system messages (normally exactly one)."""
+    if len(parts) == 1:
+        return parts[0]
+    if all(isinstance(p, str) for p in parts):
+        return "\n\n".join(parts)
+    blocks: list[Any] = []
+    for p in parts:
+        blocks.extend([{"type": "text", "text": p}] if isinstance(p, str) else list(p))
+    return blocks
+
+
+def _finish(stop_reason: Any) -> str | None:
+    """Anthropic's stop_reason in the event's terms: ``max_tokens`` is a ``length`` cut."""
+    if not isinstance(stop_reason, str):
+        return None
+    return "length" if stop_reason == "max_tokens" else stop_reason
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _input(usage: Any) -> tuple[int, int] | None:
+    """(input tokens including cache reads and writes, cache reads) of a usage object."""
+    uncached = getattr(usage, "input_tokens", None)
+    if not isinstance(uncached, int):
+        return None
+    read = _int(getattr(usage, "cache_read_input_tokens", None))
+    written = _int(getattr(usage, "cache_creation_input_tokens", None))
+    return uncached + read + written, read
+
+
+def usage_of(response: Any) -> dict[str, Any]:
+    """``record`` arguments for a ``Message``."""
+    usage = getattr(response, "usage", None)
+    model = getattr(response, "model", None)
+    inputs = _input(usage) or (0, 0)
+    return {"input_tokens": inputs[0], "cached_input_tokens": inputs[1],
+            "output_tokens": _int(getattr(usage, "output_tokens", None)),
+            "finish_reason": _finish(getattr(response, "stop_reason", None)),
+            "model": model if isinstance(model, str) and model else None}
+
+
+def observe_event(meter: StreamMeter, event: Any) -> None:
+    """Read one stream event: the input count from ``message_start``, text and tool input
+    deltas, and the stop reason and final output count from ``message_delta``."""
+    kind = getattr(event, "type", None)
+    if kind == "message_start":
+        message = getattr(event, "message", None)
+        model = getattr(message, "model", None)
+        if isinstance(model, str) and model:
+            meter.model = model
+        inputs = _input(getattr(message, "usage", None))
+        if inputs is not None:
+            meter.input_tokens, meter.cached_input_tokens = inputs
+    elif kind == "content_block_delta":
+        delta = getattr(event, "delta", None)
+        for attr in ("text", "partial_json", "thinking"):
+            value = getattr(delta, attr, None)
+            if isinstance(value, str):
+                meter.parts.append(value)
+    elif kind == "message_delta":
+        meter.finish_reason = _finish(getattr(getattr(event, "delta", None), "stop_reason",
+                                              None))
+        usage = getattr(event, "usage", None)
+        output = getattr(usage, "output_tokens", None)
+        if isinstance(output, int):
+            meter.output_tokens = output
+            inputs = _input(usage)  # newer API versions repeat the input count here
+            if inputs is not None and inputs[0] > 0:
+                meter.input_tokens, meter.cached_input_tokens = inputs
+            meter.usage_final = meter.input_tokens is not None

@@ -1,0 +1,210 @@
+"""A drop-in guard around the official ``openai`` client's ``chat.completions.create``.
+
+``wrap_openai(OpenAI(...), guard)`` (or ``AsyncOpenAI`` with an ``AsyncGuard``) returns a
+client whose ``chat.completions.create`` takes two more keyword arguments, ``user_id`` and
+``feature`` (and optionally ``tier``): the guard admits the call first (and may refuse it,
+trim the messages, pick the model and cap ``max_tokens``), the real client makes it, and
+its usage is recorded. Everything else is the wrapped client's, so any OpenAI-compatible
+``base_url`` works.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from spendstream.errors import ConfigError
+from spendstream.producers.guard import Admission
+from spendstream.producers.tokens import count_text
+from spendstream.producers.wrappers.streams import (
+    AsyncGuardedStream,
+    GuardedStream,
+    StreamMeter,
+    record_safely,
+)
+
+PROVIDER = "openai"
+
+
+def wrap_openai(client: Any, guard: Any) -> GuardedOpenAI:
+    """Guard ``client`` (``openai.OpenAI`` with a ``Guard``, ``openai.AsyncOpenAI`` with an
+    ``AsyncGuard``); see the module docstring."""
+    is_async = inspect.iscoroutinefunction(inspect.unwrap(client.chat.completions.create))
+    if is_async != inspect.iscoroutinefunction(guard.admit):
+        raise ConfigError(
+            "wrap_openai: an OpenAI client needs a Guard and an AsyncOpenAI client an "
+            f"AsyncGuard (got {type(client).__name__} with {type(guard).__name__})")
+    completions = (AsyncCompletions if is_async else Completions)(
+        client.chat.completions, guard)
+    return GuardedOpenAI(client, _Chat(client.chat, completions))
+
+
+class GuardedOpenAI:
+    """The wrapped client: ``chat.completions.create`` is guarded, the rest passes through."""
+
+    def __init__(self, client: Any, chat: _Chat) -> None:
+        self._client = client
+        self.chat = chat
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+class _Chat:
+    def __init__(self, inner: Any, completions: Completions | AsyncCompletions) -> None:
+        self._inner = inner
+        self.completions = completions
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _Base:
+    def __init__(self, inner: Any, guard: Any) -> None:
+        self._inner = inner
+        self._guard = guard
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _failed(self, admission: Admission) -> None:
+        # Failed calls are free: counted, at zero tokens.
+        record_safely(self._guard, admission, provider=PROVIDER, input_tokens=0,
+                      output_tokens=0, status="error")
+
+    def _meter(self, admission: Admission) -> StreamMeter:
+        return StreamMeter(self._guard, admission, PROVIDER, observe_chunk)
+
+    def _done(self, admission: Admission, response: Any) -> None:
+        record_safely(self._guard, admission, provider=PROVIDER,
+                      **usage_of(response, admission))
+
+
+class Completions(_Base):
+    """``chat.completions`` of a sync client, guarded."""
+
+    def create(self, *, user_id: str, feature: str, tier: str | None = None,
+               **kwargs: Any) -> Any:
+        """``chat.completions.create(**kwargs)`` for ``user_id`` and ``feature``: admitted
+        by the guard first, recorded after; a stream is returned metered."""
+        request = _Request(kwargs)
+        admission = self._guard.admit(user_id, feature, request.messages,
+                                      model=request.model, max_tokens=request.max_tokens,
+                                      tier=tier)
+        try:
+            response = self._inner.create(**request.params(admission))
+        except BaseException:
+            self._failed(admission)
+            raise
+        if request.stream:
+            return GuardedStream(response, self._meter(admission))
+        self._done(admission, response)
+        return response
+
+
+class AsyncCompletions(_Base):
+    """``chat.completions`` of an ``AsyncOpenAI`` client, guarded."""
+
+    async def create(self, *, user_id: str, feature: str, tier: str | None = None,
+                     **kwargs: Any) -> Any:
+        """See :meth:`Completions.create`."""
+        request = _Request(kwargs)
+        admission = await self._guard.admit(user_id, feature, request.messages,
+                                            model=request.model,
+                                            max_tokens=request.max_tokens, tier=tier)
+        try:
+            response = await self._inner.create(**request.params(admission))
+        except BaseException:
+            self._failed(admission)
+            raise
+        if request.stream:
+            return AsyncGuardedStream(response, self._meter(admission))
+        self._done(admission, response)
+        return response
+
+
+class _Request:
+    """The caller's arguments, split into what the guard decides and what passes through."""
+
+    def __init__(self, kwargs: dict[str, Any]) -> None:
+        self.rest = dict(kwargs)
+        self.messages: list[dict[str, Any]] = list(self.rest.pop("messages"))
+        model = self.rest.pop("model", None)
+        self.model: str | None = model if isinstance(model, str) else None
+        # Reasoning models take max_completion_tokens; forward the cap under the caller's name.
+        self.cap_key = ("max_completion_tokens" if "max_completion_tokens" in self.rest
+                        else "max_tokens")
+        cap = self.rest.pop(self.cap_key, None)
+        self.max_tokens: int | None = cap if isinstance(cap, int) else None
+        self.stream = self.rest.get("stream") is True
+
+    def params(self, admission: Admission) -> dict[str, Any]:
+        params = dict(self.rest, messages=admission.messages, model=admission.model)
+        if admission.max_tokens is not None:
+            params[self.cap_key] = admission.max_tokens
+        if self.stream:
+            options = self.rest.get("stream_options")
+            params["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                        "include_usage": True}
+        return params
+
+
+def usage_of(response: Any, admission: Admission) -> dict[str, Any]:
+    """``record`` arguments for a ``ChatCompletion``; a local estimate when the server sent
+    no usage (some OpenAI-compatible servers do not)."""
+    choices = getattr(response, "choices", None) or []
+    finish = getattr(choices[0], "finish_reason", None) if choices else None
+    model = getattr(response, "model", None)
+    common: dict[str, Any] = {
+        "finish_reason": finish if isinstance(finish, str) else None,
+        "model": model if isinstance(model, str) and model else None,
+    }
+    usage = getattr(response, "usage", None)
+    prompt = getattr(usage, "prompt_tokens", None)
+    completion = getattr(usage, "completion_tokens", None)
+    if isinstance(prompt, int) and isinstance(completion, int):
+        details = getattr(usage, "prompt_tokens_details", None)
+        cached = getattr(details, "cached_tokens", None)
+        return {**common, "input_tokens": prompt, "output_tokens": completion,
+                "cached_input_tokens": cached if isinstance(cached, int) else 0}
+    text = "".join(_text(getattr(c, "message", None)) for c in choices)
+    return {**common, "input_tokens": admission.input_tokens_local,
+            "output_tokens": count_text(text, admission.model).tokens, "estimated": True}
+
+
+def _text(message_or_delta: Any) -> str:
+    """Generated text of a message or a stream delta: content and tool-call arguments."""
+    if message_or_delta is None:
+        return ""
+    parts = []
+    content = getattr(message_or_delta, "content", None)
+    if isinstance(content, str):
+        parts.append(content)
+    for call in getattr(message_or_delta, "tool_calls", None) or []:
+        arguments = getattr(getattr(call, "function", None), "arguments", None)
+        if isinstance(arguments, str):
+            parts.append(arguments)
+    return "".join(parts)
+
+
+def observe_chunk(meter: StreamMeter, chunk: Any) -> None:
+    """Read one ``ChatCompletionChunk``: deltas of every choice, choice 0's finish_reason,
+    and the usage that ``include_usage`` puts on the final chunk."""
+    model = getattr(chunk, "model", None)
+    if isinstance(model, str) and model:
+        meter.model = model
+    for choice in getattr(chunk, "choices", None) or []:
+        text = _text(getattr(choice, "delta", None))
+        if text:
+            meter.parts.append(text)
+        finish = getattr(choice, "finish_reason", None)
+        if getattr(choice, "index", 0) == 0 and isinstance(finish, str):
+            meter.finish_reason = finish
+    usage = getattr(chunk, "usage", None)
+    prompt = getattr(usage, "prompt_tokens", None)
+    completion = getattr(usage, "completion_tokens", None)
+    if isinstance(prompt, int) and isinstance(completion, int):
+        cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
+        meter.input_tokens, meter.output_tokens = prompt, completion
+        meter.cached_input_tokens = cached if isinstance(cached, int) else 0
+        meter.usage_final = True
