@@ -1,4 +1,4 @@
-"""The ``spendstream`` command: worker, up, demo, init, check, flags."""
+"""The ``spendstream`` command: worker, up, demo, init, check, flags, disable, enable."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from spendstream.errors import SpendstreamError
 
 if TYPE_CHECKING:
+    from redis import Redis
+
     from spendstream.settings import Settings
 
 DESCRIPTION = """\
@@ -27,6 +29,7 @@ Start here:
   spendstream check           validate budgets.yaml and print what it means
   spendstream worker          production: run against SPENDSTREAM_KAFKA_URL / _REDIS_URL
   spendstream flags           list active cutoff and warn flags in Redis
+  spendstream disable FEATURE kill switch: guards refuse the feature (enable undoes it)
 
 Settings come from environment variables (SPENDSTREAM_KAFKA_URL, SPENDSTREAM_REDIS_URL,
 SPENDSTREAM_BUDGETS, SPENDSTREAM_TOPIC, SPENDSTREAM_REDIS_PREFIX, SLACK_WEBHOOK_URL,
@@ -75,7 +78,34 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("flags", help="list active cutoff and warn flags in Redis",
                    description="Scan SPENDSTREAM_REDIS_URL for cutoff/warn keys and print "
                    "each with its reason, spend and time to live.")
+    x = sub.add_parser("disable", help="kill switch: refuse every call of a feature",
+                       description="Write the feature's cutoff flag, so every guard refuses "
+                       "its calls with FeatureDisabled within its cache time (1 s by default).")
+    x.add_argument("feature")
+    x.add_argument("--reason", default="disabled by an operator",
+                   help="shown to callers in the FeatureDisabled error")
+    x.add_argument("--ttl", type=_duration, metavar="DURATION",
+                   help="re-enable automatically after this long (e.g. 90, 30m, 2h, 1d); "
+                   "default: until `spendstream enable`")
+    e = sub.add_parser("enable", help="undo `disable` (clears the feature's cutoff flag)",
+                       description="Delete the feature's cutoff flag, whether an operator "
+                       "or the feature's hard budget cap set it.")
+    e.add_argument("feature")
     return p
+
+
+def _duration(text: str) -> int:
+    """Seconds from ``90``, ``90s``, ``30m``, ``2h`` or ``1d``."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = int(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90, 30m, 2h or 1d"
+                                         ) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("the TTL must be positive")
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +223,49 @@ def _flags(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _redis_call(settings: Settings, action: Callable[[Redis], object]) -> object:
+    import redis
+    from redis.exceptions import RedisError
+
+    from spendstream.errors import ServiceUnavailable
+
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=3,
+                                  socket_connect_timeout=3)
+    try:
+        return action(client)
+    except RedisError as e:
+        raise ServiceUnavailable(f"Redis unreachable ({type(e).__name__}); check "
+                                 "SPENDSTREAM_REDIS_URL") from e
+    finally:
+        client.close()
+
+
+def _disable(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    end = now + timedelta(seconds=args.ttl) if args.ttl else None
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    # The worker's flag shape, so `flags`, the guard and other languages read one format.
+    value = {"scope": "feature", "id": args.feature, "reason": args.reason, "level": "cutoff",
+             "spent": "0", "budget": "0", "unit": "switch", "window_start": now.strftime(stamp),
+             "window_end": end.strftime(stamp) if end else None}
+    key = f"{settings.redis_prefix}cutoff:feature:{args.feature}"
+    _redis_call(settings, lambda r: r.set(key, json.dumps(value), ex=args.ttl))
+    until = f"until {value['window_end']}" if end else "until `spendstream enable`"
+    print(f"disabled {args.feature} {until}: guards refuse its calls within their cache time")
+    return 0
+
+
+def _enable(args: argparse.Namespace, settings: Settings) -> int:
+    key = f"{settings.redis_prefix}cutoff:feature:{args.feature}"
+    removed = _redis_call(settings, lambda r: r.delete(key))
+    print(f"enabled {args.feature}" if removed else f"{args.feature} was not disabled")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "worker": _worker, "up": _up, "demo": _demo, "init": _init, "check": _check, "flags": _flags,
+    "disable": _disable, "enable": _enable,
 }
