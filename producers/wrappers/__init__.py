@@ -1,8 +1,8 @@
 """Drop-in wrappers that put the guard around the official OpenAI and Anthropic clients.
 
-``wrap_openai(client, guard)`` and ``wrap_anthropic(client, guard)``; each client library
-is needed only by its own wrapper (``pip install 'spendstream[openai]'`` or
-``'spendstream[anthropic]'``).
+``wrap_openai(client, guard)`` and ``wrap_anthropic(client, guard)``. The wrappers read the
+clients' responses by attribute and import neither library: install the one you use
+(``pip install 'spendstream[openai]'`` or ``'spendstream[anthropic]'``).
 """
 
 from __future__ import annotations
