@@ -32,6 +32,9 @@ class Thresholds(_Strict):
     alert: Annotated[Decimal, Field(gt=0)] = Decimal("1.2")
     pace: Annotated[Decimal, Field(gt=0)] = Decimal("1.2")
     """Month-to-date spend above this multiple of the pro-rated budget raises a pace warning."""
+    drift: Annotated[Decimal, Field(gt=0)] = Decimal("0.10")
+    """Token-inflation audit: alert when provider input counts differ from the apps' local
+    counts by more than this fraction over a day."""
 
     @model_validator(mode="after")
     def _ordered(self) -> Thresholds:

@@ -17,6 +17,9 @@ from spendstream.streams.windows import Period, Window, window_from_key, window_
 
 log = logging.getLogger("spendstream.worker")
 
+DRIFT_MIN_EVENTS = 20
+"""Calls per provider/model and day before the token-inflation audit judges a drift."""
+
 
 class RollupStage(Stage):
     """Stage two: feature and global windows, on the rollup topic's partitions."""
@@ -32,11 +35,11 @@ class RollupStage(Stage):
                 self._fold_feature(partition, source, key, e, ts, now)
 
     def _fold_or_late(self, partition: int, key: str, window: Window, source: int, e: Entry,
-                      now: datetime) -> None:
+                      now: datetime, audit: bool = False) -> None:
         if window.is_late(now, self.grace):
             self._fold(partition, f"late|{key}", window, source, e.offset, e.contribution)
         else:
-            self._fold(partition, key, window, source, e.offset, e.contribution)
+            self._fold(partition, key, window, source, e.offset, e.contribution, audit)
 
     def _fold_feature(self, partition: int, source: int, feature: str, e: Entry, ts: datetime,
                       now: datetime) -> None:
@@ -52,6 +55,10 @@ class RollupStage(Stage):
         for period in ("minute", "hour", "day"):
             w = window_of(period, ts)
             self._fold_or_late(partition, f"g|*|{period}|{w.key}", w, source, e, now)
+        if e.contribution.local_input_tokens is not None:
+            d = window_of("day", ts)
+            self._fold_or_late(partition, f"drift|{e.provider or '?'}/{e.model}|day|{d.key}", d,
+                               source, e, now, audit=True)
         if not e.contribution.priced:
             d = window_of("day", ts)
             totals = self._fold(partition, f"unp|{e.model}|day|{d.key}", d, source, e.offset,
@@ -76,7 +83,28 @@ class RollupStage(Stage):
             elif parts[0] == "g":
                 self._evaluate_global(window_from_key(parts[2], parts[3]), totals,
                                       now)  # type: ignore[arg-type]
+            elif parts[0] == "drift":
+                self._evaluate_drift(parts[1], window_from_key("day", parts[3]), totals, now)
         self._commit()
+
+    def _evaluate_drift(self, subject: str, window: Window, totals: Totals, now: datetime
+                        ) -> None:
+        """Token-inflation audit: the provider's input counts against the apps' own, per
+        provider/model and day; one alert when they differ by more than ``thresholds.drift``
+        over at least :data:`DRIFT_MIN_EVENTS` calls."""
+        if totals.level or totals.audited < DRIFT_MIN_EVENTS or totals.local_input <= 0:
+            return
+        ratio = Decimal(totals.reported_input) / Decimal(totals.local_input)
+        if abs(ratio - 1) <= self.budgets.thresholds.drift:
+            return
+        totals.level = Level.ALERT
+        direction = "more" if ratio > 1 else "fewer"
+        detail = (f"the provider reported {abs(ratio - 1) * 100:.1f}% {direction} input tokens "
+                  f"than the apps counted locally, over {totals.audited} calls")
+        log.warning("token drift for %s: %s", subject, detail)
+        self._alert(Alert("model", subject, "token_drift", Level.ALERT, Level.OK,
+                          Decimal(totals.reported_input), Decimal(totals.local_input), "tokens",
+                          window.start, window.end, now, detail))
 
     def _publish_spend(self, parts: list[str], totals: Totals) -> None:
         """Live spend of a feature's current period or a global window, for dashboards."""

@@ -68,18 +68,20 @@ class Entry:
     feature: str
     model: str
     contribution: Contribution
+    provider: str | None = None
 
     def to_wire(self) -> list[Any]:
         """Compact list form for the rollup message."""
         c = self.contribution
-        return [self.offset, self.ts, self.model, str(c.usd), c.tokens, int(c.ok), int(c.priced)]
+        return [self.offset, self.ts, self.model, str(c.usd), c.tokens, int(c.ok), int(c.priced),
+                self.provider, c.input_tokens, c.local_input_tokens]
 
     @classmethod
     def from_wire(cls, feature: str, row: list[Any]) -> Entry:
         """Inverse of :meth:`to_wire`."""
-        off, ts, model, usd, tokens, ok, priced = row
-        return cls(off, ts, feature, model, Contribution(Decimal(usd), tokens, bool(ok),
-                                                         bool(priced)))
+        off, ts, model, usd, tokens, ok, priced, provider, inp, local = row
+        return cls(off, ts, feature, model, Contribution(
+            Decimal(usd), tokens, bool(ok), bool(priced), inp, local), provider)
 
 
 def flag_payload(scope: str, subject: str, reason: str, level: Level, spent: Decimal,
@@ -111,14 +113,14 @@ class Stage:
         self._dirty: dict[str, Totals] = {}
 
     def _fold(self, partition: int, key: str, window: Window, source: int, offset: int,
-              c: Contribution) -> Totals:
+              c: Contribution, audit: bool = False) -> Totals:
         totals = self._dirty.get(key)
         if totals is None:
             totals = Totals.from_json(self.state.get(key))
             totals.end = window.end_epoch
             totals.partition = partition
             self._dirty[key] = totals
-        totals.add(source, offset, c)
+        totals.add(source, offset, c, audit)
         return totals
 
     def _alert(self, alert: Alert) -> None:

@@ -21,6 +21,9 @@ class Contribution:
     tokens: int
     ok: bool
     priced: bool
+    input_tokens: int = 0
+    local_input_tokens: int | None = None
+    """The app's own count of the prompt, when it sent one (token-inflation audit)."""
 
 
 @dataclass(slots=True)
@@ -37,13 +40,20 @@ class Totals:
     end: int = 0
     partition: int = -1
     offsets: dict[str, int] = field(default_factory=dict)
+    audited: int = 0
+    reported_input: int = 0
+    local_input: int = 0
 
     def seen(self, source: int, offset: int) -> bool:
         """True when the event at ``offset`` of partition ``source`` is already folded in."""
         return offset <= self.offsets.get(str(source), -1)
 
-    def add(self, source: int, offset: int, c: Contribution) -> bool:
-        """Fold one event in; returns False (and changes nothing) if it was folded before."""
+    def add(self, source: int, offset: int, c: Contribution, audit: bool = False) -> bool:
+        """Fold one event in; returns False (and changes nothing) if it was folded before.
+
+        With ``audit`` the provider's and the app's input counts are summed as well (only
+        the token-inflation windows ask for it, so other state stays small).
+        """
         if self.seen(source, offset):
             return False
         self.offsets[str(source)] = offset
@@ -54,13 +64,20 @@ class Totals:
             self.failed += 1
         if not c.priced:
             self.unpriced += 1
+        if audit and c.local_input_tokens is not None:
+            self.audited += 1
+            self.reported_input += c.input_tokens
+            self.local_input += c.local_input_tokens
         return True
 
     def to_json(self) -> dict[str, Any]:
         """The changelog form: small and JSON-safe (money as a string)."""
-        return {"usd": str(self.usd), "tok": self.tokens, "n": self.events, "err": self.failed,
-                "unp": self.unpriced, "lvl": self.level, "pace": self.pace, "end": self.end,
-                "p": self.partition, "off": self.offsets}
+        d = {"usd": str(self.usd), "tok": self.tokens, "n": self.events, "err": self.failed,
+             "unp": self.unpriced, "lvl": self.level, "pace": self.pace, "end": self.end,
+             "p": self.partition, "off": self.offsets}
+        if self.audited:  # only the audit windows carry these; keep the rest small
+            d["au"], d["ri"], d["li"] = self.audited, self.reported_input, self.local_input
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any] | None) -> Totals:
@@ -69,4 +86,5 @@ class Totals:
             return cls()
         return cls(usd=Decimal(d["usd"]), tokens=d["tok"], events=d["n"], failed=d["err"],
                    unpriced=d["unp"], level=d["lvl"], pace=d.get("pace", 0), end=d["end"],
-                   partition=d["p"], offsets=dict(d["off"]))
+                   partition=d["p"], offsets=dict(d["off"]), audited=d.get("au", 0),
+                   reported_input=d.get("ri", 0), local_input=d.get("li", 0))

@@ -49,7 +49,11 @@ class UserStage(Stage):
         priced = self.pricer.price_event(event)
         if not priced.priced:
             self.counters.unpriced += 1
-        c = Contribution(priced.cost, event.total_tokens, event.ok, priced.priced)
+        # Only provider-reported counts are worth auditing: an estimated event's input
+        # is the app's own count already.
+        local = event.local_input_tokens if event.ok and not event.estimated else None
+        c = Contribution(priced.cost, event.total_tokens, event.ok, priced.priced,
+                         event.input_tokens, local)
         day = window_of("day", event.ts)
         if day.is_late(now, self.grace):
             self.counters.late += 1
@@ -58,7 +62,7 @@ class UserStage(Stage):
             self._fold(partition, f"u|{event.user_id}|{day.key}", day, partition, offset, c)
             hour = window_of("hour", event.ts)
             self._fold(partition, f"uh|{event.user_id}|{hour.key}", hour, partition, offset, c)
-        return Entry(offset, event.ts.timestamp(), event.feature, event.model, c)
+        return Entry(offset, event.ts.timestamp(), event.feature, event.model, c, event.provider)
 
     def finish(self, now: datetime) -> None:
         """Evaluate every user window the batch touched, then persist them."""

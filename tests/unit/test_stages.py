@@ -7,6 +7,7 @@ into; the integration tests drive the same stages through a real broker and Redi
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -209,3 +210,34 @@ def test_ids_with_separators(user):
     w = World()
     w.send(*[ev(user=user, tokens=1000) for _ in range(13)])
     assert f"cutoff:user:{user}" in w.flags.keys
+
+
+def audited(local: int, reported: int, **kw) -> UsageEvent:
+    return UsageEvent(user_id=kw.pop("user", "u1"), feature="chat", model="m",
+                      provider="acme", input_tokens=reported, local_input_tokens=local,
+                      ts=NOW, **kw)
+
+
+@pytest.mark.parametrize(("reported", "alerted"), [(1000, False), (1090, False),
+                                                   (1150, True), (800, True)])
+def test_token_inflation_audit_alerts_once_past_the_drift_threshold(reported, alerted):
+    w = World()
+    w.send(*[audited(1000, reported, user=f"u{i}") for i in range(19)])
+    assert not [a for a in w.alerts if a.kind == "token_drift"]  # too few calls to judge
+    w.send(*[audited(1000, reported, user=f"v{i}") for i in range(30)])
+    drift = [a for a in w.alerts if a.kind == "token_drift"]
+    assert len(drift) == (1 if alerted else 0)
+    if alerted:
+        a = drift[0]
+        assert a.subject == "acme/m" and a.unit == "tokens"
+        assert a.percent == Decimal(reported) / 10  # provider / local
+        assert ("more" if reported > 1000 else "fewer") in a.detail
+
+
+def test_estimated_and_failed_events_are_left_out_of_the_audit():
+    w = World()
+    w.send(*[audited(1000, 2000, user=f"u{i}", estimated=True) for i in range(30)])
+    w.send(*[audited(1000, 2000, user=f"v{i}", status="error") for i in range(30)])
+    assert not [a for a in w.alerts if a.kind == "token_drift"]
+    assert not any(k.startswith("drift|") for k in w.rstate.data)
+    assert all("au" not in v for v in w.ustate.data.values())  # user state stays small
