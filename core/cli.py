@@ -1,11 +1,14 @@
-"""The ``spendstream`` command: worker, up, demo, init, check, flags, disable, enable."""
+"""The ``spendstream`` command: worker, up, demo, init, check, flags, disable, enable,
+audit, estimate."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +33,8 @@ Start here:
   spendstream worker          production: run against SPENDSTREAM_KAFKA_URL / _REDIS_URL
   spendstream flags           list active cutoff and warn flags in Redis
   spendstream disable FEATURE kill switch: guards refuse the feature (enable undoes it)
+  spendstream audit           does a provider count more prompt tokens than it was sent?
+  spendstream estimate        monthly cost of a feature from calls/day and tokens/call
 
 Settings come from environment variables (SPENDSTREAM_KAFKA_URL, SPENDSTREAM_REDIS_URL,
 SPENDSTREAM_BUDGETS, SPENDSTREAM_TOPIC, SPENDSTREAM_REDIS_PREFIX, SLACK_WEBHOOK_URL,
@@ -91,7 +96,71 @@ def _parser() -> argparse.ArgumentParser:
                        description="Delete the feature's cutoff flag, whether an operator "
                        "or the feature's hard budget cap set it.")
     e.add_argument("feature")
+    _audit_parser(sub)
+    _estimate_parser(sub)
     return p
+
+
+def _audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    a = sub.add_parser(
+        "audit", help="token-inflation self-test against an OpenAI-compatible endpoint",
+        formatter_class=argparse.RawDescriptionHelpFormatter, description="""\
+Send a fixed four-message chat (max_tokens=1, so it costs a fraction of a cent) and set
+the provider's usage.prompt_tokens against spendstream's local tiktoken count of the same
+messages. A provider or proxy that bills more prompt tokens than the text holds shows
+up as INFLATED. Exit 0 within the tolerance, 1 beyond it, 2 when the call fails.
+
+The local count is exact only when the model's tiktoken encoding is available offline
+(cl100k_base always is: gpt-4, gpt-3.5-turbo); otherwise the verdict is indicative.
+
+example:
+  OPENAI_API_KEY=sk-... spendstream audit --base-url https://api.openai.com/v1 --model gpt-4
+  spendstream audit --base-url http://localhost:8000/v1 --model gpt-4 --tolerance 0.05""")
+    a.add_argument("--base-url", required=True, metavar="URL",
+                   help="the API's base URL, where /chat/completions is served "
+                   "(usually ending in /v1)")
+    a.add_argument("--model", required=True, help="the model name the endpoint expects")
+    a.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                   help="the environment variable holding the API key (default: "
+                   "%(default)s); never printed. Unset is fine for a local server")
+    a.add_argument("--tolerance", type=_fraction, default=Decimal("0.02"), metavar="FRACTION",
+                   help="allowed drift as a fraction of the local count (default: "
+                   "%(default)s = 2%%)")
+    a.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="give up on the endpoint after this long (default: %(default)s)")
+
+
+def _estimate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    m = sub.add_parser(
+        "estimate", help="monthly cost of a feature from calls/day and tokens per call",
+        formatter_class=argparse.RawDescriptionHelpFormatter, description="""\
+Price one average call with the worker's own prices (the budgets file's `prices:`
+first, then the bundled genai-prices table) and multiply it out: per day, and per
+30-day month, in USD rounded to cents. With --feature, the model is the feature's
+`model:` in the budgets file and the estimate is set against the feature's budget
+(a shorter period than a month gets the day's cost spread evenly over it).
+
+examples:
+  spendstream estimate --calls-per-day 20000 --input-tokens 1200 --output-tokens 300 \\
+      --model gpt-4o-mini
+  spendstream estimate --calls-per-day 20000 --input-tokens 1200 --output-tokens 300 \\
+      --feature chat --cached-fraction 0.5 --budgets budgets.yaml""")
+    m.add_argument("--calls-per-day", type=_count, required=True, metavar="N",
+                   help="model calls a day")
+    m.add_argument("--input-tokens", type=_count, required=True, metavar="N",
+                   help="prompt tokens of an average call (cached ones included)")
+    m.add_argument("--output-tokens", type=_count, required=True, metavar="N",
+                   help="completion tokens of an average call")
+    which = m.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="price this model (e.g. gpt-4o)")
+    which.add_argument("--feature", help="use this feature's model and budget from the "
+                       "budgets file")
+    m.add_argument("--cached-fraction", type=_fraction, default=Decimal(0), metavar="FRACTION",
+                   help="share of the input read from the provider's prompt cache, 0 to 1 "
+                   "(default: 0); priced at the model's cached-input rate")
+    m.add_argument("--budgets", type=Path, metavar="PATH",
+                   help="budgets file for `prices:` and features (default: "
+                   "SPENDSTREAM_BUDGETS, used if it exists)")
 
 
 def _duration(text: str) -> int:
@@ -106,6 +175,28 @@ def _duration(text: str) -> int:
     if seconds <= 0:
         raise argparse.ArgumentTypeError("the TTL must be positive")
     return seconds
+
+
+def _fraction(text: str) -> Decimal:
+    """A decimal from 0 to 1, e.g. ``0.02``."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number like 0.02") from None
+    if not value.is_finite() or not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction from 0 to 1 (0.02 = 2%)")
+    return value
+
+
+def _count(text: str) -> int:
+    """A whole number, zero or more."""
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,7 +356,36 @@ def _enable(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    from pydantic import SecretStr
+
+    from spendstream.audit import run_audit
+
+    # The key's variable is named on the command line, so it cannot be a settings field;
+    # it is read here, at the entry point, and travels only as a SecretStr.
+    key = os.environ.get(args.api_key_env) or None
+    if key is None:
+        print(f"note: ${args.api_key_env} is not set; sending no key (fine for a local "
+              "server, a hosted API will refuse)", file=sys.stderr)
+    return run_audit(args.base_url, args.model, SecretStr(key) if key else None,
+                     f"${args.api_key_env}", args.tolerance, args.timeout)
+
+
+def _estimate(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
+    from spendstream.estimate import Usage, run_estimate
+
+    # The pricer's "unpriced" warning speaks of events; this command's own error says it better.
+    logging.getLogger("spendstream.producers.pricing").setLevel(logging.ERROR)
+
+    usage = Usage(args.calls_per_day, args.input_tokens, args.output_tokens,
+                  args.cached_fraction)
+    return run_estimate(usage, model=args.model, feature=args.feature, budgets=args.budgets,
+                        default_budgets=Path(settings.budgets))
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "worker": _worker, "up": _up, "demo": _demo, "init": _init, "check": _check, "flags": _flags,
-    "disable": _disable, "enable": _enable,
+    "disable": _disable, "enable": _enable, "audit": _audit, "estimate": _estimate,
 }
