@@ -148,7 +148,7 @@ def guard_rows(url: str) -> list[Row]:
         now = datetime.now(UTC)
 
         def flags_only(_: int) -> None:  # Guard internals: the flag half of admit alone
-            snapshot, _blind = cached._flags("u-cached", FEATURE)
+            snapshot, _blind, _rated = cached._flags("u-cached", FEATURE)
             cached._check("u-cached", FEATURE, snapshot, now)
 
         rows = [

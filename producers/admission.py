@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -46,6 +47,11 @@ def parse_time(value: object) -> datetime | None:
     """A flag's ``window_end`` (RFC 3339, ``Z`` accepted) as an aware UTC datetime."""
     if not isinstance(value, str) or not value:
         return None
+    return _parse_time(value)
+
+
+@lru_cache(maxsize=1024)  # a cached flag is checked on every call: parse its times once
+def _parse_time(value: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -56,8 +62,13 @@ def parse_time(value: object) -> datetime | None:
 def _decimal(value: object) -> Decimal | None:
     if value is None or isinstance(value, bool):
         return None
+    return _parse_decimal(value if isinstance(value, str) else str(value))
+
+
+@lru_cache(maxsize=1024)  # remaining_usd of a cached spend key is read on every call
+def _parse_decimal(value: str) -> Decimal | None:
     try:
-        return Decimal(str(value))
+        return Decimal(value)
     except InvalidOperation:
         return None
 

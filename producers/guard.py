@@ -110,6 +110,10 @@ class _Plan:
     max_tokens: int | None
 
 
+_NO_FEATURE = Feature()
+"""A feature missing from the budgets file: no caps, no model (built once, not per call)."""
+
+
 class _GuardBase:
     """What the sync and async guards share: everything except the Redis calls."""
 
@@ -135,7 +139,7 @@ class _GuardBase:
 
     def _plan(self, user_id: str, feature: str, model: str | None, max_tokens: int | None,
               tier: str | None) -> _Plan:
-        conf = self.budgets.features.get(feature) or Feature()
+        conf = self.budgets.features.get(feature) or _NO_FEATURE
         tier = tier or self.budgets.users.tier_of(user_id)
         return _Plan(conf, tier, choose_model(conf, tier, model, feature),
                      choose_max_tokens(conf, max_tokens))
@@ -277,32 +281,46 @@ class Guard(_GuardBase):
         or Throttled (all SpendstreamError) or return what the call may use."""
         plan = self._plan(user_id, feature, model, max_tokens, tier)
         now = datetime.now(UTC)
-        snapshot, blind = self._flags(user_id, feature)
+        limited = self.rate_limit_per_minute is not None
+        snapshot, blind, rated = self._flags(user_id, feature, limited)
         self._check(user_id, feature, snapshot, now)
         fitted = self._fit(plan, messages)
-        if self.rate_limit_per_minute is not None:
-            blind = self._rate(user_id) or blind
+        if rated is not None:
+            self._throttle(user_id, RateDecision.from_reply(rated))
+        elif limited and not blind:  # flags came from the cache: the rate still goes to Redis
+            blind = self._rate(user_id)
         if blind:
             self.stats.failed_open += 1
         return self._admission(user_id, feature, plan, fitted, snapshot, now)
 
-    def _flags(self, user_id: str, feature: str) -> tuple[FlagSnapshot, bool]:
-        """The flags, and True when Redis did not answer (the stale snapshot stands in)."""
+    def _flags(self, user_id: str, feature: str, limited: bool = False
+               ) -> tuple[FlagSnapshot, bool, Any]:
+        """The flags; True when Redis did not answer (the stale snapshot stands in); and,
+        when ``limited`` and Redis was asked, the rate script's reply from the same round
+        trip (one pipeline: the MGET and the rate limit cost one round trip, not two)."""
         snapshot = self._cached(user_id, feature)
         if snapshot is not None:
-            return snapshot, False
+            return snapshot, False, None
         if self._redis_skipped():
             self._redis_failed(None)
-            return self._stale(user_id, feature), True
+            return self._stale(user_id, feature), True, None
+        keys = flag_keys(self.prefix, user_id, feature)
         try:
-            values = self.redis.mget(flag_keys(self.prefix, user_id, feature))
+            if limited:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.mget(keys)
+                self._script(keys=[rate_key(self.prefix, user_id)],
+                             args=script_args(self.rate_limit_per_minute or 0, 60.0), client=pipe)
+                values, rated = pipe.execute()
+            else:
+                values, rated = self.redis.mget(keys), None
         except (RedisError, OSError) as e:
             self._redis_failed(e)
-            return self._stale(user_id, feature), True
+            return self._stale(user_id, feature), True, None
         self._redis_ok()
         snapshot = FlagSnapshot.from_values(list(values))
         self._remember(user_id, feature, snapshot)
-        return snapshot, False
+        return snapshot, False, rated
 
     def _rate(self, user_id: str) -> bool:
         """Take one request from the user's rate; True when Redis did not answer."""
@@ -352,32 +370,45 @@ class AsyncGuard(_GuardBase):
         """See :meth:`Guard.admit`."""
         plan = self._plan(user_id, feature, model, max_tokens, tier)
         now = datetime.now(UTC)
-        snapshot, blind = await self._flags(user_id, feature)
+        limited = self.rate_limit_per_minute is not None
+        snapshot, blind, rated = await self._flags(user_id, feature, limited)
         self._check(user_id, feature, snapshot, now)
         fitted = self._fit(plan, messages)
-        if self.rate_limit_per_minute is not None:
-            blind = await self._rate(user_id) or blind
+        if rated is not None:
+            self._throttle(user_id, RateDecision.from_reply(rated))
+        elif limited and not blind:
+            blind = await self._rate(user_id)
         if blind:
             self.stats.failed_open += 1
         return self._admission(user_id, feature, plan, fitted, snapshot, now)
 
-    async def _flags(self, user_id: str, feature: str) -> tuple[FlagSnapshot, bool]:
+    async def _flags(self, user_id: str, feature: str, limited: bool = False
+                     ) -> tuple[FlagSnapshot, bool, Any]:
         """See :meth:`Guard._flags`."""
         snapshot = self._cached(user_id, feature)
         if snapshot is not None:
-            return snapshot, False
+            return snapshot, False, None
         if self._redis_skipped():
             self._redis_failed(None)
-            return self._stale(user_id, feature), True
+            return self._stale(user_id, feature), True, None
+        keys = flag_keys(self.prefix, user_id, feature)
         try:
-            values = await self.redis.mget(flag_keys(self.prefix, user_id, feature))
+            if limited:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.mget(keys)
+                await self._script(keys=[rate_key(self.prefix, user_id)],
+                                   args=script_args(self.rate_limit_per_minute or 0, 60.0),
+                                   client=pipe)
+                values, rated = await pipe.execute()
+            else:
+                values, rated = await self.redis.mget(keys), None
         except (RedisError, OSError) as e:
             self._redis_failed(e)
-            return self._stale(user_id, feature), True
+            return self._stale(user_id, feature), True, None
         self._redis_ok()
         snapshot = FlagSnapshot.from_values(list(values))
         self._remember(user_id, feature, snapshot)
-        return snapshot, False
+        return snapshot, False, rated
 
     async def _rate(self, user_id: str) -> bool:
         """Take one request from the user's rate; True when Redis did not answer."""

@@ -20,7 +20,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import tiktoken
@@ -136,22 +136,44 @@ def _flatten(value: object) -> str:
         return str(value)
 
 
+_MEMO_ENTRIES = 4096
+_MEMO_CHARS = 4_000_000
+"""Bounds of a tokenizer's memo of counts: entries, and characters of text held."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Tokenizer:
     encoder: Encoder | None
     encoding: str
     exact: bool
+    memo: dict[str, int] = field(default_factory=dict, compare=False)
+    """Counts of texts seen before: a chat resends its system prompt and history on every
+    turn, so most of a prompt is counted once, not once per call."""
+    held: list[int] = field(default_factory=lambda: [0], compare=False)
 
     def count(self, text: str) -> TokenCount:
         """Tokens in ``text``; the character estimate if the encoder fails on it."""
-        if self.encoder is not None:
-            try:
-                return TokenCount(len(self.encoder.encode_ordinary(text)), self.exact,
-                                  self.encoding)
-            except Exception:  # a broken encoder must not break accounting
-                logger.exception("tokenizer %s failed; approximating by characters",
-                                 self.encoding)
-        return TokenCount(_approx(text), False, APPROX_CHARS)
+        n = self.tokens(text)
+        if n is None:
+            return TokenCount(_approx(text), False, APPROX_CHARS)
+        return TokenCount(n, self.exact, self.encoding)
+
+    def tokens(self, text: str) -> int | None:
+        """The encoder's count of ``text`` (memoised), or ``None`` when it cannot count."""
+        known = self.memo.get(text)
+        if known is not None or self.encoder is None:
+            return known
+        try:
+            n = len(self.encoder.encode_ordinary(text))
+        except Exception:  # a broken encoder must not break accounting
+            logger.exception("tokenizer %s failed; approximating by characters", self.encoding)
+            return None
+        if len(self.memo) >= _MEMO_ENTRIES or self.held[0] + len(text) > _MEMO_CHARS:
+            self.memo.clear()
+            self.held[0] = 0
+        self.memo[text] = n
+        self.held[0] += len(text)
+        return n
 
 
 class TokenCounter:
@@ -178,7 +200,10 @@ class TokenCounter:
         tokenizer = self._tokenizer(model)
         total, exact, encoding = TOKENS_REPLY_PRIMING, tokenizer.exact, tokenizer.encoding
         items: list[object]
-        if isinstance(messages, str | Mapping):  # one message passed bare: count it, inexact
+        # type() checks first: ABC isinstance checks cost more than the counting itself
+        if type(messages) is list:
+            items = messages
+        elif isinstance(messages, str | Mapping):  # one message passed bare: count it, inexact
             items, exact = [messages], False
         else:
             try:
@@ -187,18 +212,19 @@ class TokenCounter:
                 items, exact = [], False
         for message in items:
             total += TOKENS_PER_MESSAGE
-            if isinstance(message, Mapping):
+            if type(message) is dict or isinstance(message, Mapping):
                 values: Iterable[tuple[object, object]] = message.items()
             else:
                 values, exact = [("", message)], False
             for key, value in values:
                 if value is None:
                     continue
-                part = tokenizer.count(value if isinstance(value, str) else _flatten(value))
-                total += part.tokens
-                exact = exact and part.exact and isinstance(value, str)
-                if part.encoding == APPROX_CHARS:
-                    encoding = APPROX_CHARS
+                text = value if isinstance(value, str) else _flatten(value)
+                n = tokenizer.tokens(text)  # ints, not TokenCounts: this loop is the hot path
+                if n is None:
+                    n, encoding, exact = _approx(text), APPROX_CHARS, False
+                total += n
+                exact = exact and isinstance(value, str)
                 if key == "name":
                     total += TOKENS_PER_NAME
         return TokenCount(total, exact, encoding)
