@@ -36,7 +36,9 @@ class Fitted:
 def fit(messages: Sequence[Mapping[str, Any]], model: str, limit: int | None,
         policy: Policy = "trim_history", counter: Counter = count_messages) -> Fitted:
     """Apply ``policy`` so the prompt counts at most ``limit`` tokens (``None``: no limit)."""
-    msgs = [dict(m) for m in messages]
+    # Plain dicts pass through uncopied (this runs before every call); the policies below
+    # build new lists and dicts rather than editing the caller's.
+    msgs = [m if type(m) is dict else dict(m) for m in messages]
     total = counter(msgs, model)
     if limit is None or total.tokens <= limit:
         return Fitted(msgs, total.tokens, total.exact, False)
