@@ -5,9 +5,10 @@ Pure functions over datetimes; the worker keys its aggregates by :attr:`Window.k
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Literal
 
 Period = Literal["minute", "hour", "day", "month"]
@@ -27,16 +28,15 @@ class Window:
     period: Period
     start: datetime
     end: datetime
+    key: str = field(init=False, compare=False)
+    """Compact, sortable identity such as ``2026-11-23`` or ``2026-11-23T10``."""
+    end_epoch: int = field(init=False, compare=False)
+    """The end as epoch seconds, for Redis ``EXPIREAT``."""
 
-    @property
-    def key(self) -> str:
-        """Compact, sortable identity such as ``2026-11-23`` or ``2026-11-23T10``."""
-        return self.start.strftime(_KEY_FORMAT[self.period])
-
-    @property
-    def end_epoch(self) -> int:
-        """The end as epoch seconds, for Redis ``EXPIREAT``."""
-        return int(self.end.timestamp())
+    def __post_init__(self) -> None:
+        # Computed once: windows are cached and their keys are read for every event.
+        object.__setattr__(self, "key", self.start.strftime(_KEY_FORMAT[self.period]))
+        object.__setattr__(self, "end_epoch", int(self.end.timestamp()))
 
     def elapsed_fraction(self, now: datetime) -> Decimal:
         """How much of the window has passed at ``now``, between 0 and 1."""
@@ -49,28 +49,40 @@ class Window:
         return now > self.end + grace
 
 
+_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
 def window_of(period: Period, ts: datetime) -> Window:
-    """The window of ``period`` that contains ``ts`` (any timezone; converted to UTC)."""
-    t = ts.astimezone(UTC)
-    if period == "minute":
-        start = t.replace(second=0, microsecond=0)
-        end = start + timedelta(minutes=1)
-    elif period == "hour":
-        start = t.replace(minute=0, second=0, microsecond=0)
-        end = start + timedelta(hours=1)
-    elif period == "day":
-        start = t.replace(hour=0, minute=0, second=0, microsecond=0)
-        end = start + timedelta(days=1)
-    elif period == "month":
-        start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(
-            month=start.month + 1
-        )
-    else:  # pragma: no cover - Literal guards this
+    """The window of ``period`` that contains ``ts`` (any timezone; converted to UTC).
+
+    Minutes, hours and days are fixed lengths of UTC epoch seconds; a month is a calendar
+    month. Windows are cached, so the per-event cost is one division and a lookup.
+    """
+    if period == "month":
+        t = ts.astimezone(UTC)
+        return _month(t.year, t.month)
+    size = _SECONDS.get(period)
+    if size is None:
         raise ValueError(f"unknown period {period!r}")
-    return Window(period, start, end)
+    secs = ts.timestamp()
+    return _fixed(period, int(secs - secs % size))
 
 
+@lru_cache(maxsize=16384)
+def _fixed(period: Period, start: int) -> Window:
+    begin = datetime.fromtimestamp(start, UTC)
+    return Window(period, begin, begin + timedelta(seconds=_SECONDS[period]))
+
+
+@lru_cache(maxsize=1024)
+def _month(year: int, month: int) -> Window:
+    start = datetime(year, month, 1, tzinfo=UTC)
+    end = datetime(year + 1, 1, 1, tzinfo=UTC) if month == 12 else datetime(
+        year, month + 1, 1, tzinfo=UTC)
+    return Window("month", start, end)
+
+
+@lru_cache(maxsize=16384)
 def window_from_key(period: Period, key: str) -> Window:
     """Inverse of :attr:`Window.key`."""
     start = datetime.strptime(key, _KEY_FORMAT[period]).replace(tzinfo=UTC)
