@@ -18,9 +18,9 @@ from spendstream.producers.guard import Admission
 from spendstream.producers.tokens import count_text
 from spendstream.producers.wrappers.streams import (
     AsyncGuardedStream,
+    GuardedEndpoint,
     GuardedStream,
     StreamMeter,
-    record_safely,
 )
 
 PROVIDER = "openai"
@@ -59,25 +59,15 @@ class _Chat:
         return getattr(self._inner, name)
 
 
-class _Base:
-    def __init__(self, inner: Any, guard: Any) -> None:
-        self._inner = inner
-        self._guard = guard
+class _Base(GuardedEndpoint):
+    provider = PROVIDER
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+    @staticmethod
+    def observe(meter: StreamMeter, chunk: Any) -> None:
+        observe_chunk(meter, chunk)
 
-    def _failed(self, admission: Admission) -> None:
-        # Failed calls are free: counted, at zero tokens.
-        record_safely(self._guard, admission, provider=PROVIDER, input_tokens=0,
-                      output_tokens=0, status="error")
-
-    def _meter(self, admission: Admission) -> StreamMeter:
-        return StreamMeter(self._guard, admission, PROVIDER, observe_chunk)
-
-    def _done(self, admission: Admission, response: Any) -> None:
-        record_safely(self._guard, admission, provider=PROVIDER,
-                      **usage_of(response, admission))
+    def _usage(self, response: Any, admission: Admission) -> dict[str, Any]:
+        return usage_of(response, admission)
 
 
 class Completions(_Base):

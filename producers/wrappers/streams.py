@@ -235,3 +235,34 @@ class AsyncGuardedStream(Generic[T]):
         meter = self.__dict__.get("_meter")
         if meter is not None and not meter.settled:
             meter.settle(complete=False)
+
+
+class GuardedEndpoint:
+    """What both wrappers' endpoints share: attributes pass through to the client's own
+    endpoint, and a call's outcome is recorded (free when it failed, metered when it
+    streams). Subclasses set :attr:`provider` and :attr:`observe` and read usage."""
+
+    provider: str = ""
+    observe: Callable[[StreamMeter, Any], None]
+
+    def __init__(self, inner: Any, guard: Any) -> None:
+        self._inner = inner
+        self._guard = guard
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _usage(self, response: Any, admission: Admission) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _failed(self, admission: Admission) -> None:
+        # Failed calls are free: counted, at zero tokens.
+        record_safely(self._guard, admission, provider=self.provider, input_tokens=0,
+                      output_tokens=0, status="error")
+
+    def _meter(self, admission: Admission) -> StreamMeter:
+        return StreamMeter(self._guard, admission, self.provider, type(self).observe)
+
+    def _done(self, admission: Admission, response: Any) -> None:
+        record_safely(self._guard, admission, provider=self.provider,
+                      **self._usage(response, admission))
