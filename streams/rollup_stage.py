@@ -115,6 +115,7 @@ class RollupStage(Stage):
             "scope": "feature" if kind == "f" else "global", "id": subject, "period": period,
             "spent_usd": str(totals.usd), "spent_tokens": totals.tokens, "events": totals.events,
             "failed_events": totals.failed, "unpriced_events": totals.unpriced,
+            "length_finishes": totals.truncated,
             "window_start": window.start.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "window_end": window.end.strftime("%Y-%m-%dT%H:%M:%SZ")}
         conf = self.budgets.features.get(subject) if kind == "f" else None

@@ -74,14 +74,14 @@ class Entry:
         """Compact list form for the rollup message."""
         c = self.contribution
         return [self.offset, self.ts, self.model, str(c.usd), c.tokens, int(c.ok), int(c.priced),
-                self.provider, c.input_tokens, c.local_input_tokens]
+                self.provider, c.input_tokens, c.local_input_tokens, int(c.truncated)]
 
     @classmethod
     def from_wire(cls, feature: str, row: list[Any]) -> Entry:
         """Inverse of :meth:`to_wire`."""
-        off, ts, model, usd, tokens, ok, priced, provider, inp, local = row
+        off, ts, model, usd, tokens, ok, priced, provider, inp, local, truncated = row
         return cls(off, ts, feature, model, Contribution(
-            Decimal(usd), tokens, bool(ok), bool(priced), inp, local), provider)
+            Decimal(usd), tokens, bool(ok), bool(priced), inp, local, bool(truncated)), provider)
 
 
 def flag_payload(scope: str, subject: str, reason: str, level: Level, spent: Decimal,

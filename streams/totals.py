@@ -24,6 +24,8 @@ class Contribution:
     input_tokens: int = 0
     local_input_tokens: int | None = None
     """The app's own count of the prompt, when it sent one (token-inflation audit)."""
+    truncated: bool = False
+    """The answer stopped at its output cap (``finish_reason`` ``length``)."""
 
 
 @dataclass(slots=True)
@@ -43,6 +45,7 @@ class Totals:
     audited: int = 0
     reported_input: int = 0
     local_input: int = 0
+    truncated: int = 0
 
     def seen(self, source: int, offset: int) -> bool:
         """True when the event at ``offset`` of partition ``source`` is already folded in."""
@@ -64,6 +67,8 @@ class Totals:
             self.failed += 1
         if not c.priced:
             self.unpriced += 1
+        if c.truncated:
+            self.truncated += 1
         if audit and c.local_input_tokens is not None:
             self.audited += 1
             self.reported_input += c.input_tokens
@@ -75,6 +80,8 @@ class Totals:
         d = {"usd": str(self.usd), "tok": self.tokens, "n": self.events, "err": self.failed,
              "unp": self.unpriced, "lvl": self.level, "pace": self.pace, "end": self.end,
              "p": self.partition, "off": self.offsets}
+        if self.truncated:
+            d["len"] = self.truncated
         if self.audited:  # only the audit windows carry these; keep the rest small
             d["au"], d["ri"], d["li"] = self.audited, self.reported_input, self.local_input
         return d
@@ -87,4 +94,5 @@ class Totals:
         return cls(usd=Decimal(d["usd"]), tokens=d["tok"], events=d["n"], failed=d["err"],
                    unpriced=d["unp"], level=d["lvl"], pace=d.get("pace", 0), end=d["end"],
                    partition=d["p"], offsets=dict(d["off"]), audited=d.get("au", 0),
-                   reported_input=d.get("ri", 0), local_input=d.get("li", 0))
+                   reported_input=d.get("ri", 0), local_input=d.get("li", 0),
+                   truncated=d.get("len", 0))

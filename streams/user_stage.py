@@ -53,7 +53,7 @@ class UserStage(Stage):
         # is the app's own count already.
         local = event.local_input_tokens if event.ok and not event.estimated else None
         c = Contribution(priced.cost, event.total_tokens, event.ok, priced.priced,
-                         event.input_tokens, local)
+                         event.input_tokens, local, event.finish_reason == "length")
         day = window_of("day", event.ts)
         if day.is_late(now, self.grace):
             self.counters.late += 1

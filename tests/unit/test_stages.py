@@ -241,3 +241,13 @@ def test_estimated_and_failed_events_are_left_out_of_the_audit():
     assert not [a for a in w.alerts if a.kind == "token_drift"]
     assert not any(k.startswith("drift|") for k in w.rstate.data)
     assert all("au" not in v for v in w.ustate.data.values())  # user state stays small
+
+
+def test_answers_cut_at_the_output_cap_are_counted_per_feature():
+    w = World()
+    w.send(*[UsageEvent(user_id=f"u{i}", feature="chat", model="m", output_tokens=100,
+                        finish_reason="length" if i % 3 == 0 else "stop", ts=NOW)
+             for i in range(9)])
+    spend, _ = w.flags.keys["spend:feature:chat"]
+    assert spend["length_finishes"] == 3 and spend["events"] == 9
+    assert w.flags.keys["spend:global:day"][0]["length_finishes"] == 3
