@@ -21,6 +21,7 @@ from spendstream.producers.wrappers.streams import (
     AsyncGuardedStream,
     GuardedEndpoint,
     GuardedStream,
+    Passthrough,
     StreamMeter,
 )
 
@@ -39,15 +40,12 @@ def wrap_anthropic(client: Any, guard: Any) -> GuardedAnthropic:
     return GuardedAnthropic(client, messages)
 
 
-class GuardedAnthropic:
+class GuardedAnthropic(Passthrough):
     """The wrapped client: ``messages.create`` is guarded, the rest passes through."""
 
     def __init__(self, client: Any, messages: Messages | AsyncMessages) -> None:
-        self._client = client
+        super().__init__(client)
         self.messages = messages
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
 
 
 class _Base(GuardedEndpoint):

@@ -20,6 +20,7 @@ from spendstream.producers.wrappers.streams import (
     AsyncGuardedStream,
     GuardedEndpoint,
     GuardedStream,
+    Passthrough,
     StreamMeter,
 )
 
@@ -39,24 +40,18 @@ def wrap_openai(client: Any, guard: Any) -> GuardedOpenAI:
     return GuardedOpenAI(client, _Chat(client.chat, completions))
 
 
-class GuardedOpenAI:
+class GuardedOpenAI(Passthrough):
     """The wrapped client: ``chat.completions.create`` is guarded, the rest passes through."""
 
     def __init__(self, client: Any, chat: _Chat) -> None:
-        self._client = client
+        super().__init__(client)
         self.chat = chat
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
 
-
-class _Chat:
+class _Chat(Passthrough):
     def __init__(self, inner: Any, completions: Completions | AsyncCompletions) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.completions = completions
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 class _Base(GuardedEndpoint):

@@ -114,7 +114,18 @@ class StreamMeter:
                       estimated=True, model=self.model)
 
 
-class GuardedStream(Generic[T]):
+class Passthrough:
+    """A stand-in for one object of the client: what it does not define itself is the
+    wrapped object's, so everything the wrappers do not guard works unchanged."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class GuardedStream(Passthrough, Generic[T]):
     """A provider's sync stream, passed through chunk by chunk and metered.
 
     Leaving a ``for`` loop over it early, ``close()`` or the ``with`` block ending ends the
@@ -123,7 +134,7 @@ class GuardedStream(Generic[T]):
     """
 
     def __init__(self, inner: Any, meter: StreamMeter) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._meter = meter
         self._iterator: Iterator[T] | None = None
 
@@ -166,9 +177,6 @@ class GuardedStream(Generic[T]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
     def __del__(self) -> None:
         # Last resort for a stream dropped unread: it was still paid for.
         meter = self.__dict__.get("_meter")
@@ -176,7 +184,7 @@ class GuardedStream(Generic[T]):
             meter.settle(complete=False)
 
 
-class AsyncGuardedStream(Generic[T]):
+class AsyncGuardedStream(Passthrough, Generic[T]):
     """The asyncio form of :class:`GuardedStream`.
 
     Leaving an ``async for`` loop early settles the stream when asyncio finalizes the
@@ -185,7 +193,7 @@ class AsyncGuardedStream(Generic[T]):
     """
 
     def __init__(self, inner: Any, meter: StreamMeter) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._meter = meter
         self._iterator: AsyncIterator[T] | None = None
 
@@ -228,16 +236,13 @@ class AsyncGuardedStream(Generic[T]):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
     def __del__(self) -> None:
         meter = self.__dict__.get("_meter")
         if meter is not None and not meter.settled:
             meter.settle(complete=False)
 
 
-class GuardedEndpoint:
+class GuardedEndpoint(Passthrough):
     """What both wrappers' endpoints share: attributes pass through to the client's own
     endpoint, and a call's outcome is recorded (free when it failed, metered when it
     streams). Subclasses set :attr:`provider` and :attr:`observe` and read usage."""
@@ -246,11 +251,8 @@ class GuardedEndpoint:
     observe: Callable[[StreamMeter, Any], None]
 
     def __init__(self, inner: Any, guard: Any) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._guard = guard
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
     def _usage(self, response: Any, admission: Admission) -> dict[str, Any]:
         raise NotImplementedError
