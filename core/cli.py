@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from spendstream.errors import SpendstreamError
 
@@ -40,6 +40,8 @@ Settings come from environment variables (SPENDSTREAM_KAFKA_URL, SPENDSTREAM_RED
 SPENDSTREAM_BUDGETS, SPENDSTREAM_TOPIC, SPENDSTREAM_REDIS_PREFIX, SLACK_WEBHOOK_URL,
 SLACK_BOT_TOKEN, SLACK_CHANNEL, SLACK_API_URL) or a file given with --settings.
 """
+
+T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -292,29 +294,21 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _flags(args: argparse.Namespace, settings: Settings) -> int:
-    import redis
-    from redis.exceptions import RedisError
-
-    from spendstream.errors import ServiceUnavailable
-
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=3)
-    found = 0
-    try:
+    def active(client: Redis) -> list[str]:
+        lines = []
         for pattern in ("cutoff:*", "warn:*"):
             for key in sorted(client.scan_iter(settings.redis_prefix + pattern, count=1000)):
                 value, ttl = client.get(key), client.ttl(key)
                 text = value.decode() if isinstance(value, bytes) else (value or "")
-                print(f"{key.decode()}  ttl={ttl}s  {text}")
-                found += 1
-    except RedisError as e:
-        raise ServiceUnavailable(f"Redis unreachable ({type(e).__name__}); check "
-                                 "SPENDSTREAM_REDIS_URL") from e
-    if not found:
-        print("no active flags")
+                lines.append(f"{key.decode()}  ttl={ttl}s  {text}")
+        return lines
+
+    lines = _redis_call(settings, active)
+    print("\n".join(lines) if lines else "no active flags")
     return 0
 
 
-def _redis_call(settings: Settings, action: Callable[[Redis], object]) -> object:
+def _redis_call(settings: Settings, action: Callable[[Redis], T]) -> T:
     import redis
     from redis.exceptions import RedisError
 
