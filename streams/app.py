@@ -132,6 +132,14 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
             await dispatcher.stop()
             await flags.stop()
 
+    async def dead_letter(ev: faust.types.EventT, reason: str) -> None:
+        """The original key and bytes to the DLQ, with why and where they came from."""
+        counters.dead_letters += 1
+        m = ev.message
+        await dlq.send(key=ev.key, value=ev.value, headers={
+            "x-spendstream-reason": reason.encode(),
+            "x-spendstream-source": f"{m.topic}/{m.partition}/{m.offset}".encode()})
+
     @app.agent(usage, name="users")
     async def user_agent(stream: faust.StreamT) -> None:
         # take_events exists on faust's Stream but is missing from its StreamT interface.
@@ -144,10 +152,7 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                 try:
                     event = decode_event(ev.value)
                 except MalformedEvent as e:
-                    counters.dead_letters += 1
-                    await dlq.send(key=ev.key, value=ev.value, headers={
-                        "x-spendstream-reason": e.reason.encode(),
-                        "x-spendstream-source": f"{ev.message.topic}/{p}/{off}".encode()})
+                    await dead_letter(ev, e.reason)
                     continue
                 entry = users.process(p, off, event, now)
                 if entry is not None:
@@ -172,11 +177,7 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                     source = int(body["p"])
                     entries = [Entry.from_wire(key, row) for row in body["e"]]
                 except (AttributeError, ValueError, TypeError, KeyError, ArithmeticError) as e:
-                    counters.dead_letters += 1
-                    await dlq.send(key=ev.key, value=ev.value, headers={
-                        "x-spendstream-reason": f"malformed rollup message: {e!r}".encode(),
-                        "x-spendstream-source": f"{ev.message.topic}/{ev.message.partition}/"
-                                                f"{ev.message.offset}".encode()})
+                    await dead_letter(ev, f"malformed rollup message: {e!r}")
                     continue
                 features.process(ev.message.partition, key, source, entries, now)
             features.finish(now)
