@@ -18,9 +18,7 @@ from typing import Any
 from spendstream.errors import ConfigError
 from spendstream.producers.guard import Admission
 from spendstream.producers.wrappers.streams import (
-    AsyncGuardedStream,
     GuardedEndpoint,
-    GuardedStream,
     Passthrough,
     StreamMeter,
 )
@@ -55,6 +53,9 @@ class _Base(GuardedEndpoint):
     def observe(meter: StreamMeter, chunk: Any) -> None:
         observe_event(meter, chunk)
 
+    def _request(self, kwargs: dict[str, Any]) -> _Request:
+        return _Request(kwargs)
+
     def _usage(self, response: Any, admission: Admission) -> dict[str, Any]:
         return usage_of(response)
 
@@ -66,20 +67,7 @@ class Messages(_Base):
                **kwargs: Any) -> Any:
         """``messages.create(**kwargs)`` for ``user_id`` and ``feature``: admitted by the
         guard first, recorded after; a stream is returned metered."""
-        request = _Request(kwargs)
-        admission = self._guard.admit(user_id, feature, request.guard_messages,
-                                      model=request.model, max_tokens=request.max_tokens,
-                                      tier=tier)
-        params = request.params(admission)
-        try:
-            response = self._inner.create(**params)
-        except BaseException:
-            self._failed(admission)
-            raise
-        if request.stream:
-            return GuardedStream(response, self._meter(admission))
-        self._done(admission, response)
-        return response
+        return self._create(user_id, feature, tier, kwargs)
 
 
 class AsyncMessages(_Base):
@@ -88,20 +76,7 @@ class AsyncMessages(_Base):
     async def create(self, *, user_id: str, feature: str, tier: str | None = None,
                      **kwargs: Any) -> Any:
         """See :meth:`Messages.create`."""
-        request = _Request(kwargs)
-        admission = await self._guard.admit(user_id, feature, request.guard_messages,
-                                            model=request.model,
-                                            max_tokens=request.max_tokens, tier=tier)
-        params = request.params(admission)
-        try:
-            response = await self._inner.create(**params)
-        except BaseException:
-            self._failed(admission)
-            raise
-        if request.stream:
-            return AsyncGuardedStream(response, self._meter(admission))
-        self._done(admission, response)
-        return response
+        return await self._acreate(user_id, feature, tier, kwargs)
 
 
 class _Request:

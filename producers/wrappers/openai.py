@@ -17,9 +17,7 @@ from spendstream.errors import ConfigError
 from spendstream.producers.guard import Admission
 from spendstream.producers.tokens import count_text
 from spendstream.producers.wrappers.streams import (
-    AsyncGuardedStream,
     GuardedEndpoint,
-    GuardedStream,
     Passthrough,
     StreamMeter,
 )
@@ -61,6 +59,9 @@ class _Base(GuardedEndpoint):
     def observe(meter: StreamMeter, chunk: Any) -> None:
         observe_chunk(meter, chunk)
 
+    def _request(self, kwargs: dict[str, Any]) -> _Request:
+        return _Request(kwargs)
+
     def _usage(self, response: Any, admission: Admission) -> dict[str, Any]:
         return usage_of(response, admission)
 
@@ -72,19 +73,7 @@ class Completions(_Base):
                **kwargs: Any) -> Any:
         """``chat.completions.create(**kwargs)`` for ``user_id`` and ``feature``: admitted
         by the guard first, recorded after; a stream is returned metered."""
-        request = _Request(kwargs)
-        admission = self._guard.admit(user_id, feature, request.messages,
-                                      model=request.model, max_tokens=request.max_tokens,
-                                      tier=tier)
-        try:
-            response = self._inner.create(**request.params(admission))
-        except BaseException:
-            self._failed(admission)
-            raise
-        if request.stream:
-            return GuardedStream(response, self._meter(admission))
-        self._done(admission, response)
-        return response
+        return self._create(user_id, feature, tier, kwargs)
 
 
 class AsyncCompletions(_Base):
@@ -93,19 +82,7 @@ class AsyncCompletions(_Base):
     async def create(self, *, user_id: str, feature: str, tier: str | None = None,
                      **kwargs: Any) -> Any:
         """See :meth:`Completions.create`."""
-        request = _Request(kwargs)
-        admission = await self._guard.admit(user_id, feature, request.messages,
-                                            model=request.model,
-                                            max_tokens=request.max_tokens, tier=tier)
-        try:
-            response = await self._inner.create(**request.params(admission))
-        except BaseException:
-            self._failed(admission)
-            raise
-        if request.stream:
-            return AsyncGuardedStream(response, self._meter(admission))
-        self._done(admission, response)
-        return response
+        return await self._acreate(user_id, feature, tier, kwargs)
 
 
 class _Request:
@@ -113,7 +90,7 @@ class _Request:
 
     def __init__(self, kwargs: dict[str, Any]) -> None:
         self.rest = dict(kwargs)
-        self.messages: list[dict[str, Any]] = list(self.rest.pop("messages"))
+        self.guard_messages: list[dict[str, Any]] = list(self.rest.pop("messages"))
         model = self.rest.pop("model", None)
         self.model: str | None = model if isinstance(model, str) else None
         # Reasoning models take max_completion_tokens; forward the cap under the caller's name.

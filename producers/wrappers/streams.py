@@ -257,6 +257,48 @@ class GuardedEndpoint(Passthrough):
     def _usage(self, response: Any, admission: Admission) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _request(self, kwargs: dict[str, Any]) -> Any:
+        """The provider's view of the caller's arguments: ``guard_messages``, ``model``,
+        ``max_tokens``, ``stream`` and ``params(admission)`` for the real call."""
+        raise NotImplementedError
+
+    def _create(self, user_id: str, feature: str, tier: str | None,
+                kwargs: dict[str, Any]) -> Any:
+        """Admit, call the client's own ``create``, record (a failure free, a stream
+        metered)."""
+        request = self._request(kwargs)
+        admission = self._guard.admit(user_id, feature, request.guard_messages,
+                                      model=request.model, max_tokens=request.max_tokens,
+                                      tier=tier)
+        params = request.params(admission)
+        try:
+            response = self._inner.create(**params)
+        except BaseException:
+            self._failed(admission)
+            raise
+        if request.stream:
+            return GuardedStream(response, self._meter(admission))
+        self._done(admission, response)
+        return response
+
+    async def _acreate(self, user_id: str, feature: str, tier: str | None,
+                       kwargs: dict[str, Any]) -> Any:
+        """:meth:`_create` for asyncio clients and an ``AsyncGuard``."""
+        request = self._request(kwargs)
+        admission = await self._guard.admit(user_id, feature, request.guard_messages,
+                                            model=request.model,
+                                            max_tokens=request.max_tokens, tier=tier)
+        params = request.params(admission)
+        try:
+            response = await self._inner.create(**params)
+        except BaseException:
+            self._failed(admission)
+            raise
+        if request.stream:
+            return AsyncGuardedStream(response, self._meter(admission))
+        self._done(admission, response)
+        return response
+
     def _failed(self, admission: Admission) -> None:
         # Failed calls are free: counted, at zero tokens.
         record_safely(self._guard, admission, provider=self.provider, input_tokens=0,
