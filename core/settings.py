@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     replication_factor: int = Field(default=1, ge=1, le=16)
     app_id: str = "spendstream"
     grace_seconds: int = Field(default=3600, ge=0)
+    dedup_seconds: int = Field(default=3600, ge=60)
+    """How long the worker remembers event ids; a redelivery later than this counts again."""
     flush_interval: float = Field(default=0.25, gt=0)
     status_interval: float = Field(default=10.0, gt=0)
     state_dir: Path = Path(tempfile.gettempdir()) / "spendstream"

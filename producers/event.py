@@ -7,6 +7,7 @@ the dead-letter topic.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -44,8 +45,11 @@ class MalformedEvent(SpendstreamError):
         self.reason = reason
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _no_control_chars(value: str) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if _CONTROL.search(value):
         raise ValueError("must not contain control characters")
     return value
 

@@ -7,14 +7,13 @@ Wiring only: the logic lives in ``stages.py`` over ports; here faust tables beco
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
 import orjson
-from faust.types import TableT
+from faust.types import TP
 from mode import Service
 
 from spendstream.alerts import AlertDispatcher, Notifier
@@ -25,7 +24,8 @@ from spendstream.producers.pricing import Pricer
 from spendstream.settings import Settings
 from spendstream.streams.flags import RedisFlagSink
 from spendstream.streams.rollup_stage import RollupStage
-from spendstream.streams.stages import GLOBAL, Counters, Entry
+from spendstream.streams.stages import Counters
+from spendstream.streams.state import BatchedState
 from spendstream.streams.user_stage import UserStage
 
 log = logging.getLogger("spendstream.worker")
@@ -34,32 +34,51 @@ BATCH = 2000
 SWEEP_EVERY = 300.0
 
 
-class TableState:
-    """A faust table as a :class:`~spendstream.streams.stages.StateStore`.
+class LogTable(faust.Table):  # type: ignore[misc]
+    """A faust table used only as the changelog of a :class:`BatchedState`.
 
-    Writes name their changelog partition explicitly (the source event's), so batches
-    can be folded outside faust's per-event context and each key is logged once per batch.
+    faust still owns what it is good at (the changelog topic, recovery on assignment,
+    consumer-group membership); the values live in the state, and recovered records are
+    handed to it. Revoked partitions are dropped: their new owner restores them.
     """
 
-    def __init__(self, table: TableT[str, dict[str, Any]]) -> None:
-        self.table = table
+    aggregates: BatchedState
+    source_topic: str
+    fresh: set[int]
+    """Partitions assigned since their last batch: their partials are resent once."""
 
-    def get(self, key: str) -> dict[str, Any] | None:
-        """The current value, or ``None``."""
-        return self.table.data.get(key)
+    def bind(self, state: BatchedState, source_topic: str) -> LogTable:
+        """Attach the state this table logs (and recovers) for ``source_topic``."""
+        self.aggregates = state
+        self.source_topic = source_topic
+        self.fresh = set()
+        return self
 
-    def put(self, partition: int, key: str, value: dict[str, Any] | None) -> None:
-        """Store and log to the changelog; ``None`` is a delete (tombstone)."""
-        if value is None:
-            self.table.data.pop(key, None)
-            self.table.send_changelog(partition, key, None, value_serializer="raw")
-        else:
-            self.table.data[key] = value
-            self.table.send_changelog(partition, key, value)
+    def changelog(self, partition: int, key: bytes, value: bytes | None) -> None:
+        """Send one changelog record (``None``: tombstone) to ``partition``."""
+        self.send_changelog(partition, key, value)
 
-    def scan(self) -> Iterable[tuple[str, dict[str, Any]]]:
-        """A snapshot of every key held here."""
-        return list(self.table.data.items())
+    def apply_changelog_batch(self, batch: Iterable[faust.types.EventT]) -> None:
+        for ev in batch:
+            self.aggregates.apply(ev.message.partition, ev.message.key, ev.message.value)
+
+    async def on_rebalance(self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP],
+                           generation_id: int = 0) -> None:
+        for tp in revoked:
+            if tp.topic == self.source_topic:
+                self.aggregates.drop(tp.partition)
+                self.fresh.discard(tp.partition)
+        self.fresh.update(tp.partition for tp in newly_assigned
+                          if tp.topic == self.source_topic)
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+
+
+def _log_table(app: faust.App, name: str, partitions: int, state_factory: Any,
+               source_topic: str) -> LogTable:
+    table = LogTable(app, name=name, beacon=app.tables.beacon, partitions=partitions,
+                     key_type=bytes, value_type=bytes)
+    app.tables.add(table)
+    return table.bind(state_factory(table), source_topic)
 
 
 def utcnow() -> datetime:
@@ -93,6 +112,9 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
         broker_heartbeat_interval=1.0,
         producer_acks=-1,
         table_standby_replicas=0,
+        # Room for several take_events batches per partition, so fetching never waits on
+        # the agent (measured: +15% on a bare agent against faust's default of 4096).
+        stream_buffer_maxsize=4 * BATCH,
         **faust_options,
     )
     usage = app.topic(settings.topic, key_serializer="raw", value_serializer="raw",
@@ -101,8 +123,11 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                        partitions=n_rollup)
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
     alert_topic = app.topic(settings.alert_topic, key_serializer="raw", value_serializer="raw")
-    ledger = app.Table("ledger", partitions=n)  # json keys and values
-    rollups = app.Table("rollup", partitions=n_rollup)
+    horizon = float(settings.dedup_seconds)
+    ledger = _log_table(app, "ledger", n, lambda t: BatchedState(t.changelog, horizon),
+                        settings.topic)
+    rollups = _log_table(app, "rollup", n_rollup, lambda t: BatchedState(t.changelog, horizon),
+                         settings.rollup_topic)
 
     flags = RedisFlagSink(settings.redis_url.get_secret_value(), settings.redis_prefix,
                           settings.flush_interval)
@@ -113,10 +138,9 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
     dispatcher = AlertDispatcher(notifier, publish=publish)
     counters = Counters()
     grace = timedelta(seconds=settings.grace_seconds)
-    users = UserStage(budgets, pricer or Pricer(budgets.prices), TableState(ledger), flags,
+    users = UserStage(budgets, pricer or Pricer(budgets.prices), ledger.aggregates, flags,
                       dispatcher.submit, grace, counters)
-    features = RollupStage(budgets, TableState(rollups), flags, dispatcher.submit, grace,
-                           counters)
+    features = RollupStage(budgets, rollups.aggregates, flags, dispatcher.submit, grace, counters)
     app.spendstream = {"counters": counters, "flags": flags,  # type: ignore[attr-defined]
                        "dispatcher": dispatcher}
 
@@ -146,22 +170,20 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
         async for events in stream.take_events(  # type: ignore[attr-defined]
                 BATCH, within=settings.flush_interval):
             now = utcnow()
-            forward: dict[tuple[int, str], list[Entry]] = defaultdict(list)
+            if ledger.fresh:
+                for p in {ev.message.partition for ev in events} & ledger.fresh:
+                    users.resend(p)
+                    ledger.fresh.discard(p)
             for ev in events:
-                p, off = ev.message.partition, ev.message.offset
                 try:
                     event = decode_event(ev.value)
                 except MalformedEvent as e:
                     await dead_letter(ev, e.reason)
                     continue
-                entry = users.process(p, off, event, now)
-                if entry is not None:
-                    forward[(p, event.feature)].append(entry)
-                    forward[(p, GLOBAL)].append(entry)
-            users.finish(now)
-            for (p, key), entries in forward.items():
+                users.process(ev.message.partition, ev.message.offset, event, now)
+            for (p, key), parts in users.finish(now).items():
                 await rollup.send(key=key.encode(), value=orjson.dumps(
-                    {"p": p, "e": [e.to_wire() for e in entries]}))
+                    {"p": p, "v": ledger.aggregates.offset(p), "parts": parts}))
             flags.kick()
 
     @app.agent(rollup, name="rollup")
@@ -172,14 +194,12 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
             now = utcnow()
             for ev in events:
                 try:  # internal topic, but a stray producer must not crash-loop the agent
-                    key = ev.key.decode()
                     body = orjson.loads(ev.value)
-                    source = int(body["p"])
-                    entries = [Entry.from_wire(key, row) for row in body["e"]]
+                    source, version, parts = int(body["p"]), int(body["v"]), body["parts"]
+                    features.process(ev.message.partition, source, version, parts)
                 except (AttributeError, ValueError, TypeError, KeyError, ArithmeticError) as e:
                     await dead_letter(ev, f"malformed rollup message: {e!r}")
                     continue
-                features.process(ev.message.partition, key, source, entries, now)
             features.finish(now)
             flags.kick()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -11,9 +10,9 @@ from typing import Any
 from spendstream.alerts.model import Alert, Level
 from spendstream.alerts.state import step
 from spendstream.streams.policy import cap_ladder, feature_ladder, measure, pace_exceeded
-from spendstream.streams.stages import ADJECTIVE, GLOBAL, Entry, Stage, flag_payload, split_key
+from spendstream.streams.stages import ADJECTIVE, Stage, flag_payload, split_key
 from spendstream.streams.totals import Totals
-from spendstream.streams.windows import Period, Window, window_from_key, window_of
+from spendstream.streams.windows import Window, window_from_key
 
 log = logging.getLogger("spendstream.worker")
 
@@ -22,59 +21,52 @@ DRIFT_MIN_EVENTS = 20
 
 
 class RollupStage(Stage):
-    """Stage two: feature and global windows, on the rollup topic's partitions."""
+    """Stage two: feature and global windows, on the rollup topic's partitions.
 
-    def process(self, partition: int, key: str, source: int, entries: Iterable[Entry],
-                now: datetime) -> None:
-        """Fold the entries that one source partition sent for one feature (or ``*``)."""
-        for e in entries:
-            ts = datetime.fromtimestamp(e.ts, tz=now.tzinfo)
-            if key == GLOBAL:
-                self._fold_global(partition, source, e, ts, now)
-            else:
-                self._fold_feature(partition, source, key, e, ts, now)
+    Each window keeps the latest partial sums of every source partition (with the source
+    offset they reach) and is judged on their sum: a partial is replaced, never added, so
+    a replayed or reordered forward cannot count anything twice.
+    """
 
-    def _fold_or_late(self, partition: int, key: str, window: Window, source: int, e: Entry,
-                      now: datetime, audit: bool = False) -> None:
-        if window.is_late(now, self.grace):
-            self._fold(partition, f"late|{key}", window, source, e.offset, e.contribution)
-        else:
-            self._fold(partition, key, window, source, e.offset, e.contribution, audit)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._parts: dict[tuple[int, str], dict[str, list[Any]]] = {}
 
-    def _fold_feature(self, partition: int, source: int, feature: str, e: Entry, ts: datetime,
-                      now: datetime) -> None:
-        conf = self.budgets.features.get(feature)
-        period: Period = conf.period if conf else "month"
-        w = window_of(period, ts)
-        self._fold_or_late(partition, f"f|{feature}|{period}|{w.key}", w, source, e, now)
-        h = window_of("hour", ts)
-        self._fold_or_late(partition, f"fh|{feature}|hour|{h.key}", h, source, e, now)
+    def process(self, partition: int, source: int, version: int,
+                parts: dict[str, dict[str, Any]]) -> None:
+        """Take the partial sums one source partition reached (at offset ``version``)."""
+        tag = str(source)
+        for key, sums in parts.items():
+            totals = self._load(partition, key, _window_of(key))
+            stored = self._parts.get((partition, key))
+            if stored is None:
+                raw = self.state.get(partition, key)
+                stored = self._parts[(partition, key)] = dict(raw.get("parts", {})) if raw else {}
+            previous = stored.get(tag)
+            if previous is not None and previous[0] >= version:
+                continue
+            stored[tag] = [version, sums]
+            fresh = Totals(level=totals.level, pace=totals.pace, end=totals.end,
+                           partition=partition)
+            for _, part in stored.values():
+                fresh.merge(Totals.from_json(part))
+            self._dirty[(partition, key)] = fresh
 
-    def _fold_global(self, partition: int, source: int, e: Entry, ts: datetime,
-                     now: datetime) -> None:
-        for period in ("minute", "hour", "day"):
-            w = window_of(period, ts)
-            self._fold_or_late(partition, f"g|*|{period}|{w.key}", w, source, e, now)
-        if e.contribution.local_input_tokens is not None:
-            d = window_of("day", ts)
-            self._fold_or_late(partition, f"drift|{e.provider or '?'}/{e.model}|day|{d.key}", d,
-                               source, e, now, audit=True)
-        if not e.contribution.priced:
-            d = window_of("day", ts)
-            totals = self._fold(partition, f"unp|{e.model}|day|{d.key}", d, source, e.offset,
-                                e.contribution)
-            if totals.level == Level.OK:
-                totals.level = Level.ALERT
-                log.warning("model %r has no price: its events are counted as unpriced "
-                            "(add it under prices: in the budgets file)", e.model)
-                self._alert(Alert("model", e.model, "unpriced", Level.ALERT, Level.OK,
-                                  Decimal(totals.unpriced), Decimal(0), "events", d.start, d.end,
-                                  now, "no price in the table or the budgets file's prices:"))
+    def _value(self, key: str, totals: Totals) -> dict[str, Any]:
+        value = totals.to_json()
+        value["parts"] = self._parts.get((totals.partition, key), {})
+        return value
+
+    def _commit(self) -> None:
+        super()._commit()
+        self._parts.clear()
 
     def finish(self, now: datetime) -> None:
         """Evaluate every feature and global window the batch touched, then persist them."""
-        for key, totals in self._dirty.items():
+        for (_, key), totals in self._dirty.items():
             parts = split_key(key, 4)
+            if parts[0] == "unp":
+                self._unpriced(parts[1], window_from_key("day", parts[3]), totals, now)
             if parts[0] in ("f", "g"):
                 self._publish_spend(parts, totals)
             if parts[0] == "f":
@@ -86,6 +78,17 @@ class RollupStage(Stage):
             elif parts[0] == "drift":
                 self._evaluate_drift(parts[1], window_from_key("day", parts[3]), totals, now)
         self._commit()
+
+    def _unpriced(self, model: str, d: Window, totals: Totals, now: datetime) -> None:
+        """One alert per model and day whose events had no price."""
+        if totals.level != Level.OK or not totals.unpriced:
+            return
+        totals.level = Level.ALERT
+        log.warning("model %r has no price: its events are counted as unpriced "
+                    "(add it under prices: in the budgets file)", model)
+        self._alert(Alert("model", model, "unpriced", Level.ALERT, Level.OK,
+                          Decimal(totals.unpriced), Decimal(0), "events", d.start, d.end,
+                          now, "no price in the table or the budgets file's prices:"))
 
     def _evaluate_drift(self, subject: str, window: Window, totals: Totals, now: datetime
                         ) -> None:
@@ -177,3 +180,9 @@ class RollupStage(Stage):
             return
         self._alert(Alert("global", kind, kind, tr.current, tr.previous, spent, budget, unit,
                           window.start, window.end, now, reason))
+
+
+def _window_of(key: str) -> Window:
+    base = key[5:] if key.startswith("late|") else key
+    _, _, period, wkey = split_key(base, 4)
+    return window_from_key(period, wkey)  # type: ignore[arg-type]

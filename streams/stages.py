@@ -2,11 +2,12 @@
 and the batch-local cache of windows that both fold into.
 
 Stage one (``user_stage.py``) reads the usage topic, partitioned by user: it deduplicates
-by ``event_id``, prices each event, keeps per-user windows and forwards one small entry
-per event to the rollup topic. Stage two (``rollup_stage.py``) reads the rollup topic,
-partitioned by feature (plus ``*`` for global), and keeps feature and global windows.
-Both fold events idempotently by source offset (see ``totals.py``) and pre-aggregate a
-whole batch before touching state, flags or alerts."""
+by ``event_id``, prices each event, keeps per-user windows and, per source partition, the
+partial sums of every feature and global window. After each batch it forwards the partial
+sums the batch changed (absolute values, one message per feature per batch) to the rollup
+topic. Stage two (``rollup_stage.py``) reads the rollup topic, partitioned by feature
+(plus ``*`` for global), keeps the latest partial of each source partition and judges the
+window on their sum. Both pre-aggregate a whole batch before touching flags or alerts."""
 
 from __future__ import annotations
 
@@ -26,21 +27,23 @@ from spendstream.streams.windows import Window
 
 GLOBAL = "*"
 ADJECTIVE = {"minute": "per-minute", "hour": "hourly", "day": "daily", "month": "monthly"}
-DEDUP_HORIZON = timedelta(days=1)
 RETENTION = timedelta(days=1)
 
 
 class StateStore(Protocol):
     """Changelog-backed key/value state, partitioned like the topic that feeds it."""
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, partition: int, key: str) -> dict[str, Any] | None:
         """The stored value, or ``None``."""
 
     def put(self, partition: int, key: str, value: dict[str, Any] | None) -> None:
-        """Store (``None`` deletes) and log the change to partition ``partition``."""
+        """Store (``None`` deletes); logged with the batch at :meth:`commit`."""
 
-    def scan(self) -> Iterable[tuple[str, dict[str, Any]]]:
-        """Every key and value held by this process."""
+    def scan(self) -> Iterable[tuple[int, str, dict[str, Any]]]:
+        """Every partition, key and value held by this process."""
+
+    def commit(self) -> int:
+        """Log the batch's changes."""
 
 
 AlertSink = Callable[[Alert], bool]
@@ -57,31 +60,6 @@ class Counters:
     unpriced: int = 0
     alerts: int = 0
     swept: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One event's contribution as forwarded to the rollup stage."""
-
-    offset: int
-    ts: float
-    feature: str
-    model: str
-    contribution: Contribution
-    provider: str | None = None
-
-    def to_wire(self) -> list[Any]:
-        """Compact list form for the rollup message."""
-        c = self.contribution
-        return [self.offset, self.ts, self.model, str(c.usd), c.tokens, int(c.ok), int(c.priced),
-                self.provider, c.input_tokens, c.local_input_tokens, int(c.truncated)]
-
-    @classmethod
-    def from_wire(cls, feature: str, row: list[Any]) -> Entry:
-        """Inverse of :meth:`to_wire`."""
-        off, ts, model, usd, tokens, ok, priced, provider, inp, local, truncated = row
-        return cls(off, ts, feature, model, Contribution(
-            Decimal(usd), tokens, bool(ok), bool(priced), inp, local, bool(truncated)), provider)
 
 
 def flag_payload(scope: str, subject: str, reason: str, level: Level, spent: Decimal,
@@ -110,17 +88,22 @@ class Stage:
         self.alerts = alerts
         self.grace = grace
         self.counters = counters
-        self._dirty: dict[str, Totals] = {}
+        self._dirty: dict[tuple[int, str], Totals] = {}
 
-    def _fold(self, partition: int, key: str, window: Window, source: int, offset: int,
-              c: Contribution, audit: bool = False) -> Totals:
-        totals = self._dirty.get(key)
+    def _load(self, partition: int, key: str, window: Window) -> Totals:
+        """The window's totals, cached for the rest of the batch."""
+        totals = self._dirty.get((partition, key))
         if totals is None:
-            totals = Totals.from_json(self.state.get(key))
+            totals = Totals.from_json(self.state.get(partition, key))
             totals.end = window.end_epoch
             totals.partition = partition
-            self._dirty[key] = totals
-        totals.add(source, offset, c, audit)
+            self._dirty[(partition, key)] = totals
+        return totals
+
+    def _fold(self, partition: int, key: str, window: Window, c: Contribution,
+              audit: bool = False) -> Totals:
+        totals = self._load(partition, key, window)
+        totals.add(c, audit)
         return totals
 
     def _alert(self, alert: Alert) -> None:
@@ -144,15 +127,21 @@ class Stage:
         return tr, payload
 
     def _commit(self) -> None:
-        for key, totals in self._dirty.items():
-            self.state.put(totals.partition, key, totals.to_json())
+        for (partition, key), totals in self._dirty.items():
+            self.state.put(partition, key, self._value(key, totals))
         self._dirty.clear()
+        self.state.commit()
+
+    def _value(self, key: str, totals: Totals) -> dict[str, Any]:
+        """What is stored for ``key`` (stage two adds the per-partition parts)."""
+        return totals.to_json()
 
     def sweep(self, now: datetime) -> int:
-        """Drop windows (and dedup ids) that can no longer receive events."""
+        """Drop windows that can no longer receive events."""
         cutoff = (now - self.grace - RETENTION).timestamp()
-        stale = [(k, v["p"]) for k, v in self.state.scan() if v.get("end", 0) < cutoff]
-        for key, partition in stale:
+        stale = [(p, k) for p, k, v in self.state.scan() if v.get("end", 0) < cutoff]
+        for partition, key in stale:
             self.state.put(partition, key, None)
+        self.state.commit()
         self.counters.swept += len(stale)
         return len(stale)

@@ -1,14 +1,14 @@
-"""Running sums of one window, folded idempotently by source offset.
+"""Running sums of one window.
 
-Each aggregate remembers, per source partition, the offset of the last event folded
-into it. Replaying a partition after a crash (at-least-once delivery, no broker
-transactions) therefore never folds an event twice: the value and its offsets are
-one changelog record, so they are restored together or not at all.
+Exactly-once counting does not live here: stage one skips events whose id its state
+already holds (ids and sums are logged in one record, see ``state.py``), and stage two
+receives absolute per-partition sums (:meth:`Totals.merge`), which it replaces rather
+than adds, so a replay can never fold anything twice.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -41,25 +41,17 @@ class Totals:
     pace: int = 0
     end: int = 0
     partition: int = -1
-    offsets: dict[str, int] = field(default_factory=dict)
     audited: int = 0
     reported_input: int = 0
     local_input: int = 0
     truncated: int = 0
 
-    def seen(self, source: int, offset: int) -> bool:
-        """True when the event at ``offset`` of partition ``source`` is already folded in."""
-        return offset <= self.offsets.get(str(source), -1)
-
-    def add(self, source: int, offset: int, c: Contribution, audit: bool = False) -> bool:
-        """Fold one event in; returns False (and changes nothing) if it was folded before.
+    def add(self, c: Contribution, audit: bool = False) -> None:
+        """Fold one event in.
 
         With ``audit`` the provider's and the app's input counts are summed as well (only
         the token-inflation windows ask for it, so other state stays small).
         """
-        if self.seen(source, offset):
-            return False
-        self.offsets[str(source)] = offset
         self.events += 1
         self.tokens += c.tokens
         self.usd += c.usd
@@ -73,17 +65,37 @@ class Totals:
             self.audited += 1
             self.reported_input += c.input_tokens
             self.local_input += c.local_input_tokens
-        return True
+
+    def merge(self, other: Totals) -> None:
+        """Add another window's sums (one source partition's part of this window)."""
+        self.events += other.events
+        self.tokens += other.tokens
+        self.usd += other.usd
+        self.failed += other.failed
+        self.unpriced += other.unpriced
+        self.truncated += other.truncated
+        self.audited += other.audited
+        self.reported_input += other.reported_input
+        self.local_input += other.local_input
+
+    def sums(self) -> dict[str, Any]:
+        """Only the sums (no decision state): what stage one forwards to stage two."""
+        d: dict[str, Any] = {"usd": str(self.usd), "tok": self.tokens, "n": self.events}
+        for name, value in (("err", self.failed), ("unp", self.unpriced),
+                            ("len", self.truncated), ("au", self.audited),
+                            ("ri", self.reported_input), ("li", self.local_input)):
+            if value:
+                d[name] = value
+        return d
 
     def to_json(self) -> dict[str, Any]:
         """The changelog form: small and JSON-safe (money as a string)."""
-        d = {"usd": str(self.usd), "tok": self.tokens, "n": self.events, "err": self.failed,
-             "unp": self.unpriced, "lvl": self.level, "pace": self.pace, "end": self.end,
-             "p": self.partition, "off": self.offsets}
-        if self.truncated:
-            d["len"] = self.truncated
-        if self.audited:  # only the audit windows carry these; keep the rest small
-            d["au"], d["ri"], d["li"] = self.audited, self.reported_input, self.local_input
+        d = self.sums()
+        if self.level:
+            d["lvl"] = self.level
+        if self.pace:
+            d["pace"] = self.pace
+        d["end"] = self.end
         return d
 
     @classmethod
@@ -91,8 +103,8 @@ class Totals:
         """Inverse of :meth:`to_json`; ``None`` is an empty window."""
         if not d:
             return cls()
-        return cls(usd=Decimal(d["usd"]), tokens=d["tok"], events=d["n"], failed=d["err"],
-                   unpriced=d["unp"], level=d["lvl"], pace=d.get("pace", 0), end=d["end"],
-                   partition=d["p"], offsets=dict(d["off"]), audited=d.get("au", 0),
+        return cls(usd=Decimal(d["usd"]), tokens=d["tok"], events=d["n"],
+                   failed=d.get("err", 0), unpriced=d.get("unp", 0), level=d.get("lvl", 0),
+                   pace=d.get("pace", 0), end=d.get("end", 0), audited=d.get("au", 0),
                    reported_input=d.get("ri", 0), local_input=d.get("li", 0),
                    truncated=d.get("len", 0))

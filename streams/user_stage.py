@@ -1,7 +1,8 @@
-"""Stage one: dedup, pricing and per-user day windows on the usage topic's partitions."""
+"""Stage one: dedup, pricing, per-user day windows and per-partition partial sums."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -12,39 +13,42 @@ from spendstream.producers.event import UsageEvent
 from spendstream.producers.pricing import Pricer
 from spendstream.streams.flags import FlagStore
 from spendstream.streams.policy import measure, user_ladder
-from spendstream.streams.stages import (
-    DEDUP_HORIZON,
-    AlertSink,
-    Counters,
-    Entry,
-    Stage,
-    StateStore,
-    split_key,
-)
-from spendstream.streams.totals import Contribution
-from spendstream.streams.windows import window_from_key, window_of
+from spendstream.streams.stages import GLOBAL, AlertSink, Counters, Stage, split_key
+from spendstream.streams.state import BatchedState, id_hash
+from spendstream.streams.totals import Contribution, Totals
+from spendstream.streams.windows import Period, Window, window_from_key, window_of
+
+PART = "r|"
+"""Prefix of the partial sums stage one keeps for stage two's windows."""
+GLOBAL_PERIODS: tuple[Period, ...] = ("minute", "hour", "day")
+
+Forward = dict[tuple[int, str], dict[str, dict[str, Any]]]
+"""(source partition, rollup key) -> {window key: absolute partial sums}."""
 
 
 class UserStage(Stage):
-    """Stage one: dedup, pricing and per-user windows on the usage topic's partitions."""
+    """Stage one, on the usage topic's partitions (partitioned by user)."""
 
-    def __init__(self, budgets: Budgets, pricer: Pricer, state: StateStore, flags: FlagStore,
-                 alerts: AlertSink, grace: timedelta, counters: Counters) -> None:
+    state: BatchedState
+
+    def __init__(self, budgets: Budgets, pricer: Pricer, state: BatchedState,
+                 flags: FlagStore, alerts: AlertSink, grace: timedelta, counters: Counters
+                 ) -> None:
         super().__init__(budgets, state, flags, alerts, grace, counters)
         self.pricer = pricer
+        self._late_before = 0.0
+        self._now: datetime | None = None
 
-    def process(self, partition: int, offset: int, event: UsageEvent, now: datetime
-                ) -> Entry | None:
-        """Fold one decoded event; return what to forward, or ``None`` for a duplicate."""
-        id_key = "id|" + event.event_id
-        seen = self.state.get(id_key)
-        if seen is not None and seen["off"] != offset:
+    def process(self, partition: int, offset: int, event: UsageEvent, now: datetime) -> bool:
+        """Fold one decoded event; ``False`` for a duplicate (an ``event_id`` seen before)."""
+        digest = id_hash(event.event_id)
+        if self.state.seen(partition, digest):
             self.counters.duplicates += 1
-            return None
-        if seen is None:
-            self.state.put(partition, id_key,
-                           {"off": offset, "p": partition,
-                            "end": int((now + DEDUP_HORIZON).timestamp())})
+            return False
+        self.state.remember(partition, digest, offset)
+        if now is not self._now:
+            self._now = now
+            self._late_before = (now - self.grace).timestamp()
         self.counters.events += 1
         priced = self.pricer.price_event(event)
         if not priced.priced:
@@ -54,48 +58,93 @@ class UserStage(Stage):
         local = event.local_input_tokens if event.ok and not event.estimated else None
         c = Contribution(priced.cost, event.total_tokens, event.ok, priced.priced,
                          event.input_tokens, local, event.finish_reason == "length")
-        day = window_of("day", event.ts)
-        if day.is_late(now, self.grace):
+        ts = event.ts
+        day = window_of("day", ts)
+        if day.end_epoch < self._late_before:
             self.counters.late += 1
-            self._fold(partition, f"late|{event.user_id}|{day.key}", day, partition, offset, c)
+            self._fold(partition, f"late|{event.user_id}|{day.key}", day, c)
         else:
-            self._fold(partition, f"u|{event.user_id}|{day.key}", day, partition, offset, c)
-            hour = window_of("hour", event.ts)
-            self._fold(partition, f"uh|{event.user_id}|{hour.key}", hour, partition, offset, c)
-        return Entry(offset, event.ts.timestamp(), event.feature, event.model, c, event.provider)
+            self._fold(partition, f"u|{event.user_id}|{day.key}", day, c)
+        conf = self.budgets.features.get(event.feature)
+        period: Period = conf.period if conf else "month"
+        w = window_of(period, ts)
+        self._part(partition, f"f|{event.feature}|{period}|{w.key}", w, c)
+        for period in GLOBAL_PERIODS:
+            w = day if period == "day" else window_of(period, ts)
+            self._part(partition, f"g|*|{period}|{w.key}", w, c)
+        if local is not None:
+            self._part(partition, f"drift|{event.provider or '?'}/{event.model}|day|{day.key}",
+                       day, c, audit=True)
+        if not priced.priced:
+            self._part(partition, f"unp|{event.model}|day|{day.key}", day, c)
+        return True
 
-    def finish(self, now: datetime) -> None:
-        """Evaluate every user window the batch touched, then persist them."""
+    def _part(self, partition: int, key: str, window: Window, c: Contribution,
+              audit: bool = False) -> None:
+        """Fold into this partition's part of a stage-two window (or its late twin)."""
+        if window.end_epoch < self._late_before:
+            key = "late|" + key
+        self._fold(partition, PART + key, window, c, audit)
+
+    def resend(self, partition: int) -> None:
+        """Forward every partial of ``partition`` with the next batch (after a recovery, in
+        case the last forward before a crash was lost while its state record was not)."""
+        for key in self.state.keys(partition):
+            if key.startswith(PART):
+                self._load(partition, key, _window_of_key(key[len(PART):]))
+
+    def finish(self, now: datetime) -> Forward:
+        """Judge every user window the batch touched, persist, and return the partials
+        stage two must receive."""
+        forward: Forward = defaultdict(dict)
         ladder = user_ladder(self.budgets.thresholds)
-        for key, totals in self._dirty.items():
-            kind, user, wkey = split_key(key, 3)
-            if kind != "u":
-                continue
-            window = window_from_key("day", wkey)
-            limit = self.budgets.users.limit_of(user)
-            spend: dict[str, Any] = {
-                "scope": "user", "id": user, "tier": self.budgets.users.tier_of(user),
-                "spent_usd": str(totals.usd), "spent_tokens": totals.tokens,
-                "events": totals.events, "unpriced_events": totals.unpriced,
-                "window_end": window.end.strftime("%Y-%m-%dT%H:%M:%SZ")}
-            if limit is not None:
-                spend["budget_usd"] = None if limit.usd is None else str(limit.usd)
-                spend["budget_tokens"] = limit.tokens
-                if limit.usd is not None:
-                    spend["remaining_usd"] = str(max(limit.usd - totals.usd, Decimal(0)))
-                if limit.tokens is not None:
-                    spend["remaining_tokens"] = max(limit.tokens - totals.tokens, 0)
-            self.flags.set(f"spend:user:{user}", spend, window.end_epoch, extend_only=True)
-            if limit is None:
-                continue
-            m = measure(totals, limit)
-            reason = f"daily {m.unit} budget of tier {self.budgets.users.tier_of(user)}"
-            advanced = self._advance("user", user, totals, m, ladder, reason, window)
-            if advanced is None:
-                continue
-            tr, payload = advanced
-            if tr.current >= Level.CUTOFF:
-                self.flags.set(f"cutoff:user:{user}", payload, window.end_epoch)
-                self._alert(Alert("user", user, "budget", tr.current, tr.previous, m.spent,
-                                  m.budget, m.unit, window.start, window.end, now, reason))
+        for (partition, key), totals in self._dirty.items():
+            if key.startswith(PART):
+                name = key[len(PART):]
+                forward[(partition, rollup_key(name))][name] = totals.sums()
+            elif key.startswith("u|"):
+                self._judge(key, totals, ladder, now)
         self._commit()
+        return forward
+
+    def _judge(self, key: str, totals: Totals, ladder: Any, now: datetime) -> None:
+        _, user, wkey = split_key(key, 3)
+        window = window_from_key("day", wkey)
+        limit = self.budgets.users.limit_of(user)
+        spend: dict[str, Any] = {
+            "scope": "user", "id": user, "tier": self.budgets.users.tier_of(user),
+            "spent_usd": str(totals.usd), "spent_tokens": totals.tokens,
+            "events": totals.events, "unpriced_events": totals.unpriced,
+            "window_end": window.end.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if limit is not None:
+            spend["budget_usd"] = None if limit.usd is None else str(limit.usd)
+            spend["budget_tokens"] = limit.tokens
+            if limit.usd is not None:
+                spend["remaining_usd"] = str(max(limit.usd - totals.usd, Decimal(0)))
+            if limit.tokens is not None:
+                spend["remaining_tokens"] = max(limit.tokens - totals.tokens, 0)
+        self.flags.set(f"spend:user:{user}", spend, window.end_epoch, extend_only=True)
+        if limit is None:
+            return
+        m = measure(totals, limit)
+        reason = f"daily {m.unit} budget of tier {self.budgets.users.tier_of(user)}"
+        advanced = self._advance("user", user, totals, m, ladder, reason, window)
+        if advanced is None:
+            return
+        tr, payload = advanced
+        if tr.current >= Level.CUTOFF:
+            self.flags.set(f"cutoff:user:{user}", payload, window.end_epoch)
+            self._alert(Alert("user", user, "budget", tr.current, tr.previous, m.spent,
+                              m.budget, m.unit, window.start, window.end, now, reason))
+
+
+def rollup_key(name: str) -> str:
+    """The rollup topic's message key for a stage-two window: its feature, or ``*``."""
+    base = name[5:] if name.startswith("late|") else name
+    return split_key(base, 4)[1] if base.startswith("f|") else GLOBAL
+
+
+def _window_of_key(name: str) -> Window:
+    base = name[5:] if name.startswith("late|") else name
+    _, _, period, wkey = split_key(base, 4)
+    return window_from_key(period, wkey)  # type: ignore[arg-type]

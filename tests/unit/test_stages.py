@@ -17,7 +17,8 @@ from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.event import UsageEvent
 from spendstream.producers.pricing import Pricer
 from spendstream.streams.rollup_stage import RollupStage
-from spendstream.streams.stages import GLOBAL, Counters
+from spendstream.streams.stages import Counters
+from spendstream.streams.state import BatchedState
 from spendstream.streams.user_stage import UserStage
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -31,23 +32,25 @@ BUDGETS = parse_budgets({
 })
 
 
-class DictState:
+class LoggedState(BatchedState):
+    """The worker's state with its changelog kept in a list (what the faust table sends)."""
+
     def __init__(self) -> None:
-        self.data: dict[str, dict[str, Any]] = {}
-        self.log: list[tuple[int, str, Any]] = []
+        self.records_log: list[tuple[int, bytes, bytes | None]] = []
+        super().__init__(lambda p, k, v: self.records_log.append((p, k, v)),
+                         clock=NOW.timestamp)
 
-    def get(self, key):
-        return self.data.get(key)
+    @property
+    def data(self) -> dict[str, dict[str, Any]]:
+        """Every committed key and value."""
+        return {k: v for _, k, v in self.scan()}
 
-    def put(self, partition, key, value):
-        self.log.append((partition, key, value))
-        if value is None:
-            self.data.pop(key, None)
-        else:
-            self.data[key] = value
-
-    def scan(self):
-        return list(self.data.items())
+    def restored(self) -> LoggedState:
+        """A new state rebuilt from this one's changelog, as recovery after a crash does."""
+        fresh = LoggedState()
+        for p, k, v in self.records_log:
+            fresh.apply(p, k, v)
+        return fresh
 
 
 class Flags:
@@ -68,7 +71,7 @@ class World:
 
     def __init__(self, budgets=BUDGETS) -> None:
         self.flags, self.alerts, self.counters = Flags(), [], Counters()
-        self.ustate, self.rstate = DictState(), DictState()
+        self.ustate, self.rstate = LoggedState(), LoggedState()
         sink = self.alerts.append
         self.users = UserStage(budgets, Pricer(budgets.prices), self.ustate, self.flags,
                                lambda a: sink(a) or True, timedelta(minutes=10), self.counters)
@@ -77,17 +80,12 @@ class World:
         self.offset = 0
 
     def send(self, *events: UsageEvent, offsets=None, now=NOW) -> None:
-        forward: dict[str, list] = {}
         for i, e in enumerate(events):
             off = offsets[i] if offsets else self.offset
             self.offset = max(self.offset, off + 1)
-            entry = self.users.process(0, off, e, now)
-            if entry:
-                forward.setdefault(e.feature, []).append(entry)
-                forward.setdefault(GLOBAL, []).append(entry)
-        self.users.finish(now)
-        for key, entries in forward.items():
-            self.rollup.process(0, key, 0, entries, now)
+            self.users.process(0, off, e, now)
+        for (source, _), parts in self.users.finish(now).items():
+            self.rollup.process(0, source, self.ustate.offset(source), parts)
         self.rollup.finish(now)
 
 
@@ -126,6 +124,9 @@ def test_duplicate_event_id_counted_once_and_replay_after_crash_is_idempotent():
     w.send(a, b, a, offsets=[0, 1, 2])  # producer retry: same id at a new offset
     assert w.counters.duplicates == 1
     w.send(a, b, a, offsets=[0, 1, 2])  # the whole batch redelivered after a crash
+    w.ustate = w.users.state = w.ustate.restored()  # ... and to a worker restored from the log
+    w.send(a, b, a, offsets=[0, 1, 2])
+    assert w.counters.duplicates == 7
     spend, _ = w.flags.keys["spend:user:u1"]
     assert spend["events"] == 2 and spend["spent_usd"] == "0.02"
     g = w.rstate.data[f"g|*|day|{NOW:%Y-%m-%d}"]
@@ -200,9 +201,10 @@ def test_sweep_drops_only_expired_windows():
     w = World()
     w.send(ev(ts=NOW))
     assert w.users.sweep(NOW) == 0
-    dropped = w.users.sweep(NOW + timedelta(days=3))
+    assert w.users.sweep(NOW + timedelta(days=3)) == 4  # the day, minute, hour, day windows
+    dropped = w.users.sweep(NOW + timedelta(days=45))  # and the month partial
     assert dropped > 0 and not w.ustate.data
-    assert all(v is None for _, _, v in w.ustate.log[-dropped:])
+    assert not w.ustate.restored().data  # the deletions are in the changelog too
 
 
 @pytest.mark.parametrize("user", ["a|b", "x|2026-11-23"])

@@ -11,24 +11,18 @@ from spendstream.streams.totals import Contribution, Totals
 C = Contribution(D("0.02"), 100, ok=True, priced=True)
 
 
-def test_replay_of_a_partition_folds_nothing_twice():
+def test_totals_survive_json_and_merge_adds_every_sum():
     t = Totals()
-    for off in range(10):
-        assert t.add(0, off, C)
-    for off in range(5, 12):  # redelivery after a crash overlaps what was folded
-        t.add(0, off, C)
-    assert (t.events, t.usd, t.tokens) == (12, D("0.24"), 1200)
-
-
-def test_sources_are_tracked_separately_and_survive_json():
-    t = Totals()
-    t.add(0, 5, C)
-    t.add(1, 3, Contribution(D(0), 10, ok=False, priced=True))
-    t.add(2, 1, Contribution(D(0), 10, ok=True, priced=False))
+    t.add(C)
+    t.add(Contribution(D(0), 10, ok=False, priced=True))
+    t.add(Contribution(D(0), 10, ok=True, priced=False, input_tokens=7, local_input_tokens=5),
+          audit=True)
     back = Totals.from_json(t.to_json())
     assert back == t
-    assert (back.failed, back.unpriced) == (1, 1)
-    assert not back.add(1, 3, C) and back.add(1, 4, C)
+    assert (back.failed, back.unpriced, back.audited, back.local_input) == (1, 1, 1, 5)
+    both = Totals.from_json(t.sums())
+    both.merge(back)
+    assert (both.events, both.usd, both.tokens, both.failed) == (6, D("0.04"), 240, 2)
 
 
 @pytest.mark.parametrize(("usd", "tokens", "limit", "unit", "ratio"), [
