@@ -136,10 +136,14 @@ class Stage:
         """What is stored for ``key`` (stage two adds the per-partition parts)."""
         return totals.to_json()
 
+    def _end_of(self, key: str, value: dict[str, Any]) -> int:
+        """When the window stored under ``key`` ends (epoch seconds)."""
+        return int(value.get("end", 0))
+
     def sweep(self, now: datetime) -> int:
         """Drop windows that can no longer receive events."""
         cutoff = (now - self.grace - RETENTION).timestamp()
-        stale = [(p, k) for p, k, v in self.state.scan() if v.get("end", 0) < cutoff]
+        stale = [(p, k) for p, k, v in self.state.scan() if self._end_of(k, v) < cutoff]
         for partition, key in stale:
             self.state.put(partition, key, None)
         self.state.commit()

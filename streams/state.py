@@ -126,7 +126,9 @@ class BatchedState:
 
     def put(self, partition: int, key: str, value: dict[str, Any] | None) -> None:
         """Set (``None`` deletes) ``key``; logged with the batch at :meth:`commit`."""
-        self.part(partition).dirty[key] = None if value is None else orjson.dumps(value)
+        # A copy: orjson hands back its 4 KiB working buffer, which would be kept per key.
+        self.part(partition).dirty[key] = (
+            None if value is None else memoryview(orjson.dumps(value)).tobytes())
 
     def seen(self, partition: int, digest: int) -> bool:
         """True when an event with this id digest was already counted in ``partition``."""
@@ -227,7 +229,7 @@ class BatchedState:
             if raw is None:
                 p.records.pop(k, None)
             else:
-                p.records[k] = orjson.dumps(raw)
+                p.records[k] = memoryview(orjson.dumps(raw)).tobytes()
         if body["t"] > self.clock() - self.dedup_horizon:
             for hexid in body["i"]:
                 p.dedup.add(int(hexid, 16), body["t"])

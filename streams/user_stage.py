@@ -86,6 +86,18 @@ class UserStage(Stage):
             key = "late|" + key
         self._fold(partition, PART + key, window, c, audit)
 
+    def _value(self, key: str, totals: Totals) -> dict[str, Any]:
+        # Per-user windows are most of the state: their end is in the key, not stored.
+        value = totals.to_json()
+        if not key.startswith(PART):
+            del value["end"]
+        return value
+
+    def _end_of(self, key: str, value: dict[str, Any]) -> int:
+        if "end" in value:
+            return int(value["end"])
+        return window_from_key("day", key.rsplit("|", 1)[1]).end_epoch
+
     def resend(self, partition: int) -> None:
         """Forward every partial of ``partition`` with the next batch (after a recovery, in
         case the last forward before a crash was lost while its state record was not)."""
