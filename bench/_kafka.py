@@ -1,0 +1,94 @@
+"""Kafka side of the benchmark: bulk publishing and the plain aiokafka consumer ceiling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from spendstream.streams.topics import ensure_topics
+
+CHUNK = 20_000
+"""Sends in flight before waiting for their acknowledgements (bounds the bench's memory)."""
+STALL = 120.0
+"""Seconds without a new record before the ceiling measurement gives up."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``events`` handled in ``seconds`` (first to last)."""
+
+    events: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        """Events per second."""
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    """Create the usage topic before anything touches it: Tansu would auto-create it with
+    its own partition count."""
+    counts = await ensure_topics(bootstrap, [topic], partitions)
+    if counts.get(topic) != partitions:
+        raise SystemExit(f"topic {topic} has {counts.get(topic)} partitions, not {partitions}")
+
+
+def producer(bootstrap: str, linger_ms: int = 20) -> AIOKafkaProducer:
+    """A producer tuned for bulk (big batches) or, with a small linger, for latency."""
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms,
+                            max_batch_size=512 * 1024, acks=1)
+
+
+async def publish(bootstrap: str, topic: str, messages: Iterator[tuple[bytes, bytes]],
+                  progress: Callable[[int], None] | None = None) -> Rate:
+    """Send every (key, value) as fast as the broker takes them; wait for all acks."""
+    p = producer(bootstrap)
+    await p.start()
+    sent = 0
+    started = time.perf_counter()
+    try:
+        pending: list[asyncio.Future[object]] = []
+        for key, value in messages:
+            pending.append(await p.send(topic, value, key=key))
+            sent += 1
+            if len(pending) >= CHUNK:
+                await asyncio.gather(*pending)
+                pending.clear()
+                if progress is not None:
+                    progress(sent)
+        await asyncio.gather(*pending)
+    finally:
+        await p.stop()
+    return Rate(sent, time.perf_counter() - started)
+
+
+async def aiokafka_ceiling(bootstrap: str, topic: str, n: int, group: str) -> Rate:
+    """A plain consumer-group reader (``getmany``, ``orjson.loads`` of each value): the
+    fastest a Python consumer gets through the topic on this machine and broker."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
+                                auto_offset_reset="earliest", enable_auto_commit=True)
+    await consumer.start()
+    count, first, last_progress = 0, 0.0, time.monotonic()
+    try:
+        while count < n:
+            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            if not batches:
+                if time.monotonic() - last_progress > STALL:
+                    raise SystemExit(f"aiokafka ceiling: stuck at {count} of {n} records")
+                continue
+            if not count:
+                first = time.perf_counter()
+            for records in batches.values():
+                for record in records:
+                    orjson.loads(record.value)  # type: ignore[arg-type]
+                count += len(records)
+            last_progress = time.monotonic()
+        return Rate(count, time.perf_counter() - first)
+    finally:
+        await consumer.stop()
