@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from spendstream.kafka_auth import faust_credentials, kafka_client_kwargs
 from spendstream.producers.budgets import Budgets
 from spendstream.settings import Settings
 
@@ -39,15 +40,16 @@ def run_worker(settings: Settings, budgets: Budgets, loglevel: str = "info") -> 
     counts = asyncio.run(ensure_topics(
         settings.bootstrap_servers,
         [settings.topic, settings.rollup_topic, settings.dlq_topic, settings.alert_topic],
-        settings.partitions, settings.replication_factor))
+        settings.partitions, settings.replication_factor, **kafka_client_kwargs(settings)))
     asyncio.set_event_loop(asyncio.new_event_loop())
-    app = build_app(settings, budgets, notifier, partitions=counts)
+    app = build_app(settings, budgets, notifier, partitions=counts,
+                    broker_credentials=faust_credentials(settings))
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.spinner = None  # a terminal spinner mangles logs and files
     logging.getLogger("spendstream").setLevel(logging.INFO)
-    log.info("worker starting: kafka %s, topic %s (%d partitions), redis prefix %r, alerts via %s",
-             settings.kafka_url, settings.topic, settings.partitions, settings.redis_prefix,
-             type(notifier).__name__)
+    log.info("worker starting: kafka %s (%s), topic %s (%d partitions), redis prefix %r, "
+             "alerts via %s", settings.kafka_url, settings.kafka_security_protocol,
+             settings.topic, settings.partitions, settings.redis_prefix, type(notifier).__name__)
     try:
         worker.execute_from_commandline()
     except SystemExit as e:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +46,25 @@ class Settings(BaseSettings):
     guard_rate_limit_per_minute: int | None = Field(default=None, ge=1)
     """Requests per user per minute the guard admits, across replicas; none by default."""
 
+    spill_dir: Path | None = None
+    """Where an emitter built from these settings spills events its memory buffer cannot
+    hold (Kafka down or slow); ``<state_dir>/spill`` when unset."""
+    spill_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    """Size cap of one emitter's spill file; past it events are dropped. 0: never spill."""
+
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT")
+    """How every Kafka client (emitter, topic set-up, worker) connects: see kafka_auth."""
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    """CA bundle that signed the brokers' certificates; the system's CAs when unset."""
+    kafka_ssl_certfile: Path | None = None
+    """Client certificate (PEM) for brokers that require mutual TLS."""
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+
     slack_webhook_url: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("SLACK_WEBHOOK_URL", "slack_webhook_url")
     )
@@ -80,6 +99,13 @@ class Settings(BaseSettings):
     def rollup_topic(self) -> str:
         """Internal: per-event feature/global contributions, keyed by feature."""
         return f"{self.topic}.rollup"
+
+    @property
+    def emitter_spill_dir(self) -> Path | None:
+        """The spill directory of an emitter built from these settings; None: no spilling."""
+        if self.spill_max_bytes == 0:
+            return None
+        return self.spill_dir or self.state_dir / "spill"
 
     @property
     def bootstrap_servers(self) -> str:

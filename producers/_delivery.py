@@ -33,13 +33,17 @@ class EmitterStats:
     ``dropped``: events lost: refused by ``emit`` (buffer full, emitter stopped, event not
     encodable) or still buffered when ``stop`` gave up. ``errors``: failures caught and
     logged instead of raised (events that did not encode, send attempts that failed).
-    ``buffered``: events accepted and not yet acknowledged.
+    ``buffered``: events accepted and not yet acknowledged (in memory or the spill file).
+    ``spilled``: events written to the spill file because memory was full (or at stop).
+    ``replayed``: events read back from the spill file and acknowledged by the broker.
     """
 
     emitted: int = 0
     sent: int = 0
     dropped: int = 0
     errors: int = 0
+    spilled: int = 0
+    replayed: int = 0
     _buffered: Callable[[], int] = field(default=_no_buffer, repr=False, compare=False)
 
     @property

@@ -6,6 +6,14 @@ backoff while the broker is down), sends the buffer in order and in batches, and
 event it could not deliver for the next attempt: delivery is at-least-once, and the worker
 deduplicates redeliveries by ``event_id``. Only a full buffer loses events, and those are
 counted and logged.
+
+With a ``spill_dir``, a full buffer does not drop: events go to an append-only spill file
+(see :mod:`spendstream.producers._spill`) and are replayed in order when Kafka takes them
+again. Once spilling starts, every new event goes to the file until it is drained, so the
+publish order stays the order of ``emit`` calls. Events are then dropped (counted, logged)
+only when the file cannot be written or reaches its size cap. A file left by a process
+that crashed or stopped with events undelivered is replayed by the next emitter started
+with the same ``spill_dir`` and topic, before any new event.
 """
 
 from __future__ import annotations
@@ -17,8 +25,10 @@ import threading
 import time
 from collections import deque
 from itertools import islice
+from os import PathLike
+from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
@@ -31,14 +41,19 @@ from spendstream.producers._delivery import (
     in_emitter,
     quiet_client_chatter,
 )
+from spendstream.producers._spill import SpillFile
 from spendstream.producers.event import UsageEvent
 from spendstream.settings import kafka_bootstrap
+
+if TYPE_CHECKING:
+    from spendstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOPIC = "spendstream.usage"
 _MAX_BATCH = 500
 """Events handed to the producer per round: big enough to amortise a round trip."""
+DEFAULT_SPILL_MAX_BYTES = 256 * 1024 * 1024
 _DROP_LOG_INTERVAL = 10.0
 """Seconds between two drop warnings, so a full buffer cannot flood the application's log."""
 # We hand the producer bytes; a serializer would encode them twice.
@@ -57,11 +72,18 @@ class Emitter:
     :class:`spendstream.producers.SyncEmitter`. Keyword arguments the emitter does not
     name itself (``security_protocol``, ``sasl_mechanism``, ``sasl_plain_username``,
     ``ssl_context``, ``acks``, ``compression_type``, ...) go to ``AIOKafkaProducer``.
+
+    ``buffer_size`` events wait in memory; with ``spill_dir``, what does not fit goes to a
+    spill file there (at most ``spill_max_bytes``) instead of being dropped.
+    :meth:`from_settings` builds one from the process settings.
     """
 
     def __init__(self, bootstrap_servers: str, topic: str = DEFAULT_TOPIC, *,
                  buffer_size: int = 10_000, linger_ms: int = 5,
-                 request_timeout_ms: int = 10_000, **producer_kwargs: Any) -> None:
+                 request_timeout_ms: int = 10_000,
+                 spill_dir: str | PathLike[str] | None = None,
+                 spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES,
+                 **producer_kwargs: Any) -> None:
         if buffer_size < 1:
             raise ConfigError(f"buffer_size must be at least 1, not {buffer_size}")
         unknown = set(producer_kwargs) - _PRODUCER_PARAMS
@@ -81,6 +103,7 @@ class Emitter:
         }
         self._pending: deque[_Message] = deque()
         self._inflight: list[_Message] = []
+        self._inflight_spilled = False  # the in-flight batch was read from the spill file
         self._lock = threading.Lock()  # emit may come from other threads (SyncEmitter)
         self._wakeup = asyncio.Event()
         self._progress = asyncio.Event()
@@ -93,9 +116,27 @@ class Emitter:
         self._task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
         self.stats = EmitterStats(_buffered=self._count_buffered)
+        self._spill = (None if spill_dir is None else
+                       SpillFile.claim(Path(spill_dir), topic, spill_max_bytes))
+        # Events an earlier process left go out before any new one: new ones queue behind.
+        self._spilling = self._spill is not None and self._spill.pending > 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> Emitter:
+        """An emitter for the process settings: Kafka URL, topic, security
+        (``SPENDSTREAM_KAFKA_SECURITY_PROTOCOL``, ...) and spill file
+        (``SPENDSTREAM_SPILL_DIR``, default ``<state_dir>/spill``). ``options`` win."""
+        return cls(settings.kafka_url, settings.topic,
+                   **{**settings_options(settings), **options})
+
+    @property
+    def spill_path(self) -> Path | None:
+        """The spill file this emitter holds, if any."""
+        return None if self._spill is None else self._spill.path
 
     def _count_buffered(self) -> int:
-        return len(self._pending) + len(self._inflight)
+        spill = self._spill
+        return len(self._pending) + len(self._inflight) + (spill.pending if spill else 0)
 
     async def start(self) -> None:
         """Start connecting and sending in the background; returns at once.
@@ -134,12 +175,37 @@ class Emitter:
             if self._closed:
                 self._count_dropped(1, "emitter is stopped")
                 return False
-            if len(self._pending) + len(self._inflight) >= self.buffer_size:
-                self._count_dropped(1, f"buffer full ({self.buffer_size} events unsent)")
-                return False
+            if self._spilling or len(self._pending) + len(self._inflight) >= self.buffer_size:
+                return self._spill_one(message)
             self._pending.append(message)
             self.stats.emitted += 1
         return True
+
+    def _spill_one(self, message: _Message) -> bool:
+        """Append to the spill file, or drop when there is none or it is full (lock held)."""
+        spill = self._spill
+        if spill is None:
+            self._count_dropped(1, f"buffer full ({self.buffer_size} events unsent)")
+            return False
+        if not self._spilling:
+            self._spilling = True
+            log.warning("usage event buffer full (%d events unsent): spilling to %s until "
+                        "Kafka catches up", self.buffer_size, spill.path)
+        accepted = spill.append(*message)
+        if accepted:
+            self.stats.emitted += 1
+            self.stats.spilled += 1
+        else:
+            self._count_dropped(1, f"buffer full and spill file {spill.path} at its "
+                                f"{spill.max_bytes}-byte cap")
+        self._collect_spill_losses()
+        return accepted
+
+    def _collect_spill_losses(self) -> None:
+        """Count events a failed spill write lost (lock held)."""
+        if self._spill is not None and self._spill.lost:
+            self._count_dropped(self._spill.collect_lost(),
+                                f"cannot write spill file {self._spill.path}: {self._spill.error}")
 
     def _wake(self) -> None:
         """Wake the sender task; called on the loop's thread only."""
@@ -193,17 +259,42 @@ class Emitter:
             await asyncio.gather(self._task, return_exceptions=True)
         with self._lock:
             left = self._count_buffered()
+            spill_path, kept = self.spill_path, self._keep_in_spill()
             self._pending.clear()
             self._inflight = []
-            self.stats.dropped += left
-        if left:
+            self.stats.dropped += left - kept
+        if kept:
+            log.warning("stopped with %d usage event(s) undelivered; kept in %s for the next "
+                        "emitter started with this spill directory", kept, spill_path)
+        if left > kept:
             log.warning("stopped with %d usage event(s) undelivered; they are lost "
-                        "(%d dropped in all)", left, self.stats.dropped)
+                        "(%d dropped in all)", left - kept, self.stats.dropped)
         if self._producer is not None:
             await self._close_producer(self._producer, max(deadline - loop.time(), 0.5))
             self._producer = None
         self._delivered_at_stop = delivered = delivered and not left
         return delivered
+
+    def _keep_in_spill(self) -> int:
+        """At stop: move what memory holds to the spill file, in order, and close it;
+        return how many undelivered events it keeps (lock held)."""
+        spill, self._spill = self._spill, None
+        if spill is None:
+            return 0
+        spill.rewind()  # a batch read from the file and not delivered is still in it
+        memory = ([] if self._inflight_spilled else self._inflight) + list(self._pending)
+        try:
+            if memory and spill.pending:  # memory holds the older events
+                spill.prepend(memory)
+            else:
+                for key, value in memory:
+                    spill.append(key, value, cap=False)
+            self.stats.spilled += len(memory)
+        except OSError as e:
+            log.error("cannot write %d usage event(s) to spill file %s at stop: %s",
+                      len(memory), spill.path, e)
+        spill.close()
+        return spill.pending
 
     async def __aenter__(self) -> Emitter:
         await self.start()
@@ -256,18 +347,20 @@ class Emitter:
         backoff = Backoff()
         while True:
             if not self._inflight:
-                if not self._pending:
+                if not self._pending and not self._spilling:
                     self._progress.set()
                     await self._wait_for_events()
-                with self._lock:
-                    # Copy before popping so ``buffered`` never under-counts for other threads.
-                    self._inflight = list(islice(self._pending, _MAX_BATCH))
-                    for _ in self._inflight:
-                        self._pending.popleft()
-                if not self._inflight:  # a spurious wake-up
+                self._take_batch()
+                if not self._inflight:  # a spurious wake-up, or the spill file drained
                     continue
+            sent = self.stats.sent
             failed = await self._send_batch(producer)
-            self._inflight = failed  # retried, ahead of newer events, on the next round
+            with self._lock:
+                self._inflight = failed  # retried, ahead of newer events, on the next round
+                if self._inflight_spilled:
+                    self.stats.replayed += self.stats.sent - sent
+                    if not failed and self._spill is not None:
+                        self._spill.commit()
             self._progress.set()
             if failed:
                 await backoff.sleep()
@@ -275,11 +368,45 @@ class Emitter:
                 backoff.reset()
                 self._recovered()
 
+    def _take_batch(self) -> None:
+        """Next batch: from memory, else (while spilling) from the spill file."""
+        with self._lock:
+            spill = self._spill
+            if self._pending or not self._spilling or spill is None:
+                # Copy before popping so ``buffered`` never under-counts for other threads.
+                self._inflight = list(islice(self._pending, _MAX_BATCH))
+                for _ in self._inflight:
+                    self._pending.popleft()
+                self._inflight_spilled = False
+                return
+            end = spill.take_end()
+            self._collect_spill_losses()
+            if spill.pending == 0:  # drained: new events use memory again
+                spill.reset()
+                self._spilling = False
+                log.warning("spill file drained: %d usage event(s) replayed from %s so far",
+                            self.stats.replayed, spill.path)
+                return
+        try:  # outside the lock: emit() must not wait for the disk
+            batch, pos, damaged = spill.read(_MAX_BATCH, end)
+        except OSError as e:
+            spill.error, batch, pos, damaged = e, [], 0, 0
+        with self._lock:
+            if not batch and not damaged:  # unreadable: give up on it rather than spin
+                log.error("cannot read spill file %s (%s)", spill.path, spill.error or "damaged")
+                self._count_dropped(spill.discard(), f"spill file {spill.path} unreadable")
+                self._spilling = False
+                return
+            spill.consumed(len(batch) + damaged, pos)
+            if damaged:
+                self._count_dropped(damaged, f"damaged record in spill file {spill.path}")
+            self._inflight, self._inflight_spilled = batch, True
+
     async def _wait_for_events(self) -> None:
         # Publish "idle" before the last look, so an emit from another thread either lands
         # before that look or sees the flag and wakes us.
         self._idle = True
-        if self._pending:
+        if self._pending or self._spilling:
             self._idle = False
             return
         await self._wakeup.wait()
@@ -342,6 +469,11 @@ class Emitter:
 
     def _outage(self, message: str) -> None:
         """Log the first failure of an outage as a warning, the repeats at debug level."""
+        if self._spill is not None:
+            with self._lock:  # spilled events reach the file while the broker is away
+                if self._spill is not None:
+                    self._spill.flush()
+                    self._collect_spill_losses()
         if self._in_outage:
             log.debug(message)
             return
@@ -360,6 +492,14 @@ class Emitter:
             await asyncio.wait_for(producer.stop(), timeout)
         except Exception as e:
             log.debug("closing the Kafka producer failed: %r", e)
+
+
+def settings_options(settings: Settings) -> dict[str, Any]:
+    """Emitter keyword arguments from the process settings: Kafka security and spill file."""
+    from spendstream.kafka_auth import kafka_client_kwargs
+
+    return {**kafka_client_kwargs(settings), "spill_dir": settings.emitter_spill_dir,
+            "spill_max_bytes": settings.spill_max_bytes}
 
 
 def _outcome(fut: asyncio.Future[Any]) -> BaseException | None:

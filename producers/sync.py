@@ -11,11 +11,22 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
+from os import PathLike
+from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from spendstream.producers.emitter import DEFAULT_TOPIC, Emitter, EmitterStats
+from spendstream.producers.emitter import (
+    DEFAULT_SPILL_MAX_BYTES,
+    DEFAULT_TOPIC,
+    Emitter,
+    EmitterStats,
+    settings_options,
+)
 from spendstream.producers.event import UsageEvent
+
+if TYPE_CHECKING:
+    from spendstream.settings import Settings
 
 
 class SyncEmitter:
@@ -29,10 +40,14 @@ class SyncEmitter:
 
     def __init__(self, bootstrap_servers: str, topic: str = DEFAULT_TOPIC, *,
                  buffer_size: int = 10_000, linger_ms: int = 5,
-                 request_timeout_ms: int = 10_000, **producer_kwargs: Any) -> None:
+                 request_timeout_ms: int = 10_000,
+                 spill_dir: str | PathLike[str] | None = None,
+                 spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES,
+                 **producer_kwargs: Any) -> None:
         # Built here so that bad settings raise ConfigError in the caller's thread.
         self._emitter = Emitter(bootstrap_servers, topic, buffer_size=buffer_size,
                                 linger_ms=linger_ms, request_timeout_ms=request_timeout_ms,
+                                spill_dir=spill_dir, spill_max_bytes=spill_max_bytes,
                                 **producer_kwargs)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
@@ -46,6 +61,17 @@ class SyncEmitter:
         except BaseException:
             self._stop_thread()
             raise
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> SyncEmitter:
+        """The same as :meth:`Emitter.from_settings`, for threaded applications."""
+        return cls(settings.kafka_url, settings.topic,
+                   **{**settings_options(settings), **options})
+
+    @property
+    def spill_path(self) -> Path | None:
+        """The spill file the emitter holds, if any."""
+        return self._emitter.spill_path
 
     @property
     def stats(self) -> EmitterStats:
