@@ -310,17 +310,32 @@ def _flags(args: argparse.Namespace, settings: Settings) -> int:
 
 def _redis_call(settings: Settings, action: Callable[[Redis], T]) -> T:
     import redis
-    from redis.exceptions import RedisError
+    from redis.exceptions import AuthenticationError, RedisError
 
-    from spendstream.errors import ServiceUnavailable
+    from spendstream.errors import ConfigError, ServiceUnavailable
+    from spendstream.redact import redact_url, scrub, url_password
 
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=3,
-                                  socket_connect_timeout=3)
+    url = settings.redis_url.get_secret_value()
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+    except ValueError as e:  # its message may quote the URL
+        raise ConfigError(f"SPENDSTREAM_REDIS_URL is not a Redis URL ({redact_url(url)}): "
+                          f"{scrub(str(e), url, url_password(url))}") from None
+    # Only the URL's host part is shown; the client's messages never hold the password,
+    # and are scrubbed anyway in case a future version quotes the URL.
+    where = redact_url(url)
     try:
         return action(client)
+    except AuthenticationError as e:
+        detail = scrub(str(e), url, url_password(url))
+        raise ServiceUnavailable(
+            f"Redis at {where} refused the credentials in SPENDSTREAM_REDIS_URL ({detail}); "
+            "check the password (redis://:PASSWORD@host:port/db) or user") from e
     except RedisError as e:
-        raise ServiceUnavailable(f"Redis unreachable ({type(e).__name__}); check "
-                                 "SPENDSTREAM_REDIS_URL") from e
+        detail = scrub(str(e), url, url_password(url))
+        raise ServiceUnavailable(f"Redis unreachable at {where} ({type(e).__name__}: "
+                                 f"{detail}); check SPENDSTREAM_REDIS_URL and that Redis "
+                                 "is running") from e
     finally:
         client.close()
 

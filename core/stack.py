@@ -16,6 +16,7 @@ from pathlib import Path
 
 from spendstream.embedded import EmbeddedBroker, EmbeddedRedis
 from spendstream.errors import ServiceUnavailable
+from spendstream.redact import redact_url
 from spendstream.settings import Settings
 
 
@@ -95,9 +96,10 @@ class Stack:
             env=env)
 
     def env_hint(self) -> str:
-        """The exports an application needs to talk to this stack."""
+        """The exports an application needs to talk to this stack (a Redis password from
+        SPENDSTREAM_REDIS_URL shows as ``***``: the terminal may be logged)."""
         return (f"export SPENDSTREAM_KAFKA_URL={self.kafka_url} "
-                f"SPENDSTREAM_REDIS_URL={self.redis_url} "
+                f"SPENDSTREAM_REDIS_URL={redact_url(self.redis_url)} "
                 f"SPENDSTREAM_REDIS_PREFIX={self.settings.redis_prefix}")
 
     def check_worker(self) -> None:

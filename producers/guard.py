@@ -29,7 +29,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 from redis.retry import Retry
 
 from spendstream.errors import ServiceUnavailable, Throttled
@@ -134,6 +134,7 @@ class _GuardBase:
         self._cache: dict[tuple[str, str], tuple[float, FlagSnapshot]] = {}
         self._down_until = 0.0
         self._down = False
+        self._cause = "Redis unreachable"
 
     # -- before the call -------------------------------------------------------------
 
@@ -175,12 +176,16 @@ class _GuardBase:
             if not self._down:
                 self._down = True
                 self.stats.outages += 1
+                self._cause = ("Redis refused the guard's credentials: check the password "
+                               "in SPENDSTREAM_REDIS_URL"
+                               if isinstance(error, AuthenticationError) else "Redis unreachable")
                 policy = ("refusing calls (fail closed)" if self.fail_closed
                           else "letting calls through (fail open)")
-                log.warning("Redis unreachable (%s: %s): %s until it returns",
+                # redis-py's messages name the host, never the password.
+                log.warning("%s (%s: %s): %s until it returns", self._cause,
                             type(error).__name__, error, policy)
         if self.fail_closed:
-            raise ServiceUnavailable("the spend guard cannot reach Redis to check budgets, "
+            raise ServiceUnavailable(f"the spend guard cannot check budgets ({self._cause}), "
                                      "and is configured to fail closed; retry shortly "
                                      "or check SPENDSTREAM_REDIS_URL") from error
 
