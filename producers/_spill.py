@@ -255,10 +255,14 @@ class SpillFile:
         self.pending += n
 
     def close(self) -> None:
-        """Write out, fsync once (the file outlives the process), unlock and close."""
+        """Write out, fsync once (the file outlives the process), unlock and close; an
+        empty file is removed instead (still locked, so no other emitter is using it)."""
         self.flush()
         try:
-            os.fsync(self._fd)
+            if self.pending:
+                os.fsync(self._fd)
+            else:
+                self.path.unlink(missing_ok=True)
         except OSError as e:
             self.error = e
         os.close(self._fd)

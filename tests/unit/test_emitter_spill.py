@@ -125,6 +125,7 @@ async def test_replay_keeps_the_emit_order_across_memory_and_file(tmp_path: Path
     emitter.emit(_event(60))
     assert emitter.stats.spilled == spilled
     assert await emitter.stop()
+    assert not (tmp_path / "usage.spill").exists()  # nothing left to replay: no file
 
 
 async def test_a_failed_replay_batch_is_retried_in_place(tmp_path: Path) -> None:
