@@ -89,7 +89,11 @@ class SpillFile:
                 path = directory / (f"{name}.spill" if slot == 0 else f"{name}.{slot}.spill")
                 fd = _lock(path)
                 if fd is not None:
-                    return cls(path, fd, max_bytes)
+                    try:
+                        return cls(path, fd, max_bytes)
+                    except BaseException:
+                        os.close(fd)
+                        raise
         except OSError as e:
             log.warning("cannot use spill directory %s (%s); a full buffer drops events",
                         directory, e)
