@@ -1,4 +1,7 @@
-"""A worker killed with SIGKILL and restarted: totals stay exact (changelog + offsets + ids)."""
+"""A worker killed with SIGKILL and restarted: totals stay exact (changelog + offsets + ids).
+
+Part of the fault suite (``pytest -m fault``) as well as the integration tests.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import redis
 from tests.helpers import WorkerProcess, wait_until
 from tests.integration.test_e2e_cli import publish
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 BUDGETS = """\
 users: {tiers: {free: {usd: 1000}}}
@@ -43,7 +46,9 @@ def test_sigkill_and_restart_counts_every_event_exactly_once(broker, redis_serve
     env = {"SPENDSTREAM_KAFKA_URL": broker.url, "SPENDSTREAM_REDIS_URL": redis_server.url,
            "SPENDSTREAM_BUDGETS": str(budgets), "SPENDSTREAM_TOPIC": topic,
            "SPENDSTREAM_REDIS_PREFIX": prefix, "SPENDSTREAM_APP_ID": f"app{uid}",
-           "SPENDSTREAM_PARTITIONS": "3"}
+           "SPENDSTREAM_PARTITIONS": "3",
+           # The dead member's partitions are held until its session expires (10 s default).
+           "SPENDSTREAM_SESSION_TIMEOUT": "3"}
     r = redis.Redis.from_url(redis_server.url)
 
     def global_day() -> dict:
