@@ -17,7 +17,7 @@ from spendstream.errors import BudgetExceeded, ServiceUnavailable
 from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import AsyncGuard, Guard
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 BUDGETS = parse_budgets({"features": {"chat": {"model": "gpt-4o", "max_output_tokens": 100}}})
 HELLO = [{"role": "user", "content": "hello"}]
