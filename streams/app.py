@@ -115,6 +115,9 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
         # Room for several take_events batches per partition, so fetching never waits on
         # the agent (measured: +15% on a bare agent against faust's default of 4096).
         stream_buffer_maxsize=4 * BATCH,
+        # Kafka's default message.max.bytes: a message the broker accepted (up to 1 MiB)
+        # must fit the DLQ unchanged (faust's default is 1,000,000 bytes).
+        producer_max_request_size=1_048_576 + 1024,
         **faust_options,
     )
     usage = app.topic(settings.topic, key_serializer="raw", value_serializer="raw",
@@ -160,9 +163,14 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
         """The original key and bytes to the DLQ, with why and where they came from."""
         counters.dead_letters += 1
         m = ev.message
-        await dlq.send(key=ev.key, value=ev.value, headers={
-            "x-spendstream-reason": reason.encode(),
-            "x-spendstream-source": f"{m.topic}/{m.partition}/{m.offset}".encode()})
+        source = f"{m.topic}/{m.partition}/{m.offset}"
+        try:
+            await dlq.send(key=ev.key, value=ev.value, headers={
+                "x-spendstream-reason": reason.encode(),
+                "x-spendstream-source": source.encode()})
+        except Exception:  # the agent must go on counting: the message stays in its topic
+            log.exception("could not dead-letter %s (%s); it is still at that offset",
+                          source, reason)
 
     @app.agent(usage, name="users")
     async def user_agent(stream: faust.StreamT) -> None:

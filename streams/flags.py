@@ -52,6 +52,8 @@ class RedisFlagSink:
         self._redis = client or aioredis.from_url(
             url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10)
         self._pending: dict[str, tuple[bytes, int] | None] = {}
+        self._flags: dict[str, tuple[bytes, int]] = {}
+        """Cutoff and warn flags written, rewritten after an outage (Redis may have lost them)."""
         self._expiry: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._down_since: float | None = None
@@ -65,12 +67,16 @@ class RedisFlagSink:
         if extend_only and self._expiry.get(full, 0) > max(expire_at, int(time.time())):
             return
         self._expiry[full] = expire_at
-        self._pending[full] = (orjson.dumps(value), expire_at)
+        entry = (orjson.dumps(value), expire_at)
+        self._pending[full] = entry
+        if not key.startswith("spend:"):
+            self._flags[full] = entry
 
     def delete(self, key: str) -> None:
         """Schedule a delete."""
         full = self.prefix + key
         self._expiry.pop(full, None)
+        self._flags.pop(full, None)
         self._pending[full] = None
 
     @property
@@ -112,6 +118,11 @@ class RedisFlagSink:
             log.warning("Redis is back after %.1fs; flags written",
                         time.monotonic() - self._down_since)
             self._down_since = None
+            # A restarted Redis may have come back empty: assert every live flag again.
+            self._flags = {k: v for k, v in self._flags.items() if v[1] > now}
+            for k, v in self._flags.items():
+                self._pending.setdefault(k, v)
+            self.kick()
         self.stats.written += len(batch)
         self.stats.flushes += 1
         self._forget_expired(now)
