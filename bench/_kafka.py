@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from spendstream.streams.topics import ensure_topics
 
@@ -68,6 +70,36 @@ async def publish(bootstrap: str, topic: str, messages: Iterator[tuple[bytes, by
     return Rate(sent, time.perf_counter() - started)
 
 
+class BackgroundPublish(threading.Thread):
+    """:func:`publish` in a thread of its own, so the worker is watched while events go out."""
+
+    def __init__(self, bootstrap: str, topic: str, messages: Iterator[tuple[bytes, bytes]],
+                 progress: Callable[[int], None] | None = None) -> None:
+        super().__init__(name="publisher", daemon=True)
+        self.args = (bootstrap, topic, messages, progress)
+        self.rate: Rate | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        """Publish everything; keep the rate or the error."""
+        try:
+            self.rate = asyncio.run(publish(*self.args))
+        except BaseException as e:  # re-raised in the main thread by check()
+            self.error = e
+
+    def check(self) -> None:
+        """Raise in the caller's thread when publishing failed."""
+        if self.error is not None:
+            raise RuntimeError(f"publishing failed: {self.error!r}") from self.error
+
+    def result(self) -> Rate:
+        """Wait for the last acknowledgement; the publish rate."""
+        self.join()
+        self.check()
+        assert self.rate is not None
+        return self.rate
+
+
 async def aiokafka_ceiling(bootstrap: str, topic: str, n: int, group: str) -> Rate:
     """A plain consumer-group reader (``getmany``, ``orjson.loads`` of each value): the
     fastest a Python consumer gets through the topic on this machine and broker."""
@@ -92,3 +124,24 @@ async def aiokafka_ceiling(bootstrap: str, topic: str, n: int, group: str) -> Ra
         return Rate(count, time.perf_counter() - first)
     finally:
         await consumer.stop()
+
+
+async def wait_group(bootstrap: str, group: str, members: int, timeout: float = 120.0) -> None:
+    """Wait until consumer group ``group`` is ``Stable`` with ``members`` members (every
+    worker has joined and the partitions are spread), so no rebalance lands mid-measure."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            for response in await admin.describe_consumer_groups([group]):
+                # groups: (error_code, group, state, protocol_type, protocol, members)
+                for g in response.groups:
+                    if g[1] == group and g[2] == "Stable" and len(g[5]) == members:
+                        return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"group {group} did not reach {members} stable members "
+                                   f"in {timeout:.0f}s")
+            await asyncio.sleep(0.5)
+    finally:
+        await admin.close()

@@ -121,8 +121,23 @@ class Expected:
     hour_end: float
     """When the hour of the events' timestamp ends (epoch seconds): the ``spend:global:hour``
     key expires then."""
-    cutoff: frozenset[str] = frozenset()
-    warn: frozenset[str] = frozenset()
+    capped: tuple[str, ...] = ()
+
+    @property
+    def cutoff(self) -> frozenset[str]:
+        """The capped users at 100% of the tier's budget (read once publishing is done)."""
+        return self._flagged(CUTOFF)
+
+    @property
+    def warn(self) -> frozenset[str]:
+        """The capped users at 80% or more: each has a warn flag (a jump straight to the
+        cutoff sets both)."""
+        return self._flagged(WARN)
+
+    def _flagged(self, level: Decimal) -> frozenset[str]:
+        if self.ledger.users is None:
+            return frozenset()
+        return frozenset(self.ledger.flagged(self.capped, CAPPED_USD, level))
 
 
 class Traffic:
@@ -187,14 +202,10 @@ class Traffic:
         return user.encode(), orjson.dumps(ev)
 
     def expected(self) -> Expected:
-        """The totals and flags published so far: a capped user is warned at 80% of the
-        tier's budget and cut off at 100%."""
+        """What the worker must write for the events of this traffic (a live view: the
+        sums grow as events are generated)."""
         hour_end = (self.ts.timestamp() // 3600 + 1) * 3600
-        if self.ledger.users is None:
-            return Expected(self.ledger, hour_end)
-        return Expected(self.ledger, hour_end,
-                        frozenset(self.ledger.flagged(self.capped, CAPPED_USD, CUTOFF)),
-                        frozenset(self.ledger.flagged(self.capped, CAPPED_USD, WARN)))
+        return Expected(self.ledger, hour_end, tuple(self.capped))
 
     def probe(self, user: str, ts_text: str) -> tuple[bytes, bytes]:
         """A latency probe: one event costing :data:`PROBE_COST` (over the probe tier's

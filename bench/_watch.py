@@ -68,18 +68,22 @@ def _flags_final(r: redis.Redis, prefix: str, cutoff: Iterable[str]) -> bool:
     return not keys or int(r.exists(*keys)) == len(keys)
 
 
-def wait_final(r: redis.Redis, prefix: str, expected: Expected,
+def wait_final(r: redis.Redis, prefix: str, expected: Expected, events: int,
                alive: Callable[[], None], label: str,
-               on_progress: Callable[[int], None] | None = None) -> Span:
-    """Poll Redis until the global day, every feature and every expected cutoff flag are
-    final; print progress (events done, rate) every few seconds.
+               status: Callable[[], str] | None = None) -> Span:
+    """Poll Redis until the global day holds ``events`` events and every feature and every
+    expected cutoff flag is final; print progress (events done, rate) every few seconds.
+
+    Events may still be being published: ``expected`` is read only once the global day
+    holds them all (they were all generated, so its sums are complete). ``status`` adds
+    to each progress line (e.g. the worker's RSS).
 
     The span starts at the worker's first ``spend:*`` key, a user's or the global one,
     whichever comes first: the rollup stage may trail the user stage by seconds.
 
     ``alive`` raises when a worker died. Raises when nothing moves for :data:`STALL` s.
     """
-    n = expected.ledger.total.events
+    n = events
     first = 0.0
     last_print = last_change = time.perf_counter()
     done_before = printed_done = 0
@@ -95,9 +99,8 @@ def wait_final(r: redis.Redis, prefix: str, expected: Expected,
             return Span(first, now)
         if now - last_print >= PROGRESS_EVERY:
             rate = (done - printed_done) / (now - last_print)
-            print(f"  {label}: {done:,} of {n:,} events final, {rate:,.0f}/s", flush=True)
-            if on_progress is not None:
-                on_progress(done)
+            extra = f", {status()}" if status is not None else ""
+            print(f"  {label}: {done:,} of {n:,} events final, {rate:,.0f}/s{extra}", flush=True)
             last_print, printed_done = now, done
         if now - last_change > STALL:
             raise RuntimeError(f"{label}: no progress for {STALL:.0f}s at {done} of {n} events")
