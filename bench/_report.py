@@ -51,8 +51,7 @@ def print_table(figures: list[Figure], checks: list[Check]) -> None:
     """The figures, then one PASS/FAIL line per exactness check, as markdown tables."""
     rows = [("figure", "value", "target", "pass/miss")]
     rows += [(f.name, f.shown, f.target, f.verdict) for f in figures]
-    rows += [(f"exact: {c.name}", c.detail, "= published", "PASS" if c.ok else "FAIL")
-             for c in checks]
+    rows += [(f"exact: {c.name}", c.detail, "= published", _verdict(c)) for c in checks]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
 
     def line(r: tuple[str, ...]) -> str:
@@ -62,6 +61,10 @@ def print_table(figures: list[Figure], checks: list[Check]) -> None:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows[1:]:
         print(line(r))
+
+
+def _verdict(check: Check) -> str:
+    return "SKIP" if check.ok is None else ("PASS" if check.ok else "FAIL")
 
 
 def git_commit(repo: Path) -> str:
@@ -74,12 +77,13 @@ def git_commit(repo: Path) -> str:
     return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def record(figures: list[Figure], checks: list[Check], run: dict[str, Any],
+def record(figures: list[Figure], checks: list[Check], run: dict[str, Any], commit: str,
            path: Path = RESULTS) -> None:
-    """Append this run as one JSON line: date, commit, parameters, figures and checks."""
+    """Append this run as one JSON line: date, commit (as at the start of the run),
+    parameters, figures and checks."""
     line = {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "commit": git_commit(path.parent.parent),
+        "commit": commit,
         "machine": f"{platform.machine()}, {_cpus()} cpus, Python {platform.python_version()}",
         **run,
         "figures": {f.key: round(f.value, 3) if math.isfinite(f.value) else None

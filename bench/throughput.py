@@ -50,7 +50,7 @@ from _phases import (
     throughput_phase,
 )
 from _procs import Children
-from _report import print_table, record
+from _report import git_commit, print_table, record
 
 from spendstream.embedded import EmbeddedBroker, EmbeddedRedis
 
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
     started = time.monotonic()
+    commit = git_commit(Path(__file__).resolve().parent.parent)  # the code being measured
     workdir = Path(tempfile.mkdtemp(prefix="spendstream-bench-"))
     children = Children(workdir)
     with EmbeddedBroker() as broker, EmbeddedRedis() as store:
@@ -121,15 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     print()
     print_table(run.figures, run.checks)
-    print(f"\n{len(run.checks) - sum(c.ok for c in run.checks)} of {len(run.checks)} exactness "
+    failed = sum(c.failed for c in run.checks)
+    print(f"\n{failed} of {len(run.checks)} exactness "
           f"checks failed; took {elapsed / 60:.1f} min")
     if failure is not None:
         print(f"FAILED ({type(failure).__name__}): {failure}; partial figures above, not "
               f"recorded", file=sys.stderr)
     if not (args.quick or args.no_record or failure):
-        record(run.figures, run.checks, _parameters(args, elapsed))
+        record(run.figures, run.checks, _parameters(args, elapsed), commit)
         print("appended to bench/results.jsonl")
-    return 1 if failure or not all(c.ok for c in run.checks) else 0
+    return 1 if failure or failed else 0
 
 
 def _parameters(args: argparse.Namespace, elapsed: float) -> dict[str, Any]:
