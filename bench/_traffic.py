@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -107,7 +108,7 @@ class Ledger:
                 u = self.users[user] = Sums()
             u.add(usd, tokens)
 
-    def flagged(self, users: list[str], budget: Decimal, level: Decimal) -> set[str]:
+    def flagged(self, users: Iterable[str], budget: Decimal, level: Decimal) -> set[str]:
         """The users among ``users`` whose spend reached ``level`` of ``budget``."""
         assert self.users is not None
         return {u for u in users if u in self.users and self.users[u].usd >= budget * level}

@@ -166,10 +166,11 @@ def exact_checks(r: redis.Redis, prefix: str, expected: Expected) -> list[Check]
     checks = []
     day = _get(r, prefix + "spend:global:day") or {"spent_usd": "NaN", "events": None,
                                                   "spent_tokens": None}
-    for what, got, want in (("spend (USD)", Decimal(day["spent_usd"]), total.usd),
-                            ("events", day["events"], total.events),
-                            ("tokens", day["spent_tokens"], total.tokens)):
-        checks.append(Check(f"global day: {what}", got == want, f"{got} vs published {want}"))
+    for what, value, sent in (("spend (USD)", Decimal(day["spent_usd"]), total.usd),
+                              ("events", day["events"], total.events),
+                              ("tokens", day["spent_tokens"], total.tokens)):
+        checks.append(Check(f"global day: {what}", value == sent,
+                            f"{value} vs published {sent}"))
     # Every bulk event carries one timestamp, so the global hour holds them all too; its key
     # expires at the hour's end (the minute's, long gone, is not checked).
     hour = _get(r, prefix + "spend:global:hour")
@@ -187,7 +188,7 @@ def exact_checks(r: redis.Redis, prefix: str, expected: Expected) -> list[Check]
         got = _mget_json(r, [f"{prefix}spend:user:{u}" for u in users])
         checks.append(_check_group(f"user totals ({len(users):,})", [
             (f"user {u}", g, ledger.users[u]) for u, g in zip(users, got, strict=True)]))
-    for level, want in (("cutoff", expected.cutoff), ("warn", expected.warn)):
+    for level, want in (("cutoff", expected.cutoff), ("warn", expected.warn)):  # exact sets
         found = _scan_ids(r, f"{prefix}{level}:user:")
         checks.append(Check(f"{level} flags = users over {level}", found == want,
                             f"{len(found)} flags, {len(want)} expected"
