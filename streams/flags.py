@@ -55,6 +55,7 @@ class RedisFlagSink:
         self._flags: dict[str, tuple[bytes, int]] = {}
         """Cutoff and warn flags written, rewritten after an outage (Redis may have lost them)."""
         self._expiry: dict[str, int] = {}
+        self._prune_at = 100_000
         self._task: asyncio.Task[None] | None = None
         self._down_since: float | None = None
         self._wake = asyncio.Event()
@@ -122,15 +123,20 @@ class RedisFlagSink:
             self._flags = {k: v for k, v in self._flags.items() if v[1] > now}
             for k, v in self._flags.items():
                 self._pending.setdefault(k, v)
-            self.kick()
+            self.stats.written += len(batch)
+            self.stats.flushes += 1
+            return await self.flush()
         self.stats.written += len(batch)
         self.stats.flushes += 1
         self._forget_expired(now)
         return True
 
     def _forget_expired(self, now: int) -> None:
-        if len(self._expiry) > 100_000:
+        # Rebuilding on every flush once past a fixed size was quadratic (nothing expires
+        # within a day): prune only when the map has doubled since the last prune.
+        if len(self._expiry) > self._prune_at:
             self._expiry = {k: v for k, v in self._expiry.items() if v > now}
+            self._prune_at = max(100_000, 2 * len(self._expiry))
 
     async def _run(self) -> None:
         delay = self.interval

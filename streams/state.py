@@ -78,7 +78,7 @@ class PartitionState:
     """The keys, dedup ids and log bookkeeping of one source partition."""
 
     __slots__ = ("records", "dedup", "dirty", "new_ids", "offset", "seq", "logged",
-                 "logged_bytes", "chunks")
+                 "logged_bytes", "next_check", "chunks")
 
     def __init__(self, dedup_horizon: float) -> None:
         self.records: dict[str, bytes] = {}
@@ -91,6 +91,8 @@ class PartitionState:
         self.logged: list[bytes] = []
         """Keys of the batch records written since the last snapshot (tombstoned by the next)."""
         self.logged_bytes = 0
+        self.next_check = 0
+        """Logged bytes at which the state is next sized for a snapshot."""
         self.chunks = 0
         """Number of chunks in the current snapshot."""
 
@@ -188,9 +190,12 @@ class BatchedState:
             p.logged.append(record)
             p.logged_bytes += len(body)
             sent += 1
-            if p.logged_bytes > SNAPSHOT_MIN_BYTES and p.logged_bytes > SNAPSHOT_RATIO * (
-                    self._size(p)):
-                sent += self._snapshot(n, p, now)
+            # Sizing the state walks every key: do it only when the log has doubled since.
+            if p.logged_bytes > max(SNAPSHOT_MIN_BYTES, p.next_check):
+                if p.logged_bytes > SNAPSHOT_RATIO * self._size(p):
+                    sent += self._snapshot(n, p, now)
+                else:
+                    p.next_check = 2 * p.logged_bytes
         return sent
 
     @staticmethod
@@ -217,6 +222,7 @@ class BatchedState:
         p.chunks = chunks
         p.logged = []
         p.logged_bytes = 0
+        p.next_check = 0
         return sent
 
     def apply(self, partition: int, key: bytes, value: bytes | None) -> None:
