@@ -256,7 +256,12 @@ class Emitter:
         delivered = await self.flush(timeout)
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            # Bounded: a cancel that lands inside the producer's own cleanup can be
+            # swallowed, and stop() must never hang the application's shutdown.
+            _, pending = await asyncio.wait({self._task}, timeout=max(deadline - loop.time(),
+                                                                      1.0))
+            if pending:
+                log.warning("the sender did not stop within %.1fs; closing anyway", timeout)
         with self._lock:
             left = self._count_buffered()
             spill_path, kept = self.spill_path, self._keep_in_spill()
