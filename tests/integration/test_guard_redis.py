@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -67,18 +68,20 @@ def guard(redis_url: str, prefix: str, budgets: Budgets = BUDGETS, **kw: Any) ->
     return Guard(redis_url, budgets, kw.pop("emitter", None), prefix=prefix, **kw)
 
 
+# Flag values are built when the test runs: a 60 s window built at collection time has
+# ended by then when a few minutes of other tests run first.
 @pytest.mark.parametrize(("key", "value", "error", "scope"), [
-    ("cutoff:user:acct-1", flag("user", "acct-1"), BudgetExceeded, "user"),
-    ("cutoff:feature:chat", flag("feature", "chat"), FeatureDisabled, "feature"),
-    ("cutoff:global", flag("global", "daily_cap"), BudgetExceeded, "global"),
-    ("cutoff:global", flag("global", "tpm", 60, unit="tokens"), Throttled, "global"),
+    ("cutoff:user:acct-1", lambda: flag("user", "acct-1"), BudgetExceeded, "user"),
+    ("cutoff:feature:chat", lambda: flag("feature", "chat"), FeatureDisabled, "feature"),
+    ("cutoff:global", lambda: flag("global", "daily_cap"), BudgetExceeded, "global"),
+    ("cutoff:global", lambda: flag("global", "tpm", 60, unit="tokens"), Throttled, "global"),
 ])
 def test_each_cutoff_refuses_with_its_error(redis_url: str, r: redis.Redis, prefix: str,
-                                            key: str, value: bytes, error: type[Exception],
-                                            scope: str) -> None:
+                                            key: str, value: Callable[[], bytes],
+                                            error: type[Exception], scope: str) -> None:
     g = guard(redis_url, prefix)
     assert g.admit("acct-1", "chat", HELLO).model == "gpt-4o-mini"
-    r.set(prefix + key, value, ex=3600)
+    r.set(prefix + key, value(), ex=3600)
     with pytest.raises(error) as e:
         g.admit("acct-1", "chat", HELLO)
     assert e.value.scope == scope  # type: ignore[attr-defined]
