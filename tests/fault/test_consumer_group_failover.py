@@ -97,3 +97,4 @@ def test_sigkill_one_of_two_workers_moves_its_partitions_without_loss(broker, re
     assert sorted(s for _, s, _ in per_transition) == sorted(over), per_transition
     repeated = {k: n for k, n in per_transition.items() if n > 1}
     assert not repeated, f"alerts sent more than once for one transition: {repeated}"
+    print(f"{len(over)} users over budget: {len(over)} cutoff flags, {len(alerts)} alerts")
