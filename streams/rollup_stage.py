@@ -10,7 +10,7 @@ from typing import Any
 from spendstream.alerts.model import Alert, Level
 from spendstream.alerts.state import step
 from spendstream.streams.policy import cap_ladder, feature_ladder, measure, pace_exceeded
-from spendstream.streams.stages import ADJECTIVE, Stage, flag_payload, split_key
+from spendstream.streams.stages import ADJECTIVE, Stage, flag_payload, split_key, window_of_key
 from spendstream.streams.totals import Totals
 from spendstream.streams.windows import Window, window_from_key
 
@@ -37,7 +37,7 @@ class RollupStage(Stage):
         """Take the partial sums one source partition reached (at offset ``version``)."""
         tag = str(source)
         for key, sums in parts.items():
-            totals = self._load(partition, key, _window_of(key))
+            totals = self._load(partition, key, window_of_key(key))
             stored = self._parts.get((partition, key))
             if stored is None:
                 raw = self.state.get(partition, key)
@@ -181,8 +181,3 @@ class RollupStage(Stage):
         self._alert(Alert("global", kind, kind, tr.current, tr.previous, spent, budget, unit,
                           window.start, window.end, now, reason))
 
-
-def _window_of(key: str) -> Window:
-    base = key[5:] if key.startswith("late|") else key
-    _, _, period, wkey = split_key(base, 4)
-    return window_from_key(period, wkey)  # type: ignore[arg-type]

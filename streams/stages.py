@@ -23,7 +23,7 @@ from spendstream.producers.budgets import Budgets
 from spendstream.streams.flags import FlagStore
 from spendstream.streams.policy import Measure
 from spendstream.streams.totals import Contribution, Totals
-from spendstream.streams.windows import Window
+from spendstream.streams.windows import Window, window_from_key
 
 GLOBAL = "*"
 ADJECTIVE = {"minute": "per-minute", "hour": "hourly", "day": "daily", "month": "monthly"}
@@ -75,6 +75,21 @@ def split_key(key: str, n: int) -> list[str]:
     """Split ``kind|id|...`` into ``n`` parts; only the id may contain ``|``."""
     kind, rest = key.split("|", 1)
     return [kind, *rest.rsplit("|", n - 2)]
+
+
+LATE = "late|"
+"""Prefix of the twin of a window that holds its events beyond the grace period."""
+
+
+def window_parts(key: str) -> list[str]:
+    """``kind, id, period, window key`` of a stage-two key (``late|`` twins included)."""
+    return split_key(key.removeprefix(LATE), 4)
+
+
+def window_of_key(key: str) -> Window:
+    """The window a stage-two key (or its ``late|`` twin) names."""
+    _, _, period, wkey = window_parts(key)
+    return window_from_key(period, wkey)  # type: ignore[arg-type]
 
 
 class Stage:

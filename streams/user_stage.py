@@ -13,10 +13,25 @@ from spendstream.producers.event import UsageEvent
 from spendstream.producers.pricing import Pricer
 from spendstream.streams.flags import FlagStore
 from spendstream.streams.policy import measure, user_ladder
-from spendstream.streams.stages import GLOBAL, AlertSink, Counters, Stage, split_key
+from spendstream.streams.stages import (
+    GLOBAL,
+    LATE,
+    AlertSink,
+    Counters,
+    Stage,
+    split_key,
+    window_of_key,
+    window_parts,
+)
 from spendstream.streams.state import BatchedState, id_hash
 from spendstream.streams.totals import Contribution, Totals
-from spendstream.streams.windows import Period, Window, window_from_key, window_of
+from spendstream.streams.windows import (
+    Period,
+    Window,
+    late_cutoff,
+    window_from_key,
+    window_of,
+)
 
 PART = "r|"
 """Prefix of the partial sums stage one keeps for stage two's windows."""
@@ -36,7 +51,7 @@ class UserStage(Stage):
                  ) -> None:
         super().__init__(budgets, state, flags, alerts, grace, counters)
         self.pricer = pricer
-        self._late_before = 0.0
+        self._cutoff = 0.0
         self._now: datetime | None = None
 
     def process(self, partition: int, offset: int, event: UsageEvent, now: datetime) -> bool:
@@ -46,9 +61,9 @@ class UserStage(Stage):
             self.counters.duplicates += 1
             return False
         self.state.remember(partition, digest, offset)
-        if now is not self._now:
+        if now is not self._now:  # computed once per batch: this is the hot path
             self._now = now
-            self._late_before = (now - self.grace).timestamp()
+            self._cutoff = late_cutoff(now, self.grace)
         self.counters.events += 1
         priced = self.pricer.price_event(event)
         if not priced.priced:
@@ -60,9 +75,9 @@ class UserStage(Stage):
                          event.input_tokens, local, event.finish_reason == "length")
         ts = event.ts
         day = window_of("day", ts)
-        if day.end_epoch < self._late_before:
+        if day.ended_before(self._cutoff):
             self.counters.late += 1
-            self._fold(partition, f"late|{event.user_id}|{day.key}", day, c)
+            self._fold(partition, f"{LATE}{event.user_id}|{day.key}", day, c)
         else:
             self._fold(partition, f"u|{event.user_id}|{day.key}", day, c)
         conf = self.budgets.features.get(event.feature)
@@ -82,8 +97,8 @@ class UserStage(Stage):
     def _part(self, partition: int, key: str, window: Window, c: Contribution,
               audit: bool = False) -> None:
         """Fold into this partition's part of a stage-two window (or its late twin)."""
-        if window.end_epoch < self._late_before:
-            key = "late|" + key
+        if window.ended_before(self._cutoff):
+            key = LATE + key
         self._fold(partition, PART + key, window, c, audit)
 
     def _value(self, key: str, totals: Totals) -> dict[str, Any]:
@@ -103,7 +118,7 @@ class UserStage(Stage):
         case the last forward before a crash was lost while its state record was not)."""
         for key in self.state.keys(partition):
             if key.startswith(PART):
-                self._load(partition, key, _window_of_key(key[len(PART):]))
+                self._load(partition, key, window_of_key(key[len(PART):]))
 
     def finish(self, now: datetime) -> Forward:
         """Judge every user window the batch touched, persist, and return the partials
@@ -152,11 +167,5 @@ class UserStage(Stage):
 
 def rollup_key(name: str) -> str:
     """The rollup topic's message key for a stage-two window: its feature, or ``*``."""
-    base = name[5:] if name.startswith("late|") else name
-    return split_key(base, 4)[1] if base.startswith("f|") else GLOBAL
-
-
-def _window_of_key(name: str) -> Window:
-    base = name[5:] if name.startswith("late|") else name
-    _, _, period, wkey = split_key(base, 4)
-    return window_from_key(period, wkey)  # type: ignore[arg-type]
+    kind, subject, _, _ = window_parts(name)
+    return subject if kind == "f" else GLOBAL

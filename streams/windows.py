@@ -44,9 +44,15 @@ class Window:
         done = min(max((now - self.start).total_seconds(), 0.0), total)
         return Decimal(str(round(done / total, 6)))
 
-    def is_late(self, now: datetime, grace: timedelta) -> bool:
-        """True when ``now`` is past the end of the window plus the grace period."""
-        return now > self.end + grace
+    def ended_before(self, cutoff: float) -> bool:
+        """True when the window ended before epoch ``cutoff`` (see :func:`late_cutoff`)."""
+        return self.end_epoch < cutoff
+
+
+def late_cutoff(now: datetime, grace: timedelta) -> float:
+    """Epoch second before which a window's events are late at ``now``: its end plus
+    ``grace`` has passed. Computed once per batch; windows compare with it."""
+    return (now - grace).timestamp()
 
 
 _SECONDS = {"minute": 60, "hour": 3600, "day": 86400}

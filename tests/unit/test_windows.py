@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from spendstream.streams.windows import window_from_key, window_of
+from spendstream.streams.windows import late_cutoff, window_from_key, window_of
 
 
 def t(s: str) -> datetime:
@@ -36,7 +36,7 @@ def test_window_of(period, ts, start, end, key):
 def test_lateness_and_elapsed():
     w = window_of("day", datetime(2026, 11, 23, 12, tzinfo=UTC))
     grace = timedelta(minutes=10)
-    assert not w.is_late(datetime(2026, 11, 24, 0, 9, tzinfo=UTC), grace)
-    assert w.is_late(datetime(2026, 11, 24, 0, 11, tzinfo=UTC), grace)
+    assert not w.ended_before(late_cutoff(datetime(2026, 11, 24, 0, 9, tzinfo=UTC), grace))
+    assert w.ended_before(late_cutoff(datetime(2026, 11, 24, 0, 11, tzinfo=UTC), grace))
     assert str(w.elapsed_fraction(datetime(2026, 11, 23, 6, tzinfo=UTC))) == "0.25"
     assert w.elapsed_fraction(datetime(2026, 11, 25, tzinfo=UTC)) == 1
