@@ -8,7 +8,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 T = TypeVar("T")
 
@@ -29,6 +31,36 @@ def wait_until(fn: Callable[[], T], timeout: float = 30.0, what: str = "conditio
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+async def send_in_order(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]
+                        ) -> None:
+    """Send ``(key, value)`` pairs in order, each acknowledged before the next."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=4 * 1024 * 1024)
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, n: int, timeout: float = 30.0) -> list[Any]:
+    """At least ``n`` records of ``topic`` from its start, or all there are after ``timeout``."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest",
+                                fetch_max_bytes=8 * 1024 * 1024,
+                                max_partition_fetch_bytes=4 * 1024 * 1024)
+    await consumer.start()
+    got: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(got) < n and time.monotonic() < deadline:
+            for msgs in (await consumer.getmany(timeout_ms=200)).values():
+                got.extend(msgs)
+    finally:
+        await consumer.stop()
+    return got
 
 
 class WorkerProcess:

@@ -26,10 +26,9 @@ from typing import Any
 
 import orjson
 import redis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from spendstream.streams.topics import ensure_topics
-from tests.helpers import WorkerProcess
+from tests.helpers import WorkerProcess, read_topic, send_in_order
 
 Message = tuple[bytes | None, bytes | None]
 KINDS = ("global", "feature", "user")
@@ -124,7 +123,7 @@ class Stack:
 
     def publish(self, messages: Iterable[Message], topic: str | None = None) -> None:
         """Send in order, waiting for each acknowledgement."""
-        asyncio.run(publish(self.bootstrap, topic or self.topic, list(messages)))
+        asyncio.run(send_in_order(self.bootstrap, topic or self.topic, list(messages)))
 
     def read(self, suffix: str, n: int, timeout: float = 30.0) -> list[Any]:
         """At least ``n`` records of ``<topic><suffix>`` (e.g. ``.dlq``), or all there are
@@ -141,34 +140,6 @@ class Stack:
                 w.stop()
             elif not w._out.closed:
                 w._out.close()
-
-
-async def publish(bootstrap: str, topic: str, messages: list[Message]) -> None:
-    """Send ``messages`` (key, value) in order; each is acknowledged before the next."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=4 * 1024 * 1024)
-    await producer.start()
-    try:
-        for key, value in messages:
-            await producer.send_and_wait(topic, value, key=key)
-    finally:
-        await producer.stop()
-
-
-async def read_topic(bootstrap: str, topic: str, n: int, timeout: float) -> list[Any]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest",
-                                fetch_max_bytes=8 * 1024 * 1024,
-                                max_partition_fetch_bytes=4 * 1024 * 1024)
-    await consumer.start()
-    got: list[Any] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while len(got) < n and time.monotonic() < deadline:
-            for msgs in (await consumer.getmany(timeout_ms=200)).values():
-                got.extend(msgs)
-    finally:
-        await consumer.stop()
-    return got
 
 
 class Keys:

@@ -7,17 +7,15 @@ application in another language would.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 import redis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from spendstream.streams.topics import ensure_topics
-from tests.helpers import WorkerProcess, wait_until
+from tests.helpers import WorkerProcess, read_topic, send_in_order, wait_until
 from tests.slack_fake import SlackFake
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -55,28 +53,7 @@ async def publish(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]
                   partitions: int = 2) -> None:
     """Create the topic explicitly (as the README tells apps to), then send in order."""
     await ensure_topics(bootstrap, [topic], partitions)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        for key, value in messages:
-            await producer.send_and_wait(topic, value, key=key)
-    finally:
-        await producer.stop()
-
-
-async def read_all(bootstrap: str, topic: str, n: int, timeout: float = 30.0) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
-                                auto_offset_reset="earliest", group_id=None)
-    await consumer.start()
-    got: list = []
-    try:
-        deadline = time.monotonic() + timeout
-        while len(got) < n and time.monotonic() < deadline:
-            for msgs in (await consumer.getmany(timeout_ms=200)).values():
-                got.extend(msgs)
-    finally:
-        await consumer.stop()
-    return got
+    await send_in_order(bootstrap, topic, messages)
 
 
 def test_raw_events_to_cutoff_flag_slack_dlq_and_dedup(broker, redis_server, uid, tmp_path):
@@ -116,7 +93,7 @@ def test_raw_events_to_cutoff_flag_slack_dlq_and_dedup(broker, redis_server, uid
                 orjson.loads(s)["events"] == 7 and orjson.loads(s), 30, "all 7 events counted")
             assert spend["spent_usd"] == "0.14"  # the duplicate was counted once
 
-            dead = asyncio.run(read_all(broker.bootstrap, f"{topic}.dlq", len(GARBAGE) + 1))
+            dead = asyncio.run(read_topic(broker.bootstrap, f"{topic}.dlq", len(GARBAGE) + 1))
             assert sorted(m.value for m in dead) == sorted([*GARBAGE, b"junk"])  # nothing lost
             reasons = {m.value: dict(m.headers)["x-spendstream-reason"].decode() for m in dead}
             assert "not JSON" in reasons[GARBAGE[0]]
@@ -133,5 +110,5 @@ def test_raw_events_to_cutoff_flag_slack_dlq_and_dedup(broker, redis_server, uid
         assert len(posts) == 1, [p.json for p in posts]
         text = orjson.dumps(posts[0].json).decode()
         assert "acct-7" in text and "0.13" in text
-        alerts = asyncio.run(read_all(broker.bootstrap, f"{topic}.alerts", 1))
+        alerts = asyncio.run(read_topic(broker.bootstrap, f"{topic}.alerts", 1))
         assert [orjson.loads(a.value)["subject"] for a in alerts] == ["acct-7"]

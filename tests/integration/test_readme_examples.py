@@ -15,7 +15,7 @@ import redis
 
 from spendstream.examples import EXAMPLE_BUDGETS
 from spendstream.streams.topics import ensure_topics
-from tests.integration.test_e2e_cli import read_all
+from tests.helpers import read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -56,7 +56,7 @@ def test_app_example_emits_and_respects_the_cutoff_flag(broker, redis_server, ui
     assert out.returncode == 0, out.stderr
     assert "acct-1 -> echo:" in out.stdout
     assert "acct-7 -> You have used today's AI budget" in out.stdout
-    events = [orjson.loads(m.value) for m in asyncio.run(read_all(broker.bootstrap, topic, 2))]
+    events = [orjson.loads(m.value) for m in asyncio.run(read_topic(broker.bootstrap, topic, 2))]
     mine = [e for e in events if e["user_id"] in ("acct-1", "acct-2", "acct-7")]
     assert sorted(e["user_id"] for e in mine) == ["acct-1", "acct-2"]  # acct-7 was refused
     assert all(e["input_tokens"] == 12 and e["model"] == "gpt-4o" for e in mine)
