@@ -185,6 +185,14 @@ def message(event: dict[str, Any]) -> Message:
     return str(event["user_id"]).encode(), orjson.dumps(event)
 
 
+def send_usage(stack: Stack, ledger: Ledger, user: str, n: int, cost: str) -> None:
+    """Publish ``n`` events of ``user`` costing ``cost`` each, recorded in ``ledger``."""
+    events = [usage(user, cost=cost) for _ in range(n)]
+    for e in events:
+        ledger.add(e)
+    stack.publish(message(e) for e in events)
+
+
 class Ledger:
     """What was published, as the worker should count it (each ``event_id`` once)."""
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from decimal import Decimal
+from functools import partial
 
 import orjson
 import pytest
 
 from spendstream.embedded import EmbeddedRedis
-from tests.fault.faultkit import Ledger, Stack, message, usage
+from tests.fault.faultkit import Ledger, Stack, send_usage
 from tests.helpers import wait_until
 from tests.slack_fake import Reply, SlackFake
 
@@ -56,11 +57,7 @@ def test_worker_rides_out_a_frozen_then_emptied_redis_and_logs_no_secret(
     keys = stack.redis()
     ledger = Ledger()
 
-    def send(user: str, n: int, cost: str) -> None:
-        events = [usage(user, cost=cost) for _ in range(n)]
-        for e in events:
-            ledger.add(e)
-        stack.publish(message(e) for e in events)
+    send = partial(send_usage, stack, ledger)
 
     worker = stack.worker(log_level="debug", SLACK_WEBHOOK_URL=slack.webhook_url)
     try:

@@ -9,12 +9,13 @@ import re
 import time
 from collections import Counter
 from decimal import Decimal
+from functools import partial
 
 import orjson
 import pytest
 
 from spendstream.alerts import DEFAULT_TIMEOUT
-from tests.fault.faultkit import Ledger, Stack, message, usage
+from tests.fault.faultkit import Ledger, Stack, send_usage
 from tests.helpers import wait_until
 from tests.slack_fake import Reply, SlackFake
 
@@ -54,11 +55,7 @@ def test_alerts_survive_429_500_and_timeouts_exactly_once_without_stalling(
     keys = stack.redis()
     ledger = Ledger()
 
-    def send(user: str, n: int, cost: str) -> None:
-        events = [usage(user, cost=cost) for _ in range(n)]
-        for e in events:
-            ledger.add(e)
-        stack.publish(message(e) for e in events)
+    send = partial(send_usage, stack, ledger)
 
     with SlackFake() as slack:
         slack.script(*FAILURES)
