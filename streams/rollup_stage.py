@@ -38,10 +38,7 @@ class RollupStage(Stage):
         tag = str(source)
         for key, sums in parts.items():
             totals = self._load(partition, key, window_of_key(key))
-            stored = self._parts.get((partition, key))
-            if stored is None:
-                raw = self.state.get(partition, key)
-                stored = self._parts[(partition, key)] = dict(raw.get("parts", {})) if raw else {}
+            stored = self._parts[(partition, key)]
             previous = stored.get(tag)
             if previous is not None and previous[0] >= version:
                 continue
@@ -52,9 +49,13 @@ class RollupStage(Stage):
                 fresh.merge(Totals.from_json(part))
             self._dirty[(partition, key)] = fresh
 
+    def _decode(self, partition: int, key: str, raw: dict[str, Any] | None) -> Totals:
+        self._parts[(partition, key)] = dict(raw.get("parts", {})) if raw else {}
+        return super()._decode(partition, key, raw)
+
     def _value(self, key: str, totals: Totals) -> dict[str, Any]:
         value = totals.to_json()
-        value["parts"] = self._parts.get((totals.partition, key), {})
+        value["parts"] = self._parts[(totals.partition, key)]
         return value
 
     def _commit(self) -> None:

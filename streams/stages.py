@@ -109,11 +109,15 @@ class Stage:
         """The window's totals, cached for the rest of the batch."""
         totals = self._dirty.get((partition, key))
         if totals is None:
-            totals = Totals.from_json(self.state.get(partition, key))
+            totals = self._decode(partition, key, self.state.get(partition, key))
             totals.end = window.end_epoch
             totals.partition = partition
             self._dirty[(partition, key)] = totals
         return totals
+
+    def _decode(self, partition: int, key: str, raw: dict[str, Any] | None) -> Totals:
+        """The totals in a stored value (stage two also keeps the per-partition parts)."""
+        return Totals.from_json(raw)
 
     def _fold(self, partition: int, key: str, window: Window, c: Contribution,
               audit: bool = False) -> Totals:
