@@ -40,9 +40,11 @@ _TOKENS = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS_PER_EVENT)]
 class MalformedEvent(SpendstreamError):
     """Raw bytes that are not a valid usage event; ``reason`` says why."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, element: bytes | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.element = element
+        """The element's JSON when it came from a packed record, else ``None``."""
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -149,6 +151,11 @@ class UsageEvent(BaseModel):
         return self.user_id.encode()
 
 
+MAX_RECORD_BYTES = 1024 * 1024
+"""A packed record (a JSON array of events) may be as big as Kafka's default message size."""
+MAX_RECORD_EVENTS = 10_000
+
+
 def decode_event(raw: bytes | None) -> UsageEvent:
     """Decode one message value into a :class:`UsageEvent` or raise :class:`MalformedEvent`."""
     if raw is None:
@@ -159,8 +166,48 @@ def decode_event(raw: bytes | None) -> UsageEvent:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise MalformedEvent(f"not JSON: {e}") from e
+    return _validate(data)
+
+
+def decode_events(raw: bytes | None) -> list[UsageEvent | MalformedEvent]:
+    """Decode a message that holds one event (an object) or a packed record (an array).
+
+    Every element gets its own outcome, in order: a bad element is a
+    :class:`MalformedEvent` whose ``element`` is its JSON, and never costs its neighbours.
+    A message that is not an event or an array of them at all is one ``MalformedEvent``
+    with ``element`` ``None`` (the message itself is what goes to the dead-letter topic).
+    """
+    if raw is None or raw[:1] != b"[":
+        try:
+            return [decode_event(raw)]
+        except MalformedEvent as e:
+            return [e]
+    if len(raw) > MAX_RECORD_BYTES:
+        return [MalformedEvent(f"packed record is {len(raw)} bytes, over the "
+                               f"{MAX_RECORD_BYTES} limit")]
+    try:
+        items = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        return [MalformedEvent(f"not JSON: {e}")]
+    if not items or len(items) > MAX_RECORD_EVENTS:
+        return [MalformedEvent(f"packed record holds {len(items)} events; 1 to "
+                               f"{MAX_RECORD_EVENTS} are allowed")]
+    out: list[UsageEvent | MalformedEvent] = []
+    for i, item in enumerate(items):
+        try:
+            out.append(_validate(item))
+        except MalformedEvent as e:
+            out.append(MalformedEvent(f"element {i} of {len(items)}: {e.reason}",
+                                      element=orjson.dumps(item)))
+    return out
+
+
+def _validate(data: Any) -> UsageEvent:
     if not isinstance(data, dict):
         raise MalformedEvent(f"not a JSON object but {type(data).__name__}")
+    event = _fast(data)
+    if event is not None:
+        return event
     schema = data.get("schema")
     if schema != SCHEMA_VERSION:
         raise MalformedEvent(
@@ -170,6 +217,76 @@ def decode_event(raw: bytes | None) -> UsageEvent:
         return UsageEvent.model_validate(data)
     except ValidationError as e:
         raise MalformedEvent(_explain(e)) from e
+
+
+_FIELDS = frozenset(UsageEvent.model_fields)
+_new_event = UsageEvent.__new__
+_set = object.__setattr__
+
+
+def _fast(d: dict[str, Any]) -> UsageEvent | None:
+    """The everyday event, checked in plain Python and built without the model's
+    validators (4x cheaper: this is the worker's hot path).
+
+    It accepts a strict subset of what :meth:`UsageEvent.model_validate` accepts and
+    builds the same value (a test holds the two to that); anything unusual returns
+    ``None`` and takes the full path, which also gives the precise reason.
+    """
+    g = d.get
+    if g("schema") != 1 or type(g("schema")) is not int:
+        return None
+    event_id, user, feature, model, ts = (g("event_id"), g("user_id"), g("feature"),
+                                          g("model"), g("ts"))
+    provider, status, finish = g("provider"), g("status", "ok"), g("finish_reason")
+    for s in (event_id, user, feature, model):
+        if type(s) is not str or not 0 < len(s) <= 256:
+            return None
+    if _CONTROL.search(event_id + user + feature + model) or type(ts) is not str:
+        return None
+    if not (provider is None or (type(provider) is str and len(provider) <= 64)):
+        return None
+    if type(status) is not str or not 0 < len(status) <= 32:
+        return None
+    if not (finish is None or (type(finish) is str and len(finish) <= 64)):
+        return None
+    counts = (g("input_tokens", 0), g("output_tokens", 0), g("cached_input_tokens", 0))
+    for n in counts:
+        if type(n) is not int or not 0 <= n <= MAX_TOKENS_PER_EVENT:
+            return None
+    local = g("local_input_tokens")
+    if local is not None and (type(local) is not int or not 0 <= local <= MAX_TOKENS_PER_EVENT):
+        return None
+    estimated = g("estimated", False)
+    if type(estimated) is not bool:
+        return None
+    cost_text = g("cost_usd")
+    cost = None
+    if cost_text is not None:
+        if type(cost_text) is not str:
+            return None
+        try:
+            cost = Decimal(cost_text)
+        except InvalidOperation:
+            return None
+        if not cost.is_finite() or cost < 0 or cost > MAX_COST_PER_EVENT:
+            return None
+    try:
+        at = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if at.tzinfo is None:
+        return None
+    event = _new_event(UsageEvent)
+    _set(event, "__dict__", {
+        "schema_": 1, "event_id": event_id, "ts": at.astimezone(UTC), "user_id": user,
+        "feature": feature, "model": model, "provider": provider, "input_tokens": counts[0],
+        "output_tokens": counts[1], "cached_input_tokens": counts[2], "status": status,
+        "finish_reason": finish, "cost_usd": cost, "estimated": estimated,
+        "local_input_tokens": local})
+    _set(event, "__pydantic_fields_set__", _FIELDS)
+    _set(event, "__pydantic_extra__", None)
+    _set(event, "__pydantic_private__", None)
+    return event
 
 
 def _explain(e: ValidationError) -> str:

@@ -19,7 +19,7 @@ from mode import Service
 from spendstream.alerts import AlertDispatcher, Notifier
 from spendstream.alerts.model import Alert
 from spendstream.producers.budgets import Budgets
-from spendstream.producers.event import MalformedEvent, decode_event
+from spendstream.producers.event import MalformedEvent, decode_events
 from spendstream.producers.pricing import Pricer
 from spendstream.settings import Settings
 from spendstream.streams.flags import RedisFlagSink
@@ -159,13 +159,15 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
             await dispatcher.stop()
             await flags.stop()
 
-    async def dead_letter(ev: faust.types.EventT, reason: str) -> None:
-        """The original key and bytes to the DLQ, with why and where they came from."""
+    async def dead_letter(ev: faust.types.EventT, reason: str,
+                          element: bytes | None = None) -> None:
+        """The original key and bytes to the DLQ, with why and where they came from (a bad
+        element of a packed record goes alone, its good neighbours are counted)."""
         counters.dead_letters += 1
         m = ev.message
         source = f"{m.topic}/{m.partition}/{m.offset}"
         try:
-            await dlq.send(key=ev.key, value=ev.value, headers={
+            await dlq.send(key=ev.key, value=ev.value if element is None else element, headers={
                 "x-spendstream-reason": reason.encode(),
                 "x-spendstream-source": source.encode()})
         except Exception:  # the agent must go on counting: the message stays in its topic
@@ -183,12 +185,12 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                     users.resend(p)
                     ledger.fresh.discard(p)
             for ev in events:
-                try:
-                    event = decode_event(ev.value)
-                except MalformedEvent as e:
-                    await dead_letter(ev, e.reason)
-                    continue
-                users.process(ev.message.partition, ev.message.offset, event, now)
+                m = ev.message
+                for event in decode_events(ev.value):  # one event, or a packed record
+                    if isinstance(event, MalformedEvent):
+                        await dead_letter(ev, event.reason, event.element)
+                    else:
+                        users.process(m.partition, m.offset, event, now)
             for (p, key), parts in users.finish(now).items():
                 await rollup.send(key=key.encode(), value=orjson.dumps(
                     {"p": p, "v": ledger.aggregates.offset(p), "parts": parts}))

@@ -66,14 +66,17 @@ class Totals:
             self.reported_input += c.input_tokens
             self.local_input += c.local_input_tokens
 
-    def merge(self, other: Totals) -> None:
-        """Add another window's sums (one source partition's part of this window)."""
+    def merge(self, other: Totals, audit: bool = True) -> None:
+        """Add another window's sums (one source partition's part of this window, or a
+        batch's sums of one minute); ``audit=False`` leaves the audit counts out."""
         self.events += other.events
         self.tokens += other.tokens
         self.usd += other.usd
         self.failed += other.failed
         self.unpriced += other.unpriced
         self.truncated += other.truncated
+        if not audit:
+            return
         self.audited += other.audited
         self.reported_input += other.reported_input
         self.local_input += other.local_input

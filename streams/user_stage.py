@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -53,6 +53,9 @@ class UserStage(Stage):
         self.pricer = pricer
         self._cutoff = 0.0
         self._now: datetime | None = None
+        self._minutes: dict[tuple[int, str, int, str | None, str, bool, bool], Totals] = {}
+        """This batch's sums per (partition, feature, minute, provider, model, audited,
+        priced): everything the stage-two windows need, summed before they are touched."""
 
     def process(self, partition: int, offset: int, event: UsageEvent, now: datetime) -> bool:
         """Fold one decoded event; ``False`` for a duplicate (an ``event_id`` seen before)."""
@@ -80,26 +83,44 @@ class UserStage(Stage):
             self._fold(partition, f"{LATE}{event.user_id}|{day.key}", day, c)
         else:
             self._fold(partition, f"u|{event.user_id}|{day.key}", day, c)
-        conf = self.budgets.features.get(event.feature)
-        period: Period = conf.period if conf else "month"
-        w = window_of(period, ts)
-        self._part(partition, f"f|{event.feature}|{period}|{w.key}", w, c)
-        for period in GLOBAL_PERIODS:
-            w = day if period == "day" else window_of(period, ts)
-            self._part(partition, f"g|*|{period}|{w.key}", w, c)
-        if local is not None:
-            self._part(partition, f"drift|{event.provider or '?'}/{event.model}|day|{day.key}",
-                       day, c, audit=True)
-        if not priced.priced:
-            self._part(partition, f"unp|{event.model}|day|{day.key}", day, c)
+        # Every other window is summed per minute of the batch first: a batch then costs
+        # a few hundred window updates instead of six per event.
+        secs = ts.timestamp()
+        group = (partition, event.feature, int(secs - secs % 60), event.provider, event.model,
+                 local is not None, priced.priced)
+        sums = self._minutes.get(group)
+        if sums is None:
+            sums = self._minutes[group] = Totals()
+        sums.add(c, audit=True)
         return True
 
-    def _part(self, partition: int, key: str, window: Window, c: Contribution,
+    def _spread(self) -> None:
+        """Fold the batch's per-minute sums into the feature, global, audit and unpriced
+        windows they fall in (each window's part for its source partition)."""
+        for (partition, feature, minute, provider, model, audited, priced), sums in (
+                self._minutes.items()):
+            ts = datetime.fromtimestamp(minute, UTC)
+            conf = self.budgets.features.get(feature)
+            period: Period = conf.period if conf else "month"
+            w = window_of(period, ts)
+            self._part(partition, f"f|{feature}|{period}|{w.key}", w, sums)
+            day = window_of("day", ts)
+            for period in GLOBAL_PERIODS:
+                w = day if period == "day" else window_of(period, ts)
+                self._part(partition, f"g|*|{period}|{w.key}", w, sums)
+            if audited:
+                self._part(partition, f"drift|{provider or '?'}/{model}|day|{day.key}", day,
+                           sums, audit=True)
+            if not priced:
+                self._part(partition, f"unp|{model}|day|{day.key}", day, sums)
+        self._minutes.clear()
+
+    def _part(self, partition: int, key: str, window: Window, sums: Totals,
               audit: bool = False) -> None:
-        """Fold into this partition's part of a stage-two window (or its late twin)."""
+        """Add to this partition's part of a stage-two window (or its late twin)."""
         if window.ended_before(self._cutoff):
             key = LATE + key
-        self._fold(partition, PART + key, window, c, audit)
+        self._load(partition, PART + key, window).merge(sums, audit)
 
     def _value(self, key: str, totals: Totals) -> dict[str, Any]:
         # Per-user windows are most of the state: their end is in the key, not stored.
@@ -123,6 +144,7 @@ class UserStage(Stage):
     def finish(self, now: datetime) -> Forward:
         """Judge every user window the batch touched, persist, and return the partials
         stage two must receive."""
+        self._spread()
         forward: Forward = defaultdict(dict)
         ladder = user_ladder(self.budgets.thresholds)
         for (partition, key), totals in self._dirty.items():

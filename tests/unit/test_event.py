@@ -8,7 +8,7 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from spendstream.producers.event import MalformedEvent, UsageEvent, decode_event
+from spendstream.producers.event import MalformedEvent, UsageEvent, decode_event, decode_events
 
 BASE = {"schema": 1, "event_id": "b3f1", "ts": "2026-11-23T10:00:00Z", "user_id": "acct-7",
         "feature": "chat", "model": "gpt-4o", "provider": "openai", "input_tokens": 1200,
@@ -67,3 +67,65 @@ def test_unicode_ids_are_fine_and_defaults_fill_in():
     e = UsageEvent(user_id="ユーザー", feature="chat", model="gpt-4o")
     assert e.status == "ok" and len(e.event_id) == 32 and e.ts.tzinfo is not None
     assert decode_event(e.to_json()).user_id == "ユーザー"
+
+
+# The worker's fast path must accept a subset of what the model accepts and build the very
+# same event; every variant below goes through both.
+VARIANTS = [
+    {}, {"provider": None}, {"finish_reason": None}, {"cost_usd": None}, {"cost_usd": "1E-7"},
+    {"cost_usd": 0.5}, {"cost_usd": 3}, {"cost_usd": "100000"}, {"cost_usd": "100000.01"},
+    {"ts": "2026-11-23T10:00:00.123456Z"}, {"ts": "2026-11-23T11:00:00+01:00"},
+    {"ts": 1795428000}, {"ts": "2026-11-23"}, {"status": "error"}, {"status": ""},
+    {"estimated": True}, {"estimated": 1}, {"estimated": "true"}, {"local_input_tokens": 5},
+    {"local_input_tokens": -5}, {"input_tokens": 50_000_000}, {"input_tokens": 50_000_001},
+    {"input_tokens": 1.0}, {"user_id": "u" * 256}, {"user_id": "u" * 257},
+    {"user_id": "a\x7fb"}, {"model": "m\x00"}, {"event_id": 5}, {"provider": "p" * 65},
+    {"schema": True}, {"schema": 1.0}, {"extra_field": [1, 2]}, {"status": None},
+]
+
+
+@pytest.mark.parametrize("change", VARIANTS, ids=[str(v) for v in VARIANTS])
+def test_fast_path_builds_what_the_model_builds(change):
+    from spendstream.producers.event import _fast
+    data = {**BASE, **change}
+    try:
+        expected = UsageEvent.model_validate(data) if data.get("schema") == 1 else None
+    except ValueError:
+        expected = None
+    fast = _fast(data)
+    if fast is not None:  # accepted by the fast path: the model must agree exactly
+        assert expected is not None
+        assert fast == expected and fast.model_dump() == expected.model_dump()
+        assert fast.to_json() == expected.to_json()
+    decoded = decode_events(orjson.dumps(data))[0]
+    assert decoded == expected if expected is not None else isinstance(decoded, MalformedEvent)
+
+
+def test_a_packed_record_decodes_element_by_element():
+    good = [{**BASE, "event_id": f"e{i}"} for i in range(3)]
+    out = decode_events(orjson.dumps([good[0], {**BASE, "input_tokens": -1}, good[1], 7,
+                                      good[2]]))
+    assert [e.event_id for e in out if isinstance(e, UsageEvent)] == ["e0", "e1", "e2"]
+    bad = [e for e in out if isinstance(e, MalformedEvent)]
+    assert [b.reason.split(":")[0] for b in bad] == ["element 1 of 5", "element 3 of 5"]
+    assert "input_tokens" in bad[0].reason and "not a JSON object" in bad[1].reason
+    # The rejected element itself is kept, for the dead-letter topic.
+    assert orjson.loads(bad[0].element)["input_tokens"] == -1 and bad[1].element == b"7"
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (b"[]", "holds 0 events"),
+    (b"[" + b",".join([b"1"] * 10_001) + b"]", "holds 10001 events"),
+    (b"[1,", "not JSON"),
+    (b"[" + b" " * (1024 * 1024) + b"]", "over the 1048576 limit"),
+])
+def test_a_broken_packed_record_is_one_rejection(value, reason):
+    (out,) = decode_events(value)
+    assert isinstance(out, MalformedEvent) and reason in out.reason and out.element is None
+
+
+def test_everyday_events_take_the_fast_path():
+    from spendstream.producers.event import _fast
+    for change in ({}, {"provider": None, "cost_usd": None}, {"local_input_tokens": 5},
+                   {"ts": "2026-11-23T11:00:00+01:00"}):
+        assert _fast({**BASE, **change}) is not None
