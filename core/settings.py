@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     hold (Kafka down or slow); ``<state_dir>/spill`` when unset."""
     spill_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     """Size cap of one emitter's spill file; past it events are dropped. 0: never spill."""
+    pack_events: bool = True
+    """An emitter built from these settings packs a round's events into one Kafka record per
+    partition (a JSON array); False: one record per event, for workers that predate it."""
 
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
         "PLAINTEXT")

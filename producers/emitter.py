@@ -14,6 +14,9 @@ publish order stays the order of ``emit`` calls. Events are then dropped (counte
 only when the file cannot be written or reaches its size cap. A file left by a process
 that crashed or stopped with events undelivered is replayed by the next emitter started
 with the same ``spill_dir`` and topic, before any new event.
+
+With ``pack`` (the default) each round's events go out as one packed record per partition
+(see :mod:`spendstream.producers._packing`): the worker's cost is per record, not per event.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from spendstream.producers._delivery import (
     in_emitter,
     quiet_client_chatter,
 )
+from spendstream.producers._packing import PACK_MAX_BYTES, Message, Packed, pack, singles, split
 from spendstream.producers._spill import SpillFile
 from spendstream.producers.event import UsageEvent
 from spendstream.settings import kafka_bootstrap
@@ -60,8 +64,6 @@ _DROP_LOG_INTERVAL = 10.0
 _RESERVED = frozenset({"key_serializer", "value_serializer", "loop"})
 _PRODUCER_PARAMS = frozenset(inspect.signature(AIOKafkaProducer).parameters) - _RESERVED
 
-_Message = tuple[bytes, bytes]
-
 quiet_client_chatter(log)
 
 
@@ -74,7 +76,8 @@ class Emitter:
     ``ssl_context``, ``acks``, ``compression_type``, ...) go to ``AIOKafkaProducer``.
 
     ``buffer_size`` events wait in memory; with ``spill_dir``, what does not fit goes to a
-    spill file there (at most ``spill_max_bytes``) instead of being dropped.
+    spill file there (at most ``spill_max_bytes``) instead of being dropped. ``pack=False``
+    sends one record per event, as emitters before packed records did.
     :meth:`from_settings` builds one from the process settings.
     """
 
@@ -82,10 +85,14 @@ class Emitter:
                  buffer_size: int = 10_000, linger_ms: int = 5,
                  request_timeout_ms: int = 10_000,
                  spill_dir: str | PathLike[str] | None = None,
-                 spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES,
+                 spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES, pack: bool = True,
                  **producer_kwargs: Any) -> None:
         if buffer_size < 1:
             raise ConfigError(f"buffer_size must be at least 1, not {buffer_size}")
+        if pack and "partitioner" in producer_kwargs:
+            # The worker reads a packed record's events as those of its partition.
+            raise ConfigError("packed records follow Kafka's default partitioner; pass "
+                              "pack=False to use your own partitioner")
         unknown = set(producer_kwargs) - _PRODUCER_PARAMS
         if unknown:
             raise ConfigError(f"unknown Kafka producer setting(s): {', '.join(sorted(unknown))}")
@@ -95,14 +102,19 @@ class Emitter:
         self.bootstrap_servers = bootstrap_servers
         self.buffer_size = buffer_size
         self._request_timeout = request_timeout_ms / 1000
+        self._pack = pack
+        # Within the producer's limit (aiokafka's default 1 MiB), with a margin for the key,
+        # header and batch overhead it counts as well.
+        self._pack_max_bytes = min(PACK_MAX_BYTES,
+                                   producer_kwargs.get("max_request_size", 1048576) - 1024)
         # acks="all": a spend record acknowledged by one replica only can vanish on failover.
         self._producer_kwargs: dict[str, Any] = {
             "acks": "all", "client_id": "spendstream-emitter", **producer_kwargs,
             "bootstrap_servers": bootstrap_servers, "linger_ms": linger_ms,
             "request_timeout_ms": request_timeout_ms,
         }
-        self._pending: deque[_Message] = deque()
-        self._inflight: list[_Message] = []
+        self._pending: deque[Message] = deque()
+        self._inflight: list[Message] = []
         self._inflight_spilled = False  # the in-flight batch was read from the spill file
         self._lock = threading.Lock()  # emit may come from other threads (SyncEmitter)
         self._wakeup = asyncio.Event()
@@ -124,8 +136,9 @@ class Emitter:
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> Emitter:
         """An emitter for the process settings: Kafka URL, topic, security
-        (``SPENDSTREAM_KAFKA_SECURITY_PROTOCOL``, ...) and spill file
-        (``SPENDSTREAM_SPILL_DIR``, default ``<state_dir>/spill``). ``options`` win."""
+        (``SPENDSTREAM_KAFKA_SECURITY_PROTOCOL``, ...), spill file (``SPENDSTREAM_SPILL_DIR``,
+        default ``<state_dir>/spill``) and packing (``SPENDSTREAM_PACK_EVENTS``).
+        ``options`` win."""
         return cls(settings.kafka_url, settings.topic,
                    **{**settings_options(settings), **options})
 
@@ -181,7 +194,7 @@ class Emitter:
             self.stats.emitted += 1
         return True
 
-    def _spill_one(self, message: _Message) -> bool:
+    def _spill_one(self, message: Message) -> bool:
         """Append to the spill file, or drop when there is none or it is full (lock held)."""
         spill = self._spill
         if spill is None:
@@ -418,52 +431,92 @@ class Emitter:
         self._wakeup.clear()
         self._idle = False
 
-    async def _send_batch(self, producer: AIOKafkaProducer) -> list[_Message]:
+    async def _send_batch(self, producer: AIOKafkaProducer) -> list[Message]:
         """Send the in-flight batch; return the events to retry, in their original order."""
         batch = self._inflight
-        queued: list[tuple[_Message, asyncio.Future[Any]]] = []
-        retry: list[_Message] = []
+        unsettled = set(range(len(batch)))  # positions neither acknowledged nor given up
         error: BaseException | None = None
-        i = 0
-        try:
-            # send() waits for topic metadata, which hangs while the broker is unreachable.
-            async with asyncio.timeout(self._request_timeout):
-                for i, message in enumerate(batch):  # noqa: B007 - i is read after the loop
-                    key, value = message
-                    try:
-                        queued.append((message, await producer.send(self.topic, value, key=key)))
-                    except MessageSizeTooLargeError as e:
-                        self._give_up(e)
-                i = len(batch)
-        except Exception as e:
-            error = e
-            retry = batch[i:]  # not handed to the producer yet
-        if queued:
-            # The producer fails a batch after request_timeout; the margin is for its retries.
-            done, _ = await asyncio.wait([f for _, f in queued],
-                                         timeout=2 * self._request_timeout + 1)
-            kept = []
-            for message, fut in queued:
-                if fut not in done:
-                    # Retried now; the producer may still deliver it (a duplicate, fine) or
-                    # fail it later, and that outcome must not surface as an unretrieved error.
-                    fut.add_done_callback(_outcome)
-                exc = _outcome(fut) if fut in done else TimeoutError("no acknowledgement")
-                if exc is None:
-                    continue
-                if isinstance(exc, MessageSizeTooLargeError):
-                    self._give_up(exc)
-                else:
-                    error = error or exc
-                    kept.append(message)
-            with self._lock:
-                self.stats.sent += len(queued) - len(kept)
-            retry = kept + retry
-        if retry:
+        records: list[Packed] | None = None  # packed below, once the topic's metadata is in
+        while records is None or records:  # a second round: packed records split up
+            queued: list[tuple[Packed, asyncio.Future[Any]]] = []
+            try:
+                # send() waits for topic metadata, which hangs while the broker is unreachable.
+                async with asyncio.timeout(self._request_timeout):
+                    if records is None:
+                        records = await self._records(producer, batch)
+                    await self._hand_over(producer, records, queued, unsettled)
+            except Exception as e:
+                error = error or e
+            records, failed = await self._settle(queued, unsettled)
+            error = error or failed
+        if unsettled:
             with self._lock:
                 self.stats.errors += 1
             self._outage(f"cannot deliver usage events to Kafka topic {self.topic!r}: {error!r}")
-        return retry
+        return [batch[i] for i in sorted(unsettled)]
+
+    async def _records(self, producer: AIOKafkaProducer, batch: list[Message]) -> list[Packed]:
+        if not self._pack:
+            return singles(batch)
+        partitions = await producer.partitions_for(self.topic)
+        return pack(batch, len(partitions), self._pack_max_bytes)
+
+    async def _hand_over(self, producer: AIOKafkaProducer, records: list[Packed],
+                         queued: list[tuple[Packed, asyncio.Future[Any]]],
+                         unsettled: set[int]) -> None:
+        """Queue ``records`` in the producer; one over its size limit is split or given up."""
+        for record in records:
+            try:
+                queued.append((record, await producer.send(
+                    self.topic, record.value, key=record.key, partition=record.partition,
+                    headers=list(record.headers))))
+            except MessageSizeTooLargeError as e:
+                if len(record.messages) > 1:
+                    await self._hand_over(producer, split(record), queued, unsettled)
+                else:
+                    self._give_up(e)
+                    unsettled.difference_update(record.positions)
+
+    async def _settle(self, queued: list[tuple[Packed, asyncio.Future[Any]]],
+                      unsettled: set[int]) -> tuple[list[Packed], BaseException | None]:
+        """Wait for the acknowledgements and settle what they decide; return the packed
+        records the broker refused as too large, split up to go again, and the first error."""
+        if not queued:
+            return [], None
+        # The producer fails a batch after request_timeout; the margin is for its retries.
+        done, _ = await asyncio.wait([f for _, f in queued], timeout=2 * self._request_timeout + 1)
+        resend: list[Packed] = []
+        error: BaseException | None = None
+        sent = 0
+        for record, fut in queued:
+            if fut not in done:
+                # Retried now; the producer may still deliver it (a duplicate, fine) or
+                # fail it later, and that outcome must not surface as an unretrieved error.
+                fut.add_done_callback(_outcome)
+            exc = _outcome(fut) if fut in done else TimeoutError("no acknowledgement")
+            if exc is None:
+                sent += len(record.messages)
+                unsettled.difference_update(record.positions)
+            elif not isinstance(exc, MessageSizeTooLargeError):
+                error = error or exc
+            elif len(record.messages) > 1:
+                # Sent after the round's later records of that partition: those few events
+                # lose their order (event time, not order, places them in windows).
+                resend += split(record)
+                self._shrink_packs(len(record.value), exc)
+            else:
+                self._give_up(exc)
+                unsettled.difference_update(record.positions)
+        with self._lock:
+            self.stats.sent += sent
+        return resend, error
+
+    def _shrink_packs(self, refused: int, error: BaseException) -> None:
+        """Pack smaller from now on: the broker's limit is below what the producer's was."""
+        if refused // 2 < self._pack_max_bytes:
+            self._pack_max_bytes = refused // 2
+            log.warning("Kafka refused a packed record of %d bytes (%r); packing at most %d "
+                        "bytes from now on", refused, error, self._pack_max_bytes)
 
     def _give_up(self, error: BaseException) -> None:
         """Drop an event the broker will never take: retrying it would stall all others."""
@@ -500,11 +553,12 @@ class Emitter:
 
 
 def settings_options(settings: Settings) -> dict[str, Any]:
-    """Emitter keyword arguments from the process settings: Kafka security and spill file."""
+    """Emitter keyword arguments from the process settings: Kafka security, spill file and
+    packing."""
     from spendstream.kafka_auth import kafka_client_kwargs
 
     return {**kafka_client_kwargs(settings), "spill_dir": settings.emitter_spill_dir,
-            "spill_max_bytes": settings.spill_max_bytes}
+            "spill_max_bytes": settings.spill_max_bytes, "pack": settings.pack_events}
 
 
 def _outcome(fut: asyncio.Future[Any]) -> BaseException | None:

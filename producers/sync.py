@@ -42,13 +42,13 @@ class SyncEmitter:
                  buffer_size: int = 10_000, linger_ms: int = 5,
                  request_timeout_ms: int = 10_000,
                  spill_dir: str | PathLike[str] | None = None,
-                 spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES,
+                 spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES, pack: bool = True,
                  **producer_kwargs: Any) -> None:
         # Built here so that bad settings raise ConfigError in the caller's thread.
         self._emitter = Emitter(bootstrap_servers, topic, buffer_size=buffer_size,
                                 linger_ms=linger_ms, request_timeout_ms=request_timeout_ms,
                                 spill_dir=spill_dir, spill_max_bytes=spill_max_bytes,
-                                **producer_kwargs)
+                                pack=pack, **producer_kwargs)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name="spendstream-emitter", daemon=True)

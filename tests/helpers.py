@@ -10,7 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from spendstream.producers._packing import EVENTS_HEADER
 
 T = TypeVar("T")
 
@@ -61,6 +64,18 @@ async def read_topic(bootstrap: str, topic: str, n: int, timeout: float = 30.0) 
     finally:
         await consumer.stop()
     return got
+
+
+def record_events(record: Any) -> list[bytes]:
+    """The single-event JSON of each event a usage-topic record carries: its value, or each
+    element of a packed record's array (checked against the record's count header)."""
+    value = record.value or b""
+    if not value.startswith(b"["):
+        return [value]
+    elements = orjson.loads(value)
+    assert record.key is None, "a packed record has no key"
+    assert dict(record.headers)[EVENTS_HEADER] == str(len(elements)).encode()
+    return [orjson.dumps(e) for e in elements]
 
 
 class WorkerProcess:

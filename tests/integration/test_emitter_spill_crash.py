@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer
 from spendstream.embedded import EmbeddedBroker, free_port
 from spendstream.producers import Emitter
 from spendstream.streams.topics import ensure_topics
+from tests.helpers import record_events
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +51,8 @@ async def _read(bootstrap: str, topic: str, n: int) -> list[str]:
         async with asyncio.timeout(30):
             while len(ids) < n:
                 for records in (await consumer.getmany(timeout_ms=200)).values():
-                    ids += [orjson.loads(r.value or b"{}")["event_id"] for r in records]
+                    ids += [orjson.loads(v)["event_id"] for r in records
+                            for v in record_events(r)]
     finally:
         await consumer.stop()
     return ids

@@ -21,6 +21,7 @@ from spendstream.producers import SyncEmitter, decode_event
 from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import AsyncGuard, Guard
 from spendstream.producers.wrappers import wrap_anthropic, wrap_openai
+from tests.helpers import record_events
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +71,8 @@ def test_openai_calls_through_the_real_guard_reach_kafka(
     assert [r.json["model"] for r in fake_llm.requests] == ["gpt-4o-mini"] * 2
     assert [r.json["max_tokens"] for r in fake_llm.requests] == [200, 200]
     records, _ = asyncio.run(consume(broker.bootstrap, topic, want=2))
-    exact, cut = sorted((decode_event(r.value) for r in records), key=lambda e: e.estimated)
+    exact, cut = sorted((decode_event(v) for r in records for v in record_events(r)),
+                        key=lambda e: e.estimated)
     assert (exact.input_tokens, exact.output_tokens, exact.estimated) == (21, 17, False)
     assert exact.local_input_tokens and exact.local_input_tokens > 0
     assert cut.estimated and cut.output_tokens > 0 and cut.provider == "openai"

@@ -34,7 +34,7 @@ class FakeBroker:
 
     def __init__(self) -> None:
         self.up = False
-        self.log: list[tuple[bytes, bytes]] = []
+        self.log: list[tuple[bytes | None, bytes]] = []
 
     def producer(self) -> FakeProducer:
         return FakeProducer(self)
@@ -50,7 +50,11 @@ class FakeProducer:
         if not self.broker.up:
             raise KafkaConnectionError("fake broker down")
 
-    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[None]:
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}  # one partition: the log's order is the emit order
+
+    async def send(self, topic: str, value: bytes, key: bytes | None, partition: int | None,
+                   headers: list[tuple[str, bytes]]) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.broker.up:
             self.broker.log.append((key, value))
@@ -74,10 +78,11 @@ def _event(i: int) -> UsageEvent:
                       model="gpt-4o", input_tokens=i)
 
 
-def _ids(log: list[tuple[bytes, bytes]]) -> list[str]:
+def _ids(log: list[tuple[bytes | None, bytes]]) -> list[str]:
     import orjson
 
-    return [orjson.loads(value)["event_id"] for _, value in log]
+    events = [orjson.loads(value) for _, value in log]
+    return [e["event_id"] for one in events for e in (one if isinstance(one, list) else [one])]
 
 
 def _emitter(broker: FakeBroker, spill_dir: Path, **kw: Any) -> Emitter:
