@@ -65,9 +65,10 @@ class RedisFlagSink:
             ) -> None:
         """Schedule a write; with ``extend_only`` a live flag is never shortened by a later one."""
         full = self.prefix + key
-        if extend_only and self._expiry.get(full, 0) > max(expire_at, int(time.time())):
-            return
-        self._expiry[full] = expire_at
+        if extend_only:  # only these are remembered: one entry per key would be per user
+            if self._expiry.get(full, 0) > max(expire_at, int(time.time())):
+                return
+            self._expiry[full] = expire_at
         entry = (orjson.dumps(value), expire_at)
         self._pending[full] = entry
         if not key.startswith("spend:"):

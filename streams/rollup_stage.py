@@ -120,8 +120,8 @@ class RollupStage(Stage):
             "spent_usd": str(totals.usd), "spent_tokens": totals.tokens, "events": totals.events,
             "failed_events": totals.failed, "unpriced_events": totals.unpriced,
             "length_finishes": totals.truncated,
-            "window_start": window.start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "window_end": window.end.strftime("%Y-%m-%dT%H:%M:%SZ")}
+            "window_start": window.start_text,
+            "window_end": window.end_text}
         conf = self.budgets.features.get(subject) if kind == "f" else None
         if conf is not None and conf.usd is not None:
             value["budget_usd"] = str(conf.usd)

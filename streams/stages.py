@@ -67,8 +67,8 @@ def flag_payload(scope: str, subject: str, reason: str, level: Level, spent: Dec
     """The JSON value of a cutoff/warn key, as documented in the README."""
     return {"scope": scope, "id": subject, "reason": reason, "level": level.name.lower(),
             "spent": str(spent), "budget": str(budget), "unit": unit,
-            "window_start": window.start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "window_end": window.end.strftime("%Y-%m-%dT%H:%M:%SZ")}
+            "window_start": window.start_text,
+            "window_end": window.end_text}
 
 
 def split_key(key: str, n: int) -> list[str]:

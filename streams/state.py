@@ -53,7 +53,10 @@ class Dedup:
         self.generations: dict[int, set[int]] = {}
 
     def __contains__(self, digest: int) -> bool:
-        return any(digest in ids for ids in self.generations.values())
+        for ids in self.generations.values():  # noqa: SIM110 - any() costs a generator per event
+            if digest in ids:
+                return True
+        return False
 
     def add(self, digest: int, now: float) -> None:
         """Remember ``digest`` as seen at epoch ``now``."""
@@ -135,6 +138,17 @@ class BatchedState:
     def seen(self, partition: int, digest: int) -> bool:
         """True when an event with this id digest was already counted in ``partition``."""
         return digest in self.part(partition).dedup
+
+    def admit(self, partition: int, digest: int, offset: int) -> bool:
+        """:meth:`seen` and :meth:`remember` in one: ``False`` for an id already counted."""
+        p = self.partitions.get(partition) or self.part(partition)
+        if digest in p.dedup:
+            return False
+        p.dedup.add(digest, self.clock())
+        p.new_ids.append(digest)
+        if offset > p.offset:
+            p.offset = offset
+        return True
 
     def remember(self, partition: int, digest: int, offset: int) -> None:
         """Record an event as counted (its id, and the source offset reached)."""

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Contribution:
-    """What one event adds to every window it falls in."""
+class Contribution(NamedTuple):
+    """What one event adds to every window it falls in (a tuple: one is made per event)."""
 
     usd: Decimal
     tokens: int

@@ -53,17 +53,16 @@ class UserStage(Stage):
         self.pricer = pricer
         self._cutoff = 0.0
         self._now: datetime | None = None
+        self._now_epoch = 0.0
         self._minutes: dict[tuple[int, str, int, str | None, str, bool, bool], Totals] = {}
         """This batch's sums per (partition, feature, minute, provider, model, audited,
         priced): everything the stage-two windows need, summed before they are touched."""
 
     def process(self, partition: int, offset: int, event: UsageEvent, now: datetime) -> bool:
         """Fold one decoded event; ``False`` for a duplicate (an ``event_id`` seen before)."""
-        digest = id_hash(event.event_id)
-        if self.state.seen(partition, digest):
+        if not self.state.admit(partition, id_hash(event.event_id), offset):
             self.counters.duplicates += 1
             return False
-        self.state.remember(partition, digest, offset)
         if now is not self._now:  # computed once per batch: this is the hot path
             self._now = now
             self._cutoff = late_cutoff(now, self.grace)
@@ -134,6 +133,14 @@ class UserStage(Stage):
             return int(value["end"])
         return window_from_key("day", key.rsplit("|", 1)[1]).end_epoch
 
+    def _live_spend(self, partition: int, user: str, window: Window) -> bool:
+        """Whether ``window`` is the user's live spend: not over (Redis would drop the
+        write), and no later window of the user is already counting (clock skew)."""
+        if window.end_epoch <= self._now_epoch:
+            return False
+        later = f"u|{user}|{window_of('day', window.end).key}"
+        return (partition, later) not in self._dirty and self.state.get(partition, later) is None
+
     def resend(self, partition: int) -> None:
         """Forward every partial of ``partition`` with the next batch (after a recovery, in
         case the last forward before a crash was lost while its state record was not)."""
@@ -145,6 +152,7 @@ class UserStage(Stage):
         """Judge every user window the batch touched, persist, and return the partials
         stage two must receive."""
         self._spread()
+        self._now_epoch = now.timestamp()
         forward: Forward = defaultdict(dict)
         ladder = user_ladder(self.budgets.thresholds)
         for (partition, key), totals in self._dirty.items():
@@ -152,31 +160,34 @@ class UserStage(Stage):
                 name = key[len(PART):]
                 forward[(partition, rollup_key(name))][name] = totals.sums()
             elif key.startswith("u|"):
-                self._judge(key, totals, ladder, now)
+                self._judge(partition, key, totals, ladder, now)
         self._commit()
         return forward
 
-    def _judge(self, key: str, totals: Totals, ladder: Any, now: datetime) -> None:
+    def _judge(self, partition: int, key: str, totals: Totals, ladder: Any, now: datetime
+               ) -> None:
         _, user, wkey = split_key(key, 3)
         window = window_from_key("day", wkey)
-        limit = self.budgets.users.limit_of(user)
-        spend: dict[str, Any] = {
-            "scope": "user", "id": user, "tier": self.budgets.users.tier_of(user),
-            "spent_usd": str(totals.usd), "spent_tokens": totals.tokens,
-            "events": totals.events, "unpriced_events": totals.unpriced,
-            "window_end": window.end.strftime("%Y-%m-%dT%H:%M:%SZ")}
-        if limit is not None:
-            spend["budget_usd"] = None if limit.usd is None else str(limit.usd)
-            spend["budget_tokens"] = limit.tokens
-            if limit.usd is not None:
-                spend["remaining_usd"] = str(max(limit.usd - totals.usd, Decimal(0)))
-            if limit.tokens is not None:
-                spend["remaining_tokens"] = max(limit.tokens - totals.tokens, 0)
-        self.flags.set(f"spend:user:{user}", spend, window.end_epoch, extend_only=True)
+        users = self.budgets.users
+        tier = users.tier_of(user)
+        limit = users.tiers.get(tier)
+        if self._live_spend(partition, user, window):
+            spend: dict[str, Any] = {
+                "scope": "user", "id": user, "tier": tier, "spent_usd": str(totals.usd),
+                "spent_tokens": totals.tokens, "events": totals.events,
+                "unpriced_events": totals.unpriced, "window_end": window.end_text}
+            if limit is not None:
+                spend["budget_usd"] = None if limit.usd is None else str(limit.usd)
+                spend["budget_tokens"] = limit.tokens
+                if limit.usd is not None:
+                    spend["remaining_usd"] = str(max(limit.usd - totals.usd, Decimal(0)))
+                if limit.tokens is not None:
+                    spend["remaining_tokens"] = max(limit.tokens - totals.tokens, 0)
+            self.flags.set(f"spend:user:{user}", spend, window.end_epoch)
         if limit is None:
             return
         m = measure(totals, limit)
-        reason = f"daily {m.unit} budget of tier {self.budgets.users.tier_of(user)}"
+        reason = f"daily {m.unit} budget of tier {tier}"
         advanced = self._advance("user", user, totals, m, ladder, reason, window)
         if advanced is None:
             return

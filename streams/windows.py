@@ -32,11 +32,16 @@ class Window:
     """Compact, sortable identity such as ``2026-11-23`` or ``2026-11-23T10``."""
     end_epoch: int = field(init=False, compare=False)
     """The end as epoch seconds, for Redis ``EXPIREAT``."""
+    start_text: str = field(init=False, compare=False)
+    """The start as RFC 3339 (``2026-11-23T00:00:00Z``), as flags and alerts show it."""
+    end_text: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         # Computed once: windows are cached and their keys are read for every event.
         object.__setattr__(self, "key", self.start.strftime(_KEY_FORMAT[self.period]))
         object.__setattr__(self, "end_epoch", int(self.end.timestamp()))
+        object.__setattr__(self, "start_text", self.start.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        object.__setattr__(self, "end_text", self.end.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
     def elapsed_fraction(self, now: datetime) -> Decimal:
         """How much of the window has passed at ``now``, between 0 and 1."""
