@@ -12,10 +12,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from spendstream.producers._packing import pack
 from spendstream.streams.topics import ensure_topics
 
 CHUNK = 20_000
 """Sends in flight before waiting for their acknowledgements (bounds the bench's memory)."""
+ROUND = 500
+"""Events the SDK emitter takes per send round (its ``_MAX_BATCH``): what one pack holds."""
 STALL = 120.0
 """Seconds without a new record before the ceiling measurement gives up."""
 
@@ -48,35 +51,62 @@ def producer(bootstrap: str, linger_ms: int = 20) -> AIOKafkaProducer:
 
 
 async def publish(bootstrap: str, topic: str, messages: Iterator[tuple[bytes, bytes]],
-                  progress: Callable[[int], None] | None = None) -> Rate:
-    """Send every (key, value) as fast as the broker takes them; wait for all acks."""
+                  progress: Callable[[int], None] | None = None, packed: bool = True) -> Rate:
+    """Send every (key, value) as fast as the broker takes them; wait for all acks.
+
+    ``packed`` sends what the SDK emitter sends: rounds of :data:`ROUND` events, packed into
+    one record per partition; otherwise one record per event (the classic form that other
+    producers may use)."""
     p = producer(bootstrap)
     await p.start()
     sent = 0
     started = time.perf_counter()
     try:
+        partitions = len(await p.partitions_for(topic))
         pending: list[asyncio.Future[object]] = []
-        for key, value in messages:
-            pending.append(await p.send(topic, value, key=key))
-            sent += 1
-            if len(pending) >= CHUNK:
+        chunk: list[tuple[bytes, bytes]] = []
+        for message in messages:
+            chunk.append(message)
+            if len(chunk) < (ROUND if packed else 1):
+                continue
+            pending.extend(await send(p, topic, chunk, partitions, packed))
+            sent += len(chunk)
+            chunk = []
+            if len(pending) * (ROUND // 10 if packed else 1) >= CHUNK:
                 await asyncio.gather(*pending)
                 pending.clear()
                 if progress is not None:
                     progress(sent)
+        pending.extend(await send(p, topic, chunk, partitions, packed))
+        sent += len(chunk)
         await asyncio.gather(*pending)
     finally:
         await p.stop()
     return Rate(sent, time.perf_counter() - started)
 
 
+async def send(p: AIOKafkaProducer, topic: str, messages: list[tuple[bytes, bytes]],
+               partitions: int, packed: bool) -> list[asyncio.Future[object]]:
+    """Hand one round of messages to the producer, packed as the emitter packs them."""
+    if not packed:
+        return [await p.send(topic, value, key=key) for key, value in messages]
+    return [await p.send(topic, r.value, key=r.key, partition=r.partition,
+                         headers=list(r.headers)) for r in pack(messages, partitions)]
+
+
+def events_in(value: bytes) -> int:
+    """How many events a record carries (a packed record is a JSON array)."""
+    decoded = orjson.loads(value)
+    return len(decoded) if isinstance(decoded, list) else 1
+
+
 class BackgroundPublish(threading.Thread):
     """:func:`publish` in a thread of its own, so the worker is watched while events go out."""
 
     def __init__(self, bootstrap: str, topic: str, messages: Iterator[tuple[bytes, bytes]],
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None, packed: bool = True) -> None:
         super().__init__(name="publisher", daemon=True)
-        self.args = (bootstrap, topic, messages, progress)
+        self.args = (bootstrap, topic, messages, progress, packed)
         self.rate: Rate | None = None
         self.error: BaseException | None = None
 
@@ -102,7 +132,7 @@ class BackgroundPublish(threading.Thread):
 
 async def aiokafka_ceiling(bootstrap: str, topic: str, n: int, group: str) -> Rate:
     """A plain consumer-group reader (``getmany``, ``orjson.loads`` of each value): the
-    fastest a Python consumer gets through the topic on this machine and broker."""
+    fastest a Python consumer gets through the topic's ``n`` events on this machine."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
                                 auto_offset_reset="earliest", enable_auto_commit=True)
     await consumer.start()
@@ -118,8 +148,7 @@ async def aiokafka_ceiling(bootstrap: str, topic: str, n: int, group: str) -> Ra
                 first = time.perf_counter()
             for records in batches.values():
                 for record in records:
-                    orjson.loads(record.value)  # type: ignore[arg-type]
-                count += len(records)
+                    count += events_in(record.value)  # type: ignore[arg-type]
             last_progress = time.monotonic()
         return Rate(count, time.perf_counter() - first)
     finally:

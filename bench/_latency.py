@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import redis
-from _kafka import Rate, producer
+from _kafka import Rate, producer, send
 from _traffic import Traffic
 
 POLL = 0.005
@@ -96,16 +96,20 @@ class LatencyResult:
 
 
 async def steady_publish(bootstrap: str, topic: str, traffic: Traffic, rate: float,
-                         seconds: float, probes: list[str], watcher: CutoffWatcher) -> Rate:
+                         seconds: float, probes: list[str], watcher: CutoffWatcher,
+                         packed: bool = True) -> Rate:
     """Publish ``rate`` events/s for ``seconds``, spreading the probes evenly; the probes
-    replace background events, so the offered rate stays ``rate``."""
+    replace background events, so the offered rate stays ``rate``. Every tick's events go
+    out as one emitter round (packed per partition, as the SDK does)."""
     p = producer(bootstrap, linger_ms=5)  # the emitter's default linger
     await p.start()
     sent = probed = 0
     futures: list[asyncio.Future[object]] = []
     started = time.perf_counter()
     try:
+        partitions = len(await p.partitions_for(topic))
         while (elapsed := time.perf_counter() - started) < seconds:
+            tick: list[tuple[bytes, bytes]] = []
             due = int(rate * elapsed)
             while sent < due:
                 if probed < len(probes) and elapsed >= (probed + 0.5) * seconds / len(probes):
@@ -116,8 +120,9 @@ async def steady_publish(bootstrap: str, topic: str, traffic: Traffic, rate: flo
                     probed += 1
                 else:
                     key, value = traffic.event()
-                futures.append(await p.send(topic, value, key=key))
+                tick.append((key, value))
                 sent += 1
+            futures.extend(await send(p, topic, tick, partitions, packed))
             await asyncio.sleep(0.002)
         offered = Rate(sent, time.perf_counter() - started)
         await asyncio.gather(*futures)

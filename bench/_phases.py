@@ -107,7 +107,8 @@ def _progress(n: int) -> Callable[[int], None]:
 def publish_bulk(run: Run, topic: str, traffic: Traffic, n: int) -> Rate:
     """Publish ``n`` events of ``traffic``, printing progress every ~100k."""
     rate = asyncio.run(publish(run.broker.bootstrap, topic,
-                               (traffic.event() for _ in range(n)), _progress(n)))
+                               (traffic.event() for _ in range(n)), _progress(n),
+                               packed=not run.args.single))
     log(f"  published {n:,} events at {rate.per_second:,.0f}/s")
     return rate
 
@@ -115,7 +116,8 @@ def publish_bulk(run: Run, topic: str, traffic: Traffic, n: int) -> Rate:
 def start_publishing(run: Run, topic: str, traffic: Traffic, n: int) -> BackgroundPublish:
     """Start publishing ``n`` events of ``traffic`` in a thread; the caller watches Redis."""
     publisher = BackgroundPublish(run.broker.bootstrap, topic,
-                                  (traffic.event() for _ in range(n)), _progress(n))
+                                  (traffic.event() for _ in range(n)), _progress(n),
+                                  packed=not run.args.single)
     publisher.start()
     return publisher
 
@@ -198,7 +200,7 @@ def latency_phase(run: Run, worker: Child, probes: list[str]) -> None:
     try:
         offered = asyncio.run(steady_publish(run.broker.bootstrap, ph.topic, traffic,
                                              args.latency_rate, args.latency_seconds, probes,
-                                             watcher))
+                                             watcher, packed=not args.single))
         log(f"  offered {offered.per_second:,.0f} events/s; waiting for the last flags")
         wait_probes(watcher, timeout=120.0)
         worker.check_alive()

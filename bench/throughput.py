@@ -1,10 +1,14 @@
 """Issue 4's benchmark: the stream worker's throughput, latency, memory and exactness.
 
     python bench/throughput.py [--mode single|two-workers|all] [--events N] [--quick]
-                               [--memory-users N] [--no-record]
+                               [--memory-users N] [--single] [--no-record]
 
 Starts the embedded broker (Tansu) and Redis, then runs ``python -m spendstream worker
 --log-level error`` as a black box and reads its results from Redis, as an app would:
+
+Events are published as the SDK emitter publishes them: rounds of 500, packed into one
+record (a JSON array) per partition; ``--single`` publishes one record per event instead,
+the classic form other producers may use (the ceilings then read that form too).
 
 * **throughput** (``single``): N realistic events (100k skewed users, 30 features, four
   models, half priced by the worker) are published first; the topic is then read by a
@@ -69,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-rate", type=int, default=5_000, help="events/s offered")
     p.add_argument("--latency-seconds", type=float, help="length of the paced load (20)")
     p.add_argument("--probes", type=int, help="latency probes (200)")
+    p.add_argument("--single", action="store_true",
+                   help="publish one event per record (the classic form) instead of the SDK "
+                        "emitter's packed records")
     p.add_argument("--quick", action="store_true", help="small sizes, nothing recorded")
     p.add_argument("--no-record", action="store_true", help="do not append to results.jsonl")
     args = p.parse_args(argv)

@@ -22,6 +22,7 @@ from spendstream.producers.budgets import Budgets
 from spendstream.producers.event import MalformedEvent, decode_events
 from spendstream.producers.pricing import Pricer
 from spendstream.settings import Settings
+from spendstream.streams.consumer import WorkerApp
 from spendstream.streams.flags import RedisFlagSink
 from spendstream.streams.rollup_stage import RollupStage
 from spendstream.streams.stages import Counters
@@ -98,7 +99,7 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
     n = counts.get(settings.topic) or settings.partitions
     n_rollup = counts.get(settings.rollup_topic) or n
     settings.state_dir.mkdir(parents=True, exist_ok=True)  # faust's datadir lives here
-    app = faust.App(
+    app = WorkerApp(
         settings.app_id,
         broker=settings.kafka_url,
         store="memory://",
