@@ -154,6 +154,7 @@ class UsageEvent(BaseModel):
 MAX_RECORD_BYTES = 1024 * 1024
 """A packed record (a JSON array of events) may be as big as Kafka's default message size."""
 MAX_RECORD_EVENTS = 10_000
+"""Elements of one packed record (the SDK emitter sends at most 500)."""
 
 
 def decode_event(raw: bytes | None) -> UsageEvent:

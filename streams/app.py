@@ -19,7 +19,7 @@ from mode import Service
 from spendstream.alerts import AlertDispatcher, Notifier
 from spendstream.alerts.model import Alert
 from spendstream.producers.budgets import Budgets
-from spendstream.producers.event import MalformedEvent, decode_events
+from spendstream.producers.event import MalformedEvent, UsageEvent, decode_events
 from spendstream.producers.pricing import Pricer
 from spendstream.settings import Settings
 from spendstream.streams.consumer import WorkerApp
@@ -32,6 +32,14 @@ from spendstream.streams.user_stage import UserStage
 log = logging.getLogger("spendstream.worker")
 
 BATCH = 2000
+"""Kafka records per batch (a packed record holds up to 500 events from the SDK)."""
+POSITIONS = 1 << 16
+"""An event's position is ``offset * POSITIONS + index in its record``: stage two's version
+of a partial, increasing even between two commits inside one packed record."""
+COMMIT_BYTES = 512 * 1024
+"""Bound of what one changelog record of the user stage may carry (estimated per event by
+:func:`changelog_weight`): a commit happens before it is reached, so every record stays
+within Kafka's default 1 MiB message limit whatever a batch holds."""
 SWEEP_EVERY = 300.0
 
 
@@ -80,6 +88,12 @@ def _log_table(app: faust.App, name: str, partitions: int, state_factory: Any,
                      key_type=bytes, value_type=bytes)
     app.tables.add(table)
     return table.bind(state_factory(table), source_topic)
+
+
+def changelog_weight(event: UsageEvent) -> int:
+    """At most what one event adds to a changelog record: its id digest, its user's window
+    and the feature, audit and unpriced windows it may create (keys and values)."""
+    return 240 + len(event.user_id) + len(event.feature) + 2 * len(event.model)
 
 
 def utcnow() -> datetime:
@@ -185,17 +199,28 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                 for p in {ev.message.partition for ev in events} & ledger.fresh:
                     users.resend(p)
                     ledger.fresh.discard(p)
+            weight = 0
             for ev in events:
                 m = ev.message
-                for event in decode_events(ev.value):  # one event, or a packed record
+                # One event, or a packed record: each element has its own position, so the
+                # state may be committed between two elements of one record.
+                for i, event in enumerate(decode_events(ev.value)):
                     if isinstance(event, MalformedEvent):
                         await dead_letter(ev, event.reason, event.element)
-                    else:
-                        users.process(m.partition, m.offset, event, now)
-            for (p, key), parts in users.finish(now).items():
-                await rollup.send(key=key.encode(), value=orjson.dumps(
-                    {"p": p, "v": ledger.aggregates.offset(p), "parts": parts}))
-            flags.kick()
+                        continue
+                    users.process(m.partition, m.offset * POSITIONS + i, event, now)
+                    weight += changelog_weight(event)
+                    if weight >= COMMIT_BYTES:
+                        await finish_users(now)
+                        weight = 0
+            await finish_users(now)
+
+    async def finish_users(now: datetime) -> None:
+        """Judge, log the state and forward the partials of what was folded so far."""
+        for (p, key), parts in users.finish(now).items():
+            await rollup.send(key=key.encode(), value=orjson.dumps(
+                {"p": p, "v": ledger.aggregates.offset(p), "parts": parts}))
+        flags.kick()
 
     @app.agent(rollup, name="rollup")
     async def rollup_agent(stream: faust.StreamT) -> None:

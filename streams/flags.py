@@ -20,6 +20,16 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger("spendstream.flags")
 
+SET_MANY = """
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[2 * i - 1], 'EXAT', ARGV[2 * i])
+end
+return #KEYS
+"""
+"""``SET key value EXAT t`` for many keys in one command: a pipeline of single SETs costs
+redis-py ~15 µs per key to pack and parse, the worker's largest cost after faust."""
+SET_MANY_KEYS = 1000
+
 
 class FlagStore(Protocol):
     """Where decisions go: cutoff/warn flags and live spend, each expiring at a window end."""
@@ -98,13 +108,21 @@ class RedisFlagSink:
         batch, self._pending = self._pending, {}
         now = int(time.time())
         pipe = self._redis.pipeline(transaction=False)
+        keys: list[str] = []
+        args: list[bytes | int] = []
         for key, entry in batch.items():
             if entry is None:
                 pipe.delete(key)
             elif entry[1] <= now:
                 self.stats.skipped_expired += 1
             else:
-                pipe.set(key, entry[0], exat=entry[1])
+                keys.append(key)
+                args += entry
+                if len(keys) == SET_MANY_KEYS:
+                    pipe.eval(SET_MANY, len(keys), *keys, *args)
+                    keys, args = [], []
+        if keys:
+            pipe.eval(SET_MANY, len(keys), *keys, *args)
         try:
             await pipe.execute()
         except (RedisError, OSError) as e:

@@ -277,3 +277,28 @@ def test_a_packed_record_loses_only_its_bad_elements(broker, redis_url, uid, tmp
     assert reasons[orjson.dumps(bad_element)].startswith("element 1 of 5: input_tokens")
     assert reasons[b"7"].startswith("element 3 of 5: not a JSON object")
     assert reasons[broken].startswith("not JSON") and decode_events(broken)[0].element is None
+
+
+def test_big_packed_batches_of_long_ids_keep_every_changelog_record_under_1_mib(
+        broker, redis_url, uid, tmp_path):
+    """6,000 events with 256-character user ids and feature names in twelve packed records:
+    one batch for the worker, whose state for it weighs ~2.4 MB. The worker logs it in
+    several records (Kafka refuses a record over 1 MiB: the agent would crash) and counts
+    every event."""
+    stack = Stack(broker.bootstrap, broker.url, redis_url, uid, tmp_path, BUDGETS, partitions=1)
+    stack.create_topics()
+    keys = stack.redis()
+    ledger = Ledger()
+    events = [usage(f"{i:06d}".rjust(256, "u"), f"{i // 10:05d}".rjust(256, "f"), "0.001")
+              for i in range(6000)]
+    for e in events:
+        ledger.add(e)
+    records = [(None, orjson.dumps(events[i:i + 500])) for i in range(0, len(events), 500)]
+    worker = stack.worker()
+    try:
+        stack.publish(records)
+        assert ledger.settle(keys, 90, kinds=("global", "user"), check=worker.alive) == []
+    finally:
+        stack.close()
+    assert worker.proc.returncode == 0, worker.output()
+    assert "MessageSizeTooLarge" not in worker.output()
