@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from spendstream.alerts.model import Alert, Level
-from spendstream.producers.budgets import Budgets
+from spendstream.producers.budgets import Budgets, Limit
 from spendstream.producers.event import UsageEvent
 from spendstream.producers.pricing import Pricer
 from spendstream.streams.flags import FlagStore
@@ -54,6 +55,7 @@ class UserStage(Stage):
         self._cutoff = 0.0
         self._now: datetime | None = None
         self._now_epoch = 0.0
+        self._floors: dict[str, tuple[Limit, Decimal | None, Decimal | None]] = {}
         self._minutes: dict[tuple[int, str, int, str | None, str, bool, bool], Totals] = {}
         """This batch's sums per (partition, feature, minute, provider, model, audited,
         priced): everything the stage-two windows need, summed before they are touched."""
@@ -133,12 +135,25 @@ class UserStage(Stage):
             return int(value["end"])
         return window_from_key("day", key.rsplit("|", 1)[1]).end_epoch
 
+    def _below_first_step(self, tier: str, limit: Limit, totals: Totals) -> bool:
+        """True when no threshold of the ladder is reached: most users, most of the day,
+        judged without a division."""
+        floors = self._floors.get(tier)
+        if floors is None or floors[0] is not limit:
+            t = self.budgets.thresholds
+            lowest = min(t.warn, t.cutoff)
+            floors = self._floors[tier] = (
+                limit, None if limit.usd is None else limit.usd * lowest,
+                None if limit.tokens is None else limit.tokens * lowest)
+        _, usd, tokens = floors
+        return (usd is None or totals.usd < usd) and (tokens is None or totals.tokens < tokens)
+
     def _live_spend(self, partition: int, user: str, window: Window) -> bool:
         """Whether ``window`` is the user's live spend: not over (Redis would drop the
         write), and no later window of the user is already counting (clock skew)."""
         if window.end_epoch <= self._now_epoch:
             return False
-        later = f"u|{user}|{window_of('day', window.end).key}"
+        later = f"u|{user}|{_next_day(window)}"
         return (partition, later) not in self._dirty and self.state.get(partition, later) is None
 
     def resend(self, partition: int) -> None:
@@ -184,7 +199,7 @@ class UserStage(Stage):
                 if limit.tokens is not None:
                     spend["remaining_tokens"] = max(limit.tokens - totals.tokens, 0)
             self.flags.set(f"spend:user:{user}", spend, window.end_epoch)
-        if limit is None:
+        if limit is None or (not totals.level and self._below_first_step(tier, limit, totals)):
             return
         m = measure(totals, limit)
         reason = f"daily {m.unit} budget of tier {tier}"
@@ -196,6 +211,11 @@ class UserStage(Stage):
             self.flags.set(f"cutoff:user:{user}", payload, window.end_epoch)
             self._alert(Alert("user", user, "budget", tr.current, tr.previous, m.spent,
                               m.budget, m.unit, window.start, window.end, now, reason))
+
+
+@lru_cache(maxsize=64)
+def _next_day(window: Window) -> str:
+    return window_of("day", window.end).key
 
 
 def rollup_key(name: str) -> str:
