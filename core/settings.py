@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     grace_seconds: int = Field(default=3600, ge=0)
     dedup_seconds: int = Field(default=3600, ge=60)
     """How long the worker remembers event ids; a redelivery later than this counts again."""
-    flush_interval: float = Field(default=0.1, gt=0)
+    flush_interval: float = Field(default=0.25, gt=0)
     status_interval: float = Field(default=10.0, gt=0)
     state_dir: Path = Path(tempfile.gettempdir()) / "spendstream"
     session_timeout: float = Field(default=10.0, ge=3.0)
