@@ -24,6 +24,7 @@ from spendstream.producers.pricing import Pricer
 from spendstream.settings import Settings
 from spendstream.streams.consumer import WorkerApp
 from spendstream.streams.flags import RedisFlagSink
+from spendstream.streams.memory import trim as trim_memory
 from spendstream.streams.rollup_stage import RollupStage
 from spendstream.streams.stages import Counters
 from spendstream.streams.state import BatchedState
@@ -241,6 +242,7 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
 
     @app.timer(settings.status_interval)
     async def status() -> None:
+        trim_memory()  # batches' buffers are freed, but glibc keeps the pages without this
         c = counters
         log.info("status: events %d, duplicates %d, late %d, dead letters %d, unpriced %d, "
                  "alerts %d (sent %d, failed %d), flag writes %d pending %d%s",
