@@ -3,8 +3,8 @@
     python bench/_faust_ceiling.py KAFKA_URL TOPIC PARTITIONS N RESULT_FILE APP_ID DATADIR
 
 The agent does what the spendstream worker's input side does and nothing else: it takes
-batches (``stream.take_events(2000, within=0.25)``) and ``orjson.loads`` each value. No
-tables, no state, no Redis. After ``N`` events it writes ``{"events", "seconds",
+batches (``stream.take_events(2000, within=0.25)``) and ``orjson.loads`` each value
+(counting the events of packed records). No tables, no state, no Redis. After ``N`` events it writes ``{"events", "seconds",
 "startup"}`` to RESULT_FILE (timed from its first batch) and keeps running until the
 benchmark stops it. Started by ``bench/throughput.py``; not meant to be run by hand.
 """
@@ -17,6 +17,7 @@ import time
 
 import faust
 import orjson
+from _kafka import events_in
 
 STARTED = time.perf_counter()
 
@@ -38,10 +39,7 @@ def build(kafka_url: str, topic: str, partitions: int, n: int, result: str, app_
         async for events in stream.take_events(2000, within=0.25):  # type: ignore[attr-defined]
             if not seen["count"]:
                 seen["first"] = time.perf_counter()
-            count = 0
-            for ev in events:
-                decoded = orjson.loads(ev.value)  # a packed record is an array of events
-                count += len(decoded) if isinstance(decoded, list) else 1
+            count = sum(events_in(ev.value) for ev in events)
             done = seen["count"] < n <= seen["count"] + count
             seen["count"] += count
             if done:

@@ -140,14 +140,10 @@ class BatchedState:
         return digest in self.part(partition).dedup
 
     def admit(self, partition: int, digest: int, offset: int) -> bool:
-        """:meth:`seen` and :meth:`remember` in one: ``False`` for an id already counted."""
-        p = self.partitions.get(partition) or self.part(partition)
-        if digest in p.dedup:
+        """:meth:`remember` an id not :meth:`seen` yet; ``False`` for one already counted."""
+        if self.seen(partition, digest):
             return False
-        p.dedup.add(digest, self.clock())
-        p.new_ids.append(digest)
-        if offset > p.offset:
-            p.offset = offset
+        self.remember(partition, digest, offset)
         return True
 
     def remember(self, partition: int, digest: int, offset: int) -> None:

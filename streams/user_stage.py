@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Any
 
 from spendstream.alerts.model import Alert, Level
-from spendstream.producers.budgets import Budgets, Limit
+from spendstream.producers.budgets import Budgets
 from spendstream.producers.event import UsageEvent
 from spendstream.producers.pricing import Pricer
 from spendstream.streams.flags import FlagStore
@@ -55,7 +55,12 @@ class UserStage(Stage):
         self._cutoff = 0.0
         self._now: datetime | None = None
         self._now_epoch = 0.0
-        self._floors: dict[str, tuple[Limit, Decimal | None, Decimal | None]] = {}
+        lowest = min(budgets.thresholds.warn, budgets.thresholds.cutoff)
+        self._floors = {
+            tier: (None if limit.usd is None else limit.usd * lowest,
+                   None if limit.tokens is None else limit.tokens * lowest)
+            for tier, limit in budgets.users.tiers.items()}
+        """Per tier, the spend below which a user window cannot leave level OK."""
         self._minutes: dict[tuple[int, str, int, str | None, str, bool, bool], Totals] = {}
         """This batch's sums per (partition, feature, minute, provider, model, audited,
         priced): everything the stage-two windows need, summed before they are touched."""
@@ -135,17 +140,10 @@ class UserStage(Stage):
             return int(value["end"])
         return window_from_key("day", key.rsplit("|", 1)[1]).end_epoch
 
-    def _below_first_step(self, tier: str, limit: Limit, totals: Totals) -> bool:
+    def _below_first_step(self, tier: str, totals: Totals) -> bool:
         """True when no threshold of the ladder is reached: most users, most of the day,
         judged without a division."""
-        floors = self._floors.get(tier)
-        if floors is None or floors[0] is not limit:
-            t = self.budgets.thresholds
-            lowest = min(t.warn, t.cutoff)
-            floors = self._floors[tier] = (
-                limit, None if limit.usd is None else limit.usd * lowest,
-                None if limit.tokens is None else limit.tokens * lowest)
-        _, usd, tokens = floors
+        usd, tokens = self._floors[tier]
         return (usd is None or totals.usd < usd) and (tokens is None or totals.tokens < tokens)
 
     def _live_spend(self, partition: int, user: str, window: Window) -> bool:
@@ -199,7 +197,7 @@ class UserStage(Stage):
                 if limit.tokens is not None:
                     spend["remaining_tokens"] = max(limit.tokens - totals.tokens, 0)
             self.flags.set(f"spend:user:{user}", spend, window.end_epoch)
-        if limit is None or (not totals.level and self._below_first_step(tier, limit, totals)):
+        if limit is None or (not totals.level and self._below_first_step(tier, totals)):
             return
         m = measure(totals, limit)
         reason = f"daily {m.unit} budget of tier {tier}"
