@@ -4,9 +4,10 @@
 
 The agent does what the spendstream worker's input side does and nothing else: it takes
 batches (``stream.take_events(2000, within=0.25)``) and ``orjson.loads`` each value
-(counting the events of packed records). No tables, no state, no Redis. After ``N`` events it writes ``{"events", "seconds",
-"startup"}`` to RESULT_FILE (timed from its first batch) and keeps running until the
-benchmark stops it. Started by ``bench/throughput.py``; not meant to be run by hand.
+(counting the events of packed records). No tables, no state, no Redis. After ``N``
+events it writes ``{"events", "seconds", "startup"}`` to RESULT_FILE (timed from its
+first batch) and keeps running until the benchmark stops it. Started by
+``bench/throughput.py``; not meant to be run by hand.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from spendstream.producers._packing import pack
 from spendstream.streams.topics import ensure_topics
 
 CHUNK = 20_000
-"""Sends in flight before waiting for their acknowledgements (bounds the bench's memory)."""
+"""Events in flight before waiting for their acknowledgements (bounds the bench's memory)."""
 ROUND = 500
 """Events the SDK emitter takes per send round (its ``_MAX_BATCH``): what one pack holds."""
 STALL = 120.0
@@ -65,6 +65,7 @@ async def publish(bootstrap: str, topic: str, messages: Iterator[tuple[bytes, by
         partitions = len(await p.partitions_for(topic))
         pending: list[asyncio.Future[object]] = []
         chunk: list[tuple[bytes, bytes]] = []
+        acked = 0
         for message in messages:
             chunk.append(message)
             if len(chunk) < (ROUND if packed else 1):
@@ -72,9 +73,10 @@ async def publish(bootstrap: str, topic: str, messages: Iterator[tuple[bytes, by
             pending.extend(await send(p, topic, chunk, partitions, packed))
             sent += len(chunk)
             chunk = []
-            if len(pending) * (ROUND // 10 if packed else 1) >= CHUNK:
+            if sent - acked >= CHUNK:
                 await asyncio.gather(*pending)
                 pending.clear()
+                acked = sent
                 if progress is not None:
                     progress(sent)
         pending.extend(await send(p, topic, chunk, partitions, packed))
