@@ -97,6 +97,14 @@ def changelog_weight(event: UsageEvent) -> int:
     return 240 + len(event.user_id) + len(event.feature) + 2 * len(event.model)
 
 
+def packed_element(value: bytes | None, index: int) -> bytes | None:
+    """Element ``index`` of a packed record as JSON (what goes to the DLQ for it), or
+    ``None`` for a single-event record (the record itself goes)."""
+    if value is None or value[:1] != b"[":  # decode_events' rule
+        return None
+    return orjson.dumps(orjson.loads(value)[index])
+
+
 def utcnow() -> datetime:
     """Wall-clock now in UTC: the reference for grace periods."""
     return datetime.now(UTC)
@@ -203,13 +211,26 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
             weight = 0
             for ev in events:
                 m = ev.message
+                try:
+                    decoded = decode_events(ev.value)
+                except Exception as e:  # the decoder's own bug: one record, not the agent
+                    log.exception("could not decode %s/%s/%s", m.topic, m.partition, m.offset)
+                    await dead_letter(ev, f"could not decode: {e!r}")
+                    continue
                 # One event, or a packed record: each element has its own position, so the
                 # state may be committed between two elements of one record.
-                for i, event in enumerate(decode_events(ev.value)):
+                for i, event in enumerate(decoded):
                     if isinstance(event, MalformedEvent):
                         await dead_letter(ev, event.reason, event.element)
                         continue
-                    users.process(m.partition, m.offset * POSITIONS + i, event, now)
+                    try:  # process() changes nothing when it raises: no half-counted event
+                        users.process(m.partition, m.offset * POSITIONS + i, event, now)
+                    except Exception as e:
+                        log.exception("could not count event %r of %s/%s/%s", event.event_id,
+                                      m.topic, m.partition, m.offset)
+                        await dead_letter(ev, f"could not count: {e!r}",
+                                          packed_element(ev.value, i))
+                        continue
                     weight += changelog_weight(event)
                     if weight >= COMMIT_BYTES:
                         await finish_users(now)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -61,22 +61,26 @@ class UserStage(Stage):
                    None if limit.tokens is None else limit.tokens * lowest)
             for tier, limit in budgets.users.tiers.items()}
         """Per tier, the spend below which a user window cannot leave level OK."""
-        self._minutes: dict[tuple[int, str, int, str | None, str, bool, bool], Totals] = {}
+        self._minutes: dict[tuple[int, str, datetime, str | None, str, bool, bool], Totals] = {}
         """This batch's sums per (partition, feature, minute, provider, model, audited,
         priced): everything the stage-two windows need, summed before they are touched."""
 
     def process(self, partition: int, offset: int, event: UsageEvent, now: datetime) -> bool:
-        """Fold one decoded event; ``False`` for a duplicate (an ``event_id`` seen before)."""
-        if not self.state.admit(partition, id_hash(event.event_id), offset):
+        """Fold one decoded event; ``False`` for a duplicate (an ``event_id`` seen before).
+
+        Whatever can fail for one event (pricing, its windows) is worked out before any
+        state changes; what follows only adds bounded numbers (the decoder caps tokens and
+        cost) to dicts. So an exception leaves the stage as it was, and the caller may
+        dead-letter the event and go on with the batch (issue 11: no poison pill).
+        """
+        digest = id_hash(event.event_id)
+        if self.state.seen(partition, digest):
             self.counters.duplicates += 1
             return False
         if now is not self._now:  # computed once per batch: this is the hot path
             self._now = now
             self._cutoff = late_cutoff(now, self.grace)
-        self.counters.events += 1
         priced = self.pricer.price_event(event)
-        if not priced.priced:
-            self.counters.unpriced += 1
         # Only provider-reported counts are worth auditing: an estimated event's input
         # is the app's own count already.
         local = event.local_input_tokens if event.ok and not event.estimated else None
@@ -84,6 +88,12 @@ class UserStage(Stage):
                          event.input_tokens, local, event.finish_reason == "length")
         ts = event.ts
         day = window_of("day", ts)
+        minute = window_of("minute", ts).start  # never raises, even for year 1 or 9999
+        # --- from here on nothing can fail for this event ---
+        self.state.remember(partition, digest, offset)
+        self.counters.events += 1
+        if not priced.priced:
+            self.counters.unpriced += 1
         if day.ended_before(self._cutoff):
             self.counters.late += 1
             self._fold(partition, f"{LATE}{event.user_id}|{day.key}", day, c)
@@ -91,8 +101,7 @@ class UserStage(Stage):
             self._fold(partition, f"u|{event.user_id}|{day.key}", day, c)
         # Every other window is summed per minute of the batch first: a batch then costs
         # a few hundred window updates instead of six per event.
-        secs = ts.timestamp()
-        group = (partition, event.feature, int(secs - secs % 60), event.provider, event.model,
+        group = (partition, event.feature, minute, event.provider, event.model,
                  local is not None, priced.priced)
         sums = self._minutes.get(group)
         if sums is None:
@@ -103,9 +112,8 @@ class UserStage(Stage):
     def _spread(self) -> None:
         """Fold the batch's per-minute sums into the feature, global, audit and unpriced
         windows they fall in (each window's part for its source partition)."""
-        for (partition, feature, minute, provider, model, audited, priced), sums in (
+        for (partition, feature, ts, provider, model, audited, priced), sums in (
                 self._minutes.items()):
-            ts = datetime.fromtimestamp(minute, UTC)
             conf = self.budgets.features.get(feature)
             period: Period = conf.period if conf else "month"
             w = window_of(period, ts)

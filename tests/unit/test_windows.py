@@ -40,3 +40,16 @@ def test_lateness_and_elapsed():
     assert w.ended_before(late_cutoff(datetime(2026, 11, 24, 0, 11, tzinfo=UTC), grace))
     assert str(w.elapsed_fraction(datetime(2026, 11, 23, 6, tzinfo=UTC))) == "0.25"
     assert w.elapsed_fraction(datetime(2026, 11, 25, tzinfo=UTC)) == 1
+
+
+@pytest.mark.parametrize("ts", [
+    "9999-12-20T00:00:00+00:00", "9999-12-31T23:59:59.999999+00:00",
+    "9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+01:00", "0001-01-01T00:00:00+00:00"])
+@pytest.mark.parametrize("period", ["minute", "hour", "day", "month"])
+def test_windows_at_the_ends_of_datetime_are_clipped_not_raised(period, ts):
+    w = window_of(period, t(ts))
+    assert datetime.min.replace(tzinfo=UTC) <= w.start < w.end <= datetime.max.replace(
+        tzinfo=UTC)
+    assert window_from_key(period, w.key) == w  # keys stay parseable (year 1 is "0001")
+    assert window_of("day", window_of("day", w.end).start).key  # the next day: no raise
+    assert len(w.key) == len(window_of(period, t("2026-11-23T10:00:00+00:00")).key)
