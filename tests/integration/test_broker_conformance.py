@@ -1,0 +1,122 @@
+"""What the worker relies on from a Kafka-protocol broker, checked on the embedded one.
+
+Each test is one behaviour the worker's correctness rests on (issue 11). What it does NOT
+rely on is checked too: ListOffsets(latest) may answer below the real end (Tansu answers
+the base offset of the last batch + 1), so the worker reads ends from a fetch's high
+watermark (``streams/consumer.py``, 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from spendstream.streams.consumer import fetched_highwaters
+from spendstream.streams.topics import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+
+async def _produce(bootstrap: str, topic: str, batches: list[int], partition: int = 0) -> None:
+    """``batches[i]`` records sent together (one record batch each, as a producer does)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50)
+    await producer.start()
+    try:
+        n = 0
+        for size in batches:
+            futures = [await producer.send(topic, b"%d" % (n + i), partition=partition)
+                       for i in range(size)]
+            await asyncio.gather(*futures)
+            n += size
+    finally:
+        await producer.stop()
+
+
+def _consumer(bootstrap: str, group: str | None = None) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                            enable_auto_commit=False, auto_offset_reset="earliest")
+
+
+async def test_a_committed_offset_round_trips_and_fetch_resumes_at_it(broker, uid):
+    topic, group = f"c{uid}", f"g{uid}"
+    await ensure_topics(broker.bootstrap, [topic], 1)
+    await _produce(broker.bootstrap, topic, [10])
+    tp = TopicPartition(topic, 0)
+    first = _consumer(broker.bootstrap, group)
+    await first.start()
+    try:
+        first.assign([tp])
+        assert await first.committed(tp) is None  # never committed: None, not 0 or -1
+        await first.commit({tp: OffsetAndMetadata(4, "")})
+    finally:
+        await first.stop()
+    second = _consumer(broker.bootstrap, group)
+    await second.start()
+    try:
+        second.assign([tp])
+        assert await second.committed(tp) == 4
+        await second.seek_to_committed()
+        records = await second.getmany(tp, timeout_ms=5000)
+        assert [r.value for r in records[tp]][:1] == [b"4"]  # the next record, not later
+    finally:
+        await second.stop()
+
+
+async def test_seek_to_beginning_without_a_commit_reads_from_the_first_record(broker, uid):
+    topic = f"c{uid}"
+    await ensure_topics(broker.bootstrap, [topic], 1)
+    await _produce(broker.bootstrap, topic, [5])
+    tp = TopicPartition(topic, 0)
+    c = _consumer(broker.bootstrap, f"g{uid}")
+    await c.start()
+    try:
+        c.assign([tp])
+        got = await c.getmany(tp, timeout_ms=5000)
+        assert got[tp]
+        await c.seek_to_beginning(tp)
+        again = await c.getmany(tp, timeout_ms=5000)
+        assert again[tp][0].offset == 0
+    finally:
+        await c.stop()
+
+
+async def test_partition_counts_are_what_ensure_topics_reports(broker, uid):
+    made, auto = f"m{uid}", f"a{uid}"
+    counts = await ensure_topics(broker.bootstrap, [made], 3)
+    assert counts == {made: 3}
+    await _produce(broker.bootstrap, auto, [1])  # auto-created with the broker's own count
+    reported = await ensure_topics(broker.bootstrap, [auto], 3)
+    c = _consumer(broker.bootstrap)
+    await c.start()
+    try:
+        await c.topics()  # fresh metadata
+        assert len(c.partitions_for_topic(made) or ()) == 3
+        assert len(c.partitions_for_topic(auto) or ()) == reported[auto] >= 1
+    finally:
+        await c.stop()
+
+
+async def test_the_fetch_high_watermark_is_the_end_whatever_list_offsets_says(broker, uid):
+    topic = f"c{uid}"
+    await ensure_topics(broker.bootstrap, [topic], 1)
+    await _produce(broker.bootstrap, topic, [100, 5])
+    tp = TopicPartition(topic, 0)
+    c = _consumer(broker.bootstrap)
+    await c.start()
+    probe = _consumer(broker.bootstrap)
+    await probe.start()
+    try:
+        listed = (await c.end_offsets([tp]))[tp]
+        assert listed <= 105  # Tansu 0.6 answers 101: never rely on it
+        ends = await fetched_highwaters(probe, {tp: listed}, 10)
+        assert ends == {tp: 105}
+        c.assign([tp])
+        c.seek(tp, 104)
+        last = await c.getmany(tp, timeout_ms=5000)
+        assert [r.offset for r in last[tp]] == [104] and c.highwater(tp) == 105
+    finally:
+        await probe.stop()
+        await c.stop()
