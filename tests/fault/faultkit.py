@@ -43,11 +43,12 @@ class Worker(WorkerProcess):
     """``spendstream worker`` as a child process, at ``log_level`` (``info`` shows the
     status lines: events, duplicates, late, dead letters, alerts sent and failed)."""
 
-    def __init__(self, env: dict[str, str], log: Path, log_level: str = "info") -> None:
+    def __init__(self, env: dict[str, str], log: Path, log_level: str = "info",
+                 module: str = "spendstream") -> None:
         self.log = log
         self._out = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "spendstream", "worker", "--log-level", log_level],
+            [sys.executable, "-m", module, "worker", "--log-level", log_level],
             env={**os.environ, **env}, stdout=self._out, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
@@ -110,10 +111,12 @@ class Stack:
                 "SPENDSTREAM_STATUS_INTERVAL": "1", "SPENDSTREAM_FLUSH_INTERVAL": "0.1",
                 **self.extra, **extra}
 
-    def worker(self, name: str = "w", log_level: str = "info", **extra: str) -> Worker:
-        """Start a worker (stopped by :meth:`close`)."""
+    def worker(self, name: str = "w", log_level: str = "info", module: str = "spendstream",
+               **extra: str) -> Worker:
+        """Start a worker (stopped by :meth:`close`); ``module`` is what ``python -m``
+        runs (a test's wrapper around the real CLI)."""
         w = Worker(self.env(name, **extra), self.tmp / f"{name}-{len(self.workers)}.log",
-                   log_level)
+                   log_level, module)
         self.workers.append(w)
         return w
 
