@@ -14,8 +14,8 @@ import random
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
-from spendstream.alerts.model import Alert
 from spendstream.alerts.notifier import Notifier, NotifyError
+from spendstream.contract.alert import Alert
 
 logger = logging.getLogger("spendstream.alerts")
 

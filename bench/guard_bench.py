@@ -29,11 +29,11 @@ from typing import Any
 import orjson
 import redis
 
+from spendstream.contract.event import UsageEvent
+from spendstream.domain.budgets import parse_budgets
 from spendstream.embedded import EmbeddedBroker, EmbeddedRedis
 from spendstream.producers import SyncEmitter
-from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.emitter import DEFAULT_TOPIC, Emitter
-from spendstream.producers.event import UsageEvent
 from spendstream.producers.guard import Admission, Guard
 from spendstream.producers.tokens import count_messages
 from spendstream.streams.topics import ensure_topics

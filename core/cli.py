@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from spendstream.producers.budgets import load_budgets
+    from spendstream.domain.budgets import load_budgets
     from spendstream.runner import run_worker
 
     budgets = load_budgets(settings.budgets)
@@ -228,8 +228,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _budgets_for_up(settings: Settings) -> Path:
+    from spendstream.domain.budgets import load_budgets
     from spendstream.examples import EXAMPLE_BUDGETS
-    from spendstream.producers.budgets import load_budgets
     from spendstream.stack import say
 
     path = Path(settings.budgets)
@@ -276,7 +276,7 @@ def _init(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
-    from spendstream.producers.budgets import load_budgets
+    from spendstream.domain.budgets import load_budgets
 
     path = args.path or settings.budgets
     b = load_budgets(path)
@@ -386,7 +386,7 @@ def _estimate(args: argparse.Namespace, settings: Settings) -> int:
     from spendstream.estimate import Usage, run_estimate
 
     # The pricer's "unpriced" warning speaks of events; this command's own error says it better.
-    logging.getLogger("spendstream.producers.pricing").setLevel(logging.ERROR)
+    logging.getLogger("spendstream.domain.pricing").setLevel(logging.ERROR)
 
     usage = Usage(args.calls_per_day, args.input_tokens, args.output_tokens,
                   args.cached_fraction)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
     from aiokafka import AIOKafkaConsumer
 
-    from spendstream.producers.event import UsageEvent
+    from spendstream.contract.event import UsageEvent
 
 DEMO_PREFIX = "spendstream-demo:"
 HEAVY_USER = "acct-7"
@@ -32,7 +32,7 @@ LIGHT_USERS = [f"acct-{i}" for i in range(1, 21) if i != 7]
 
 
 def _event(user: str, feature: str, model: str, tin: int, tout: int) -> UsageEvent:
-    from spendstream.producers.event import UsageEvent
+    from spendstream.contract.event import UsageEvent
 
     return UsageEvent(user_id=user, feature=feature, model=model, provider="openai",
                       input_tokens=tin, output_tokens=tout, finish_reason="stop")

@@ -7,8 +7,8 @@ import gc
 import logging
 from typing import TYPE_CHECKING
 
+from spendstream.domain.budgets import Budgets
 from spendstream.kafka_auth import faust_credentials, kafka_client_kwargs
-from spendstream.producers.budgets import Budgets
 from spendstream.settings import Settings
 
 if TYPE_CHECKING:

@@ -32,16 +32,16 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError
 from redis.retry import Retry
 
-from spendstream.errors import ServiceUnavailable, Throttled
-from spendstream.producers.admission import (
+from spendstream.contract.event import UsageEvent
+from spendstream.domain.admission import (
     FlagSnapshot,
     choose_max_tokens,
     choose_model,
     flag_keys,
     refusal,
 )
-from spendstream.producers.budgets import Budgets, Feature
-from spendstream.producers.event import UsageEvent
+from spendstream.domain.budgets import Budgets, Feature
+from spendstream.errors import ServiceUnavailable, Throttled
 from spendstream.producers.ratelimit import SCRIPT, RateDecision, rate_key, script_args
 from spendstream.producers.trim import Fitted, fit
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from spendstream.contract.event import UsageEvent
 from spendstream.producers.emitter import (
     DEFAULT_SPILL_MAX_BYTES,
     DEFAULT_TOPIC,
@@ -23,7 +24,6 @@ from spendstream.producers.emitter import (
     EmitterStats,
     settings_options,
 )
-from spendstream.producers.event import UsageEvent
 
 if TYPE_CHECKING:
     from spendstream.settings import Settings

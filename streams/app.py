@@ -17,10 +17,10 @@ from faust.types import TP
 from mode import Service
 
 from spendstream.alerts import AlertDispatcher, Notifier
-from spendstream.alerts.model import Alert
-from spendstream.producers.budgets import Budgets
-from spendstream.producers.event import MalformedEvent, UsageEvent, decode_events
-from spendstream.producers.pricing import Pricer
+from spendstream.contract.alert import Alert
+from spendstream.contract.event import MalformedEvent, UsageEvent, decode_events
+from spendstream.domain.budgets import Budgets
+from spendstream.domain.pricing import Pricer
 from spendstream.settings import Settings
 from spendstream.streams.consumer import WorkerApp
 from spendstream.streams.flags import RedisFlagSink

@@ -7,12 +7,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from spendstream.alerts.model import Alert, Level
-from spendstream.alerts.state import step
-from spendstream.streams.policy import cap_ladder, feature_ladder, measure, pace_exceeded
+from spendstream.contract.alert import Alert, Level
+from spendstream.domain.ladder import step
+from spendstream.domain.policy import cap_ladder, feature_ladder, measure, pace_exceeded
+from spendstream.domain.totals import Totals
+from spendstream.domain.windows import Window, window_from_key
 from spendstream.streams.stages import ADJECTIVE, Stage, flag_payload, split_key, window_of_key
-from spendstream.streams.totals import Totals
-from spendstream.streams.windows import Window, window_from_key
 
 log = logging.getLogger("spendstream.worker")
 

@@ -17,13 +17,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-from spendstream.alerts.model import Alert, Level
-from spendstream.alerts.state import Ladder, Transition, step
-from spendstream.producers.budgets import Budgets
+from spendstream.contract.alert import Alert, Level
+from spendstream.domain.budgets import Budgets
+from spendstream.domain.ladder import Ladder, Transition, step
+from spendstream.domain.policy import Measure
+from spendstream.domain.totals import Contribution, Totals
+from spendstream.domain.windows import Window, window_from_key
 from spendstream.streams.flags import FlagStore
-from spendstream.streams.policy import Measure
-from spendstream.streams.totals import Contribution, Totals
-from spendstream.streams.windows import Window, window_from_key
 
 GLOBAL = "*"
 ADJECTIVE = {"minute": "per-minute", "hour": "hourly", "day": "daily", "month": "monthly"}

@@ -8,12 +8,20 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from spendstream.alerts.model import Alert, Level
-from spendstream.producers.budgets import Budgets
-from spendstream.producers.event import UsageEvent
-from spendstream.producers.pricing import Pricer
+from spendstream.contract.alert import Alert, Level
+from spendstream.contract.event import UsageEvent
+from spendstream.domain.budgets import Budgets
+from spendstream.domain.policy import measure, user_ladder
+from spendstream.domain.pricing import Pricer
+from spendstream.domain.totals import Contribution, Totals
+from spendstream.domain.windows import (
+    Period,
+    Window,
+    late_cutoff,
+    window_from_key,
+    window_of,
+)
 from spendstream.streams.flags import FlagStore
-from spendstream.streams.policy import measure, user_ladder
 from spendstream.streams.stages import (
     GLOBAL,
     LATE,
@@ -25,14 +33,6 @@ from spendstream.streams.stages import (
     window_parts,
 )
 from spendstream.streams.state import BatchedState, id_hash
-from spendstream.streams.totals import Contribution, Totals
-from spendstream.streams.windows import (
-    Period,
-    Window,
-    late_cutoff,
-    window_from_key,
-    window_of,
-)
 
 PART = "r|"
 """Prefix of the partial sums stage one keeps for stage two's windows."""

@@ -27,9 +27,9 @@ from decimal import Decimal
 import pytest
 import yaml
 
+from spendstream.domain.budgets import parse_budgets
 from spendstream.errors import BudgetExceeded
 from spendstream.producers import SyncEmitter
-from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import Guard
 from tests.fault.faultkit import Stack, message, usage
 from tests.helpers import wait_until

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import redis
 
+from spendstream.domain.budgets import parse_budgets
 from spendstream.errors import FeatureDisabled
-from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import Guard
 
 pytestmark = pytest.mark.integration

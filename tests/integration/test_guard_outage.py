@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from spendstream.domain.budgets import parse_budgets
 from spendstream.embedded import EmbeddedRedis
 from spendstream.errors import BudgetExceeded, ServiceUnavailable
-from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import AsyncGuard, Guard
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]

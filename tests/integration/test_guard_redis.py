@@ -11,9 +11,9 @@ import orjson
 import pytest
 import redis
 
+from spendstream.domain.budgets import Budgets, parse_budgets
 from spendstream.errors import BudgetExceeded, FeatureDisabled, InputTooLong, Throttled
 from spendstream.producers import UsageEvent
-from spendstream.producers.budgets import Budgets, parse_budgets
 from spendstream.producers.guard import AsyncGuard, Guard
 from spendstream.producers.tokens import count_messages
 

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 
 from spendstream.cli import main
+from spendstream.domain.budgets import Budgets
 from spendstream.embedded import EmbeddedRedis
 from spendstream.errors import FeatureDisabled, ServiceUnavailable
-from spendstream.producers.budgets import Budgets
 from spendstream.producers.guard import AsyncGuard, Guard
 from spendstream.settings import load_settings
 

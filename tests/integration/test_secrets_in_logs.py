@@ -26,11 +26,11 @@ import redis
 from aiokafka import AIOKafkaProducer
 
 from spendstream.cli import main
+from spendstream.domain.budgets import Budgets
 from spendstream.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from spendstream.errors import ServiceUnavailable, SpendstreamError
 from spendstream.kafka_auth import kafka_client_kwargs
 from spendstream.producers import Emitter, UsageEvent
-from spendstream.producers.budgets import Budgets
 from spendstream.producers.guard import Guard
 from spendstream.settings import load_settings
 from spendstream.streams.topics import ensure_topics

@@ -15,10 +15,10 @@ from fake_llm import FakeLLM
 from fake_llm import fake_llm as fake_llm  # re-exported so pytest finds the fixture
 from test_emitter_kafka import consume, create_topic
 
+from spendstream.domain.budgets import parse_budgets
 from spendstream.embedded import EmbeddedBroker
 from spendstream.errors import BudgetExceeded
 from spendstream.producers import SyncEmitter, decode_event
-from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import AsyncGuard, Guard
 from spendstream.producers.wrappers import wrap_anthropic, wrap_openai
 from tests.helpers import record_events

@@ -10,8 +10,8 @@ import pytest
 from fake_llm import TEXT, FakeLLM
 from fake_llm import fake_llm as fake_llm  # re-exported so pytest finds the fixture
 
+from spendstream.domain.budgets import parse_budgets
 from spendstream.producers import UsageEvent
-from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import Guard
 
 pytestmark = pytest.mark.integration

@@ -9,6 +9,15 @@ from typing import Any
 import orjson
 import pytest
 
+from spendstream.domain.admission import (
+    FlagSnapshot,
+    choose_max_tokens,
+    choose_model,
+    flag_keys,
+    parse_flag,
+    refusal,
+)
+from spendstream.domain.budgets import Feature, parse_budgets
 from spendstream.errors import (
     BudgetExceeded,
     ConfigError,
@@ -17,15 +26,6 @@ from spendstream.errors import (
     SpendstreamError,
     Throttled,
 )
-from spendstream.producers.admission import (
-    FlagSnapshot,
-    choose_max_tokens,
-    choose_model,
-    flag_keys,
-    parse_flag,
-    refusal,
-)
-from spendstream.producers.budgets import Feature, parse_budgets
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 END = "2026-11-24T00:00:00Z"

@@ -202,7 +202,7 @@ def test_settings_come_from_the_environment_and_hide_the_password(
 def test_the_worker_uses_them_for_topic_setup_and_faust(monkeypatch: pytest.MonkeyPatch
                                                         ) -> None:
     from spendstream import runner
-    from spendstream.producers.budgets import Budgets
+    from spendstream.domain.budgets import Budgets
     from spendstream.streams import app, topics
 
     seen: dict[str, Any] = {}

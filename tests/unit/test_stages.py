@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from spendstream.alerts.model import Level
-from spendstream.producers.budgets import parse_budgets
-from spendstream.producers.event import UsageEvent
-from spendstream.producers.pricing import Pricer
+from spendstream.contract.alert import Level
+from spendstream.contract.event import UsageEvent
+from spendstream.domain.budgets import parse_budgets
+from spendstream.domain.pricing import Pricer
 from spendstream.streams.rollup_stage import RollupStage
 from spendstream.streams.stages import Counters
 from spendstream.streams.state import BatchedState

@@ -22,8 +22,8 @@ from typing import Final, Literal
 from genai_prices import Usage, data_snapshot
 from genai_prices.types import ModelInfo, ModelPrice, TieredPrices, calc_unit_price
 
-from spendstream.producers.budgets import Price
-from spendstream.producers.event import UsageEvent
+from spendstream.contract.event import UsageEvent
+from spendstream.domain.budgets import Price
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from spendstream.alerts.model import Level
+from spendstream.contract.alert import Level
 
 
 @dataclass(frozen=True, slots=True)

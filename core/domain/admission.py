@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
+from spendstream.domain.budgets import Feature
 from spendstream.errors import BudgetExceeded, ConfigError, FeatureDisabled, Refused, Throttled
-from spendstream.producers.budgets import Feature
 
 FLAG_KINDS = ("cutoff_user", "cutoff_feature", "cutoff_global", "warn_user", "warn_feature",
               "spend_user")
