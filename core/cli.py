@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from spendstream.domain.budgets import load_budgets
+    from spendstream.extras import require
+
+    require("worker", "worker")
     from spendstream.runner import run_worker
 
     budgets = load_budgets(settings.budgets)
@@ -243,6 +246,9 @@ def _budgets_for_up(settings: Settings) -> Path:
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("local", "up")
     from spendstream.stack import Stack, say
 
     stack = Stack(settings, _budgets_for_up(settings), args.log_level)
@@ -259,6 +265,9 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("local", "demo")
     from spendstream.demo import run_demo
 
     return run_demo(settings, keep_running=args.keep_running, timeout=args.timeout)
