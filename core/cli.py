@@ -303,9 +303,11 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _flags(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.contract import keys
+
     def active(client: Redis) -> list[str]:
         lines = []
-        for pattern in ("cutoff:*", "warn:*"):
+        for pattern in keys.FLAG_PATTERNS:
             for key in sorted(client.scan_iter(settings.redis_prefix + pattern, count=1000)):
                 value, ttl = client.get(key), client.ttl(key)
                 text = value.decode() if isinstance(value, bytes) else (value or "")
@@ -350,25 +352,28 @@ def _redis_call(settings: Settings, action: Callable[[Redis], T]) -> T:
 
 
 def _disable(args: argparse.Namespace, settings: Settings) -> int:
-    import json
     from datetime import UTC, datetime, timedelta
+
+    from spendstream.contract import keys
 
     now = datetime.now(UTC)
     end = now + timedelta(seconds=args.ttl) if args.ttl else None
     stamp = "%Y-%m-%dT%H:%M:%SZ"
     # The worker's flag shape, so `flags`, the guard and other languages read one format.
-    value = {"scope": "feature", "id": args.feature, "reason": args.reason, "level": "cutoff",
-             "spent": "0", "budget": "0", "unit": "switch", "window_start": now.strftime(stamp),
-             "window_end": end.strftime(stamp) if end else None}
-    key = f"{settings.redis_prefix}cutoff:feature:{args.feature}"
-    _redis_call(settings, lambda r: r.set(key, json.dumps(value), ex=args.ttl))
+    value = keys.flag_value("feature", args.feature, args.reason, "cutoff", Decimal(0),
+                            Decimal(0), "switch", now.strftime(stamp),
+                            end.strftime(stamp) if end else None)
+    key = settings.redis_prefix + keys.cutoff_feature(args.feature)
+    _redis_call(settings, lambda r: r.set(key, keys.encode(value), ex=args.ttl))
     until = f"until {value['window_end']}" if end else "until `spendstream enable`"
     print(f"disabled {args.feature} {until}: guards refuse its calls within their cache time")
     return 0
 
 
 def _enable(args: argparse.Namespace, settings: Settings) -> int:
-    key = f"{settings.redis_prefix}cutoff:feature:{args.feature}"
+    from spendstream.contract import keys
+
+    key = settings.redis_prefix + keys.cutoff_feature(args.feature)
     removed = _redis_call(settings, lambda r: r.delete(key))
     print(f"enabled {args.feature}" if removed else f"{args.feature} was not disabled")
     return 0

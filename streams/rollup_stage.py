@@ -7,6 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from spendstream.contract import keys
 from spendstream.contract.alert import Alert, Level
 from spendstream.domain.ladder import step
 from spendstream.domain.policy import cap_ladder, feature_ladder, measure, pace_exceeded
@@ -114,7 +115,7 @@ class RollupStage(Stage):
         """Live spend of a feature's current period or a global window, for dashboards."""
         kind, subject, period, wkey = parts
         window = window_from_key(period, wkey)  # type: ignore[arg-type]
-        name = f"spend:feature:{subject}" if kind == "f" else f"spend:global:{period}"
+        name = keys.spend_feature(subject) if kind == "f" else keys.spend_global(period)
         value: dict[str, Any] = {
             "scope": "feature" if kind == "f" else "global", "id": subject, "period": period,
             "spent_usd": str(totals.usd), "spent_tokens": totals.tokens, "events": totals.events,
@@ -149,7 +150,7 @@ class RollupStage(Stage):
             return
         tr, payload = advanced
         if tr.current >= Level.CUTOFF and conf.cutoff:
-            self.flags.set(f"cutoff:feature:{feature}", payload, window.end_epoch,
+            self.flags.set(keys.cutoff_feature(feature), payload, window.end_epoch,
                            extend_only=True)
         self._alert(Alert("feature", feature, "budget", tr.current, tr.previous, m.spent,
                           m.budget, m.unit, window.start, window.end, now, reason))
@@ -173,7 +174,7 @@ class RollupStage(Stage):
         totals.level = tr.current
         if kind in ("daily_cap", "tpm"):
             payload = flag_payload("global", kind, reason, tr.current, spent, budget, unit, window)
-            self.flags.set("cutoff:global", payload, window.end_epoch, extend_only=True)
+            self.flags.set(keys.CUTOFF_GLOBAL, payload, window.end_epoch, extend_only=True)
         if kind == "tpm":
             # A per-minute ceiling can trip every minute: flag and log, never a Slack message.
             log.warning("global tokens per minute %s over %s: cutoff until %s", spent, budget,

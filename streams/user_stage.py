@@ -8,6 +8,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
+from spendstream.contract import keys
 from spendstream.contract.alert import Alert, Level
 from spendstream.contract.event import UsageEvent
 from spendstream.domain.budgets import Budgets
@@ -196,7 +197,7 @@ class UserStage(Stage):
                     spend["remaining_usd"] = str(max(limit.usd - totals.usd, Decimal(0)))
                 if limit.tokens is not None:
                     spend["remaining_tokens"] = max(limit.tokens - totals.tokens, 0)
-            self.flags.set(f"spend:user:{user}", spend, window.end_epoch)
+            self.flags.set(keys.spend_user(user), spend, window.end_epoch)
         if limit is None or (not totals.level and self._below_first_step(tier, totals)):
             return
         m = measure(totals, limit)
@@ -206,7 +207,7 @@ class UserStage(Stage):
             return
         tr, payload = advanced
         if tr.current >= Level.CUTOFF:
-            self.flags.set(f"cutoff:user:{user}", payload, window.end_epoch)
+            self.flags.set(keys.cutoff_user(user), payload, window.end_epoch)
             self._alert(Alert("user", user, "budget", tr.current, tr.previous, m.spent,
                               m.budget, m.unit, window.start, window.end, now, reason))
 
