@@ -125,3 +125,8 @@ def parse_flag(raw: bytes | str | None) -> dict[str, Any] | None:
 def rate_user(user_id: str) -> str:
     """The sorted set holding a user's recent requests (the guard's rate limit)."""
     return f"rate:user:{user_id}"
+
+
+def spend(scope: Scope, subject: str) -> str:
+    """The live spend key of any scope (``subject`` is the period for ``global``)."""
+    return f"spend:{scope}:{subject}"

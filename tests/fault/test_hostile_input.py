@@ -34,6 +34,7 @@ from spendstream.contract.event import (
     decode_event,
     decode_events,
 )
+from spendstream.contract.keys import spend_feature
 from tests.fault.faultkit import Ledger, Message, Stack, message, usage
 from tests.helpers import wait_until
 
@@ -211,8 +212,8 @@ def test_a_feature_named_star_keeps_its_own_total(broker, redis_url, uid, tmp_pa
         stack.publish(message(e) for e in events)
         wait_until(lambda: ledger.counted(keys, ("global", "user")), 60, "the events",
                    check=worker.alive)
-        wait_until(lambda: keys.events("spend:feature:chat") == 1, 10, "the chat total")
-        star = keys.get("spend:feature:*")
+        wait_until(lambda: keys.events(spend_feature("chat")) == 1, 10, "the chat total")
+        star = keys.get(spend_feature("*"))
     finally:
         stack.close()
     assert ledger.mismatches(keys, ("global", "user")) == []
