@@ -12,13 +12,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
-import orjson
 from faust.types import TP
 from mode import Service
 
 from spendstream.alerts import AlertDispatcher, Notifier
 from spendstream.contract.alert import Alert
 from spendstream.contract.event import MalformedEvent, UsageEvent, decode_events
+from spendstream.contract.rollup import MalformedRollup, RollupMessage
 from spendstream.domain.budgets import Budgets
 from spendstream.domain.pricing import Pricer
 from spendstream.settings import Settings
@@ -152,7 +152,7 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                           settings.flush_interval)
 
     async def publish(alert: Alert) -> None:
-        await alert_topic.send(key=alert.key.encode(), value=orjson.dumps(alert.to_dict()))
+        await alert_topic.send(key=alert.key.encode(), value=alert.encode())
 
     dispatcher = AlertDispatcher(notifier, publish=publish)
     counters = Counters()
@@ -219,8 +219,8 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
     async def finish_users(now: datetime) -> None:
         """Judge, log the state and forward the partials of what was folded so far."""
         for (p, key), parts in users.finish(now).items():
-            await rollup.send(key=key.encode(), value=orjson.dumps(
-                {"p": p, "v": ledger.aggregates.offset(p), "parts": parts}))
+            message = RollupMessage(p, ledger.aggregates.offset(p), parts)
+            await rollup.send(key=key.encode(), value=message.encode())
         flags.kick()
 
     @app.agent(rollup, name="rollup")
@@ -231,9 +231,12 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
             now = utcnow()
             for ev in events:
                 try:  # internal topic, but a stray producer must not crash-loop the agent
-                    body = orjson.loads(ev.value)
-                    source, version, parts = int(body["p"]), int(body["v"]), body["parts"]
-                    features.process(ev.message.partition, source, version, parts)
+                    message = RollupMessage.decode(ev.value)
+                    features.process(ev.message.partition, message.source, message.version,
+                                     message.parts)
+                except MalformedRollup as e:
+                    await dead_letter(ev, str(e))
+                    continue
                 except (AttributeError, ValueError, TypeError, KeyError, ArithmeticError) as e:
                     await dead_letter(ev, f"malformed rollup message: {e!r}")
                     continue

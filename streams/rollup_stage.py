@@ -9,11 +9,12 @@ from typing import Any
 
 from spendstream.contract import keys
 from spendstream.contract.alert import Alert, Level
+from spendstream.contract.rollup import split_key, window_of_key
 from spendstream.domain.ladder import step
 from spendstream.domain.policy import cap_ladder, feature_ladder, measure, pace_exceeded
 from spendstream.domain.totals import Totals
 from spendstream.domain.windows import Window, window_from_key
-from spendstream.streams.stages import ADJECTIVE, Stage, flag_payload, split_key, window_of_key
+from spendstream.streams.stages import ADJECTIVE, Stage, flag_payload
 
 log = logging.getLogger("spendstream.worker")
 

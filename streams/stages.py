@@ -23,10 +23,9 @@ from spendstream.domain.budgets import Budgets
 from spendstream.domain.ladder import Ladder, Transition, step
 from spendstream.domain.policy import Measure
 from spendstream.domain.totals import Contribution, Totals
-from spendstream.domain.windows import Window, window_from_key
+from spendstream.domain.windows import Window
 from spendstream.streams.flags import FlagStore
 
-GLOBAL = "*"
 ADJECTIVE = {"minute": "per-minute", "hour": "hourly", "day": "daily", "month": "monthly"}
 RETENTION = timedelta(days=1)
 
@@ -68,27 +67,6 @@ def flag_payload(scope: keys.Scope, subject: str, reason: str, level: Level, spe
     """The JSON value of a cutoff/warn key (:func:`spendstream.contract.keys.flag_value`)."""
     return keys.flag_value(scope, subject, reason, level.name.lower(), spent, budget, unit,
                            window.start_text, window.end_text)
-
-
-def split_key(key: str, n: int) -> list[str]:
-    """Split ``kind|id|...`` into ``n`` parts; only the id may contain ``|``."""
-    kind, rest = key.split("|", 1)
-    return [kind, *rest.rsplit("|", n - 2)]
-
-
-LATE = "late|"
-"""Prefix of the twin of a window that holds its events beyond the grace period."""
-
-
-def window_parts(key: str) -> list[str]:
-    """``kind, id, period, window key`` of a stage-two key (``late|`` twins included)."""
-    return split_key(key.removeprefix(LATE), 4)
-
-
-def window_of_key(key: str) -> Window:
-    """The window a stage-two key (or its ``late|`` twin) names."""
-    _, _, period, wkey = window_parts(key)
-    return window_from_key(period, wkey)  # type: ignore[arg-type]
 
 
 class Stage:

@@ -11,6 +11,14 @@ from typing import Any
 from spendstream.contract import keys
 from spendstream.contract.alert import Alert, Level
 from spendstream.contract.event import UsageEvent
+from spendstream.contract.rollup import (
+    GLOBAL,
+    LATE,
+    message_key,
+    split_key,
+    window_key,
+    window_of_key,
+)
 from spendstream.domain.budgets import Budgets
 from spendstream.domain.policy import measure, user_ladder
 from spendstream.domain.pricing import Pricer
@@ -24,14 +32,9 @@ from spendstream.domain.windows import (
 )
 from spendstream.streams.flags import FlagStore
 from spendstream.streams.stages import (
-    GLOBAL,
-    LATE,
     AlertSink,
     Counters,
     Stage,
-    split_key,
-    window_of_key,
-    window_parts,
 )
 from spendstream.streams.state import BatchedState, id_hash
 
@@ -110,16 +113,16 @@ class UserStage(Stage):
             conf = self.budgets.features.get(feature)
             period: Period = conf.period if conf else "month"
             w = window_of(period, ts)
-            self._part(partition, f"f|{feature}|{period}|{w.key}", w, sums)
+            self._part(partition, window_key("f", feature, period, w.key), w, sums)
             day = window_of("day", ts)
             for period in GLOBAL_PERIODS:
                 w = day if period == "day" else window_of(period, ts)
-                self._part(partition, f"g|*|{period}|{w.key}", w, sums)
+                self._part(partition, window_key("g", GLOBAL, period, w.key), w, sums)
             if audited:
-                self._part(partition, f"drift|{provider or '?'}/{model}|day|{day.key}", day,
-                           sums, audit=True)
+                self._part(partition, window_key("drift", f"{provider or '?'}/{model}", "day",
+                                                 day.key), day, sums, audit=True)
             if not priced:
-                self._part(partition, f"unp|{model}|day|{day.key}", day, sums)
+                self._part(partition, window_key("unp", model, "day", day.key), day, sums)
         self._minutes.clear()
 
     def _part(self, partition: int, key: str, window: Window, sums: Totals,
@@ -172,7 +175,7 @@ class UserStage(Stage):
         for (partition, key), totals in self._dirty.items():
             if key.startswith(PART):
                 name = key[len(PART):]
-                forward[(partition, rollup_key(name))][name] = totals.sums()
+                forward[(partition, message_key(name))][name] = totals.sums()
             elif key.startswith("u|"):
                 self._judge(partition, key, totals, ladder, now)
         self._commit()
@@ -215,9 +218,3 @@ class UserStage(Stage):
 @lru_cache(maxsize=64)
 def _next_day(window: Window) -> str:
     return window_of("day", window.end).key
-
-
-def rollup_key(name: str) -> str:
-    """The rollup topic's message key for a stage-two window: its feature, or ``*``."""
-    kind, subject, _, _ = window_parts(name)
-    return subject if kind == "f" else GLOBAL
