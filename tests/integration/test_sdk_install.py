@@ -31,8 +31,14 @@ SCRIPT = textwrap.dedent("""
     import asyncio, json, sys
     from decimal import Decimal
 
+    from importlib.resources import files
+
     import spendstream
+    from spendstream.contract.event_schema import published, schema_text
     from spendstream.producers import SyncEmitter, UsageEvent, decode_event
+
+    assert files("spendstream").joinpath("py.typed").is_file()  # typed for users' mypy
+    assert published() == schema_text()  # the JSON Schema ships in the wheel
 
     bootstrap, topic = sys.argv[1], sys.argv[2]
     event = UsageEvent(user_id="acct-sdk", feature="chat", model="gpt-4o", provider="openai",
