@@ -3,8 +3,9 @@
 The settings name the protocol (``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT``, ``SASL_SSL``),
 the SASL mechanism and credentials, and the TLS files. :func:`kafka_client_kwargs` turns
 them into the keyword arguments aiokafka's producer, consumer and admin client take, and
-:func:`faust_credentials` into the worker's ``broker_credentials``, so the emitter, the
-topic set-up and the worker connect the same way. Inconsistent settings (a SASL protocol
+:func:`spendstream.streams.credentials.faust_credentials` into the worker's
+``broker_credentials``, so the emitter, the topic set-up and the worker connect the same
+way. Inconsistent settings (a SASL protocol
 without a password, TLS files with a plaintext protocol) are a :class:`ConfigError` at
 start, never a silent plaintext connection.
 """
@@ -18,8 +19,6 @@ from typing import TYPE_CHECKING, Any
 from spendstream.errors import ConfigError
 
 if TYPE_CHECKING:
-    from faust.types.auth import CredentialsT
-
     from spendstream.settings import Settings
 
 _TLS = frozenset({"SSL", "SASL_SSL"})
@@ -45,22 +44,6 @@ def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
                       sasl_plain_username=settings.kafka_sasl_username,
                       sasl_plain_password=settings.kafka_sasl_password.get_secret_value())
     return kwargs
-
-
-def faust_credentials(settings: Settings) -> CredentialsT | None:
-    """The faust ``broker_credentials`` for the same settings; None for ``PLAINTEXT``."""
-    import faust
-
-    kwargs = kafka_client_kwargs(settings)
-    protocol = kwargs["security_protocol"]
-    if protocol == "PLAINTEXT":
-        return None
-    if protocol == "SSL":
-        return faust.SSLCredentials(kwargs["ssl_context"])
-    return faust.SASLCredentials(username=kwargs["sasl_plain_username"],
-                                 password=kwargs["sasl_plain_password"],
-                                 ssl_context=kwargs.get("ssl_context"),
-                                 mechanism=kwargs["sasl_mechanism"])
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext:
