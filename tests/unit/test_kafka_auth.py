@@ -20,9 +20,9 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from spendstream.errors import ConfigError
 from spendstream.kafka_auth import kafka_client_kwargs
-from spendstream.streams.credentials import faust_credentials
 from spendstream.producers import Emitter
 from spendstream.settings import Settings, load_settings
+from spendstream.streams.credentials import faust_credentials
 
 SASL_PASSWORD = "sasl-pw-Zq81"
 KEY_PASSWORD = "key-pw-Hn27"
