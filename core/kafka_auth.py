@@ -61,10 +61,11 @@ def ssl_context(settings: Settings) -> ssl.SSLContext:
     # hang a worker; an empty one makes it fail, loudly, here.
     password = secret.get_secret_value() if secret else _no_password
     try:
-        return create_ssl_context(
+        context: ssl.SSLContext = create_ssl_context(
             cafile=str(cafile) if cafile else None,
             certfile=str(certfile) if certfile else None,
             keyfile=str(keyfile) if keyfile else None, password=password)
+        return context
     except (ssl.SSLError, OSError, ValueError) as e:
         # ssl's messages name the library and reason, never the key's password.
         raise ConfigError(f"cannot load the Kafka TLS files (SPENDSTREAM_KAFKA_SSL_*): {e}; "

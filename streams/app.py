@@ -36,7 +36,7 @@ BATCH = 2000
 SWEEP_EVERY = 300.0
 
 
-class LogTable(faust.Table):  # type: ignore[misc]
+class LogTable(faust.Table):  # type: ignore[type-arg]
     """A faust table used only as the changelog of a :class:`BatchedState`.
 
     faust still owns what it is good at (the changelog topic, recovery on assignment,
@@ -60,7 +60,7 @@ class LogTable(faust.Table):  # type: ignore[misc]
         """Send one changelog record (``None``: tombstone) to ``partition``."""
         self.send_changelog(partition, key, value)
 
-    def apply_changelog_batch(self, batch: Iterable[faust.types.EventT]) -> None:
+    def apply_changelog_batch(self, batch: Iterable[faust.types.EventT[bytes]]) -> None:
         recover(self.aggregates, ((ev.message.partition, ev.message.key, ev.message.value)
                                   for ev in batch))
 
@@ -83,7 +83,7 @@ def _log_table(app: faust.App, name: str, partitions: int, state_factory: Any,
     return table.bind(state_factory(table), source_topic)
 
 
-def records(events: Iterable[faust.types.EventT]) -> list[Record]:
+def records(events: Iterable[faust.types.EventT[bytes]]) -> list[Record]:
     """A faust batch as :class:`Record` s (each keeps its event, for the DLQ)."""
     return [Record(ev.message.partition, ev.message.offset, ev.value, ev) for ev in events]
 
@@ -175,7 +175,7 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
         """The original key and bytes to the DLQ, with why and where they came from (a bad
         element of a packed record goes alone, its good neighbours are counted)."""
         counters.dead_letters += 1
-        ev: faust.types.EventT = record.source
+        ev: faust.types.EventT[bytes] = record.source
         m = ev.message
         source = f"{m.topic}/{m.partition}/{m.offset}"
         try:
@@ -194,20 +194,20 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
     rollup_batches = RollupBatches(features, dead_letter, flags.kick)
 
     @app.agent(usage, name="users")
-    async def user_agent(stream: faust.StreamT) -> None:
+    async def user_agent(stream: faust.StreamT[bytes]) -> None:
         # take_events exists on faust's Stream but is missing from its StreamT interface.
         async for events in stream.take_events(  # type: ignore[attr-defined]
                 BATCH, within=settings.flush_interval):
             await user_batches.process(records(events), utcnow())
 
     @app.agent(rollup, name="rollup")
-    async def rollup_agent(stream: faust.StreamT) -> None:
+    async def rollup_agent(stream: faust.StreamT[bytes]) -> None:
         # take_events exists on faust's Stream but is missing from its StreamT interface.
         async for events in stream.take_events(  # type: ignore[attr-defined]
                 BATCH, within=settings.flush_interval):
             await rollup_batches.process(records(events), utcnow())
 
-    @app.timer(settings.status_interval)
+    @app.timer(settings.status_interval)  # type: ignore[untyped-decorator]
     async def status() -> None:
         trim_memory()  # batches' buffers are freed, but glibc keeps the pages without this
         c = counters
@@ -217,7 +217,7 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                  dispatcher.sent, dispatcher.failed, flags.stats.written, flags.pending,
                  "" if flags.healthy else ", REDIS DOWN")
 
-    @app.timer(SWEEP_EVERY)
+    @app.timer(SWEEP_EVERY)  # type: ignore[untyped-decorator]
     async def sweep() -> None:
         now = utcnow()
         users.sweep(now)
