@@ -44,11 +44,24 @@ SLACK_BOT_TOKEN, SLACK_CHANNEL, SLACK_API_URL) or a file given with --settings.
 T = TypeVar("T")
 
 
+def _version() -> str:
+    """The installed distribution's version (the package's own when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("spendstream")
+    except PackageNotFoundError:
+        from spendstream import __version__
+
+        return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spendstream", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", type=Path, metavar="FILE",
                    help="a KEY=value env file read before the environment (e.g. .env)")
+    p.add_argument("--version", action="version", version=f"spendstream {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     w = sub.add_parser("worker", help="run the stream workers against the configured Kafka/Redis",
