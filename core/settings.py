@@ -58,9 +58,14 @@ class Settings(BaseSettings):
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
         "PLAINTEXT")
     """How every Kafka client (emitter, topic set-up, worker) connects: see kafka_auth."""
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] = (
+        "PLAIN")
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_oauth_token_provider: str | None = None
+    """``package.module:name`` of an aiokafka ``AbstractTokenProvider`` subclass (or a
+    callable returning one), for ``OAUTHBEARER``: managed Kafka services hand out tokens
+    through their own client library, so the provider is the user's code."""
     kafka_ssl_cafile: Path | None = None
     """CA bundle that signed the brokers' certificates; the system's CAs when unset."""
     kafka_ssl_certfile: Path | None = None
