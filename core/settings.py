@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     """How long the worker remembers event ids; a redelivery later than this counts again."""
     flush_interval: float = Field(default=0.25, gt=0)
     status_interval: float = Field(default=10.0, gt=0)
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    """Where the worker serves /metrics, /healthz and /livez; 0 turns them off."""
     state_dir: Path = Path(tempfile.gettempdir()) / "spendstream"
     session_timeout: float = Field(default=10.0, ge=3.0)
     """Seconds before a silent worker's partitions move to the others (after a crash)."""
