@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -55,6 +57,9 @@ def test_metrics_and_health_of_a_counting_worker(broker, redis_server, uid, tmp_
         body = orjson.loads(health[1])
         assert body["ready"] is True and body["reason"] == "counting"
         assert sorted(body["partitions"]) == [0, 1]
+        cli = subprocess.run([sys.executable, "-m", "spendstream", "health"], text=True,
+                             capture_output=True, timeout=30, env=worker.env)
+        assert cli.returncode == 0 and cli.stdout.startswith("ready: counting"), cli
 
         messages = [(f"u{i % 3}".encode(), event(f"u{i % 3}", "chat")) for i in range(12)]
         messages += [(b"u9", event("u9", "search")) for _ in range(5)]
@@ -93,3 +98,6 @@ def test_metrics_and_health_of_a_counting_worker(broker, redis_server, uid, tmp_
         code = worker.stop()
     assert code == 0, worker.output()
     assert scrape(port, "/livez")[0] == 0  # stopped with the worker
+    cli = subprocess.run([sys.executable, "-m", "spendstream", "health"], text=True,
+                         capture_output=True, timeout=30, env=worker.env)
+    assert cli.returncode == 1 and "no worker answers" in cli.stdout, cli
