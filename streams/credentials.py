@@ -26,6 +26,9 @@ def faust_credentials(settings: Settings) -> CredentialsT | None:
         return None
     if protocol == "SSL":
         return faust.SSLCredentials(kwargs["ssl_context"])
+    if kwargs["sasl_mechanism"] == "OAUTHBEARER":
+        return faust.OAuthCredentials(oauth_cb=kwargs["sasl_oauth_token_provider"],
+                                      ssl_context=kwargs.get("ssl_context"))
     return faust.SASLCredentials(username=kwargs["sasl_plain_username"],
                                  password=kwargs["sasl_plain_password"],
                                  ssl_context=kwargs.get("ssl_context"),
