@@ -58,7 +58,7 @@ PROBE_TIMEOUT = 30.0
 """Seconds the end-offset probe may take before recovery fails (and faust retries it)."""
 
 
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts
@@ -91,7 +91,6 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[mi
             await consumer.seek_to_beginning(*reset)
         return committed
 
-
     async def _highwaters(self, partitions: Iterable[TP]) -> Mapping[TP, int]:
         """End offsets that are never below the real end (see the module docstring, 3)."""
         listed: Mapping[TP, int] = await super()._highwaters(partitions)
@@ -122,12 +121,12 @@ async def fetched_highwaters(probe: aiokafka.AIOKafkaConsumer, listed: Mapping[T
     return {tp: max(listed[tp], probe.highwater(ktp)) for tp, ktp in tps.items()}
 
 
-class _Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
+class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
-class WorkerApp(faust.App):  # type: ignore[misc]
+class WorkerApp(faust.App):
     """A faust app whose Kafka consumer fetches and seeks as the module docstring says."""
 
     def _new_transport(self) -> TransportT:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from spendstream.cli import main
-from spendstream.producers.pricing import Pricer
+from spendstream.domain.pricing import Pricer
 
 POISON = "poison-model"
 _price_event = Pricer.price_event

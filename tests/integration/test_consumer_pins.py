@@ -18,7 +18,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from spendstream.alerts import LogNotifier
-from spendstream.producers.budgets import Budgets
+from spendstream.domain.budgets import Budgets
 from spendstream.settings import Settings
 from spendstream.streams.app import build_app
 from spendstream.streams.consumer import _ConsumerThread

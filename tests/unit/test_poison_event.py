@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from spendstream.producers.pricing import Pricer
-from spendstream.streams.app import packed_element
+from spendstream.domain.pricing import Pricer
+from spendstream.streams.batches import packed_element
 from spendstream.streams.state import id_hash
 from tests.unit.test_stages import BUDGETS, NOW, World, ev
 
