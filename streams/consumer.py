@@ -45,8 +45,8 @@ ListOffsets(latest) with the high watermark, as Apache Kafka does.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Set
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import aiokafka
 import faust
@@ -64,7 +64,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts
         return consumer
 
-    async def getmany(self, active_partitions: Set[TP] | None, timeout: float
+    async def getmany(self, active_partitions: set[TP] | None, timeout: float
                       ) -> Mapping[TP, list[Any]]:
         """Fetch only from a snapshot of the active partitions; nothing when there is none.
 
@@ -75,11 +75,15 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         frozen = frozenset(active_partitions)
         if not frozen:
             return {}
-        return await super().getmany(frozen, timeout)
+        # faust annotates a set; aiokafka only tests membership, which a frozenset answers.
+        return await super().getmany(cast(set[TP], frozen), timeout)
 
-    async def seek_to_committed(self) -> Mapping[TP, int | None]:
-        """Seek to the committed offsets; source partitions without one go to the start."""
-        return await self.call_thread(self._seek_to_committed_or_start)
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Seek to the committed offsets; source partitions without one go to the start.
+
+        As faust's: the values are the committed offsets, ``None`` where there is none
+        (faust's annotation says ``int``; its ``perform_seek`` handles ``None``)."""
+        return cast(Mapping[TP, int], await self.call_thread(self._seek_to_committed_or_start))
 
     async def _seek_to_committed_or_start(self) -> Mapping[TP, int | None]:
         consumer = self._ensure_consumer()
@@ -91,12 +95,12 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             await consumer.seek_to_beginning(*reset)
         return committed
 
-    async def _highwaters(self, partitions: Iterable[TP]) -> Mapping[TP, int]:
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         """End offsets that are never below the real end (see the module docstring, 3)."""
         listed: Mapping[TP, int] = await super()._highwaters(partitions)
         if self.consumer.in_transaction or not listed:
             return listed
-        probe = self._create_client_consumer(self.transport)
+        probe = self._create_client_consumer(cast(faust_aiokafka.Transport, self.transport))
         probe._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         await probe.start()
         try:
