@@ -72,6 +72,7 @@ class LedgerConsumer:
         self.kafka_kwargs = kafka_kwargs or {}
         self.max_records = max_records
         self.status_interval = status_interval
+        self._next_status = time.monotonic() + status_interval
         self.stats = LedgerStats()
         self._writer: LedgerWriter | None = None
         self._tier: Callable[[str], str] = budgets.users.tier_of
@@ -97,12 +98,9 @@ class LedgerConsumer:
         await consumer.start()
         log.info("ledger: consuming %s as group %s into %s", self.topic, self.group,
                  redact_url(self.database_url))
-        next_status = time.monotonic() + self.status_interval
         try:
             while not stop.is_set():
-                if time.monotonic() >= next_status:
-                    next_status = time.monotonic() + self.status_interval
-                    self._status()
+                self._status()
                 batches = await consumer.getmany(timeout_ms=250, max_records=self.max_records)
                 records = [r for msgs in batches.values() for r in msgs]
                 if records:
@@ -127,6 +125,7 @@ class LedgerConsumer:
                 self._down(e)
                 if stop.is_set():
                     return  # not written, not committed: the next start reads it again
+                self._status()
                 consumer.pause(*consumer.assignment())
                 # Polling (paused) keeps the group membership; a rebalance may hand over
                 # new partitions meanwhile, whose records join this batch.
@@ -176,6 +175,11 @@ class LedgerConsumer:
             self.stats.committed[(tp.topic, tp.partition)] = offset
 
     def _status(self) -> None:
+        """Log the status line every ``status_interval`` seconds."""
+        now = time.monotonic()
+        if now < self._next_status:
+            return
+        self._next_status = now + self.status_interval
         s = self.stats
         log.info("ledger status: records %d, rows %d (new %d), batches %d, outages %d%s",
                  s.records, s.rows, s.written, s.batches, s.outages,
