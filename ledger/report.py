@@ -51,9 +51,9 @@ def _cell(value: Any, places: int | None = None) -> str:
     if value is None:
         return ""
     if isinstance(value, Decimal):
-        if places is not None:
-            value = round(value, places)
-        return format(value.normalize() if value == value.to_integral() else value, "f")
+        if places is not None:  # a rounded average: no trailing zeros
+            value = round(value, places).normalize()
+        return format(value, "f")
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return str(value)
