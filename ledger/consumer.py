@@ -36,6 +36,10 @@ log = logging.getLogger("spendstream.ledger")
 
 MAX_RECORDS = 500
 """Kafka records per batch (a packed record carries up to 500 events)."""
+CHUNK = 5000
+"""Rows per transaction: a batch of packed records is written in several, and its offsets
+are committed after the last one (a crash in between replays the batch; the chunks
+already in are skipped row by row, and so is their share of the rollup)."""
 WRITE_TIMEOUT = 30.0
 """A write that takes longer counts as an outage (a hung server must not hang the ledger)."""
 BACKOFF = (0.2, 5.0)
@@ -147,7 +151,10 @@ class LedgerConsumer:
     async def _write(self, rows: list[LedgerRow]) -> int:
         if self._writer is None:
             self._writer = await LedgerWriter.open(self.database_url)
-        return await self._writer.write(rows)
+        written = 0
+        for i in range(0, len(rows), CHUNK):
+            written += await self._writer.write(rows[i:i + CHUNK])
+        return written
 
     async def _drop_writer(self) -> None:
         writer, self._writer = self._writer, None

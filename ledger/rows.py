@@ -21,6 +21,9 @@ COLUMNS = ("event_id", "ts", "date", "user_id", "feature", "model", "provider",
            "status", "finish_reason", "tier", "estimated", "cache_hit", "cost_usd",
            "price_source")
 """The columns of ``spend_ledger`` in the order a :class:`LedgerRow` holds them."""
+TYPES = ("text", "timestamptz", "date", "text", "text", "text", "text", "int8", "int8", "int8",
+         "int8", "text", "text", "text", "bool", "bool", "numeric", "text")
+"""PostgreSQL types of :data:`COLUMNS`, for the writer's binary COPY."""
 
 
 class LedgerRow(NamedTuple):
@@ -57,12 +60,14 @@ def ledger_row(event: UsageEvent, pricer: Pricer, tier: str | None = None) -> Le
     tier in the budgets file at the time it was written."""
     priced = pricer.price_event(event)
     ts = event.ts.astimezone(UTC)
+    # Optional in the event contract, absent from older events (and event models): read
+    # from the field values, not getattr (a miss on a pydantic model costs an exception).
+    fields = vars(event)
     return LedgerRow(
         event.event_id, ts, ts.date(), event.user_id, event.feature, event.model,
         _text(event.provider), event.input_tokens, event.output_tokens,
         event.cached_input_tokens,
-        # Optional in the event contract; older events (and models) do not carry them.
-        int(getattr(event, "cache_write_input_tokens", 0) or 0),
+        int(fields.get("cache_write_input_tokens") or 0),
         _text(event.status) or "ok", _text(event.finish_reason), tier, bool(event.estimated),
-        bool(getattr(event, "cache_hit", False)),
+        bool(fields.get("cache_hit")),
         priced.cost if priced.priced else None, priced.source)

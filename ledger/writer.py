@@ -1,6 +1,6 @@
 """Batched, idempotent writes of ledger rows, with the hourly rollup kept in step.
 
-One batch is one transaction: COPY the rows into a temporary table, then one statement
+One batch is one transaction: COPY the rows (binary) into a temporary table, then one statement
 inserts them into ``spend_ledger`` with ``ON CONFLICT DO NOTHING ... RETURNING`` and adds
 exactly the returned (new) rows to ``spend_hourly``. A replayed batch therefore inserts
 nothing and adds nothing: the rollup can never count an event twice, and a batch that
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import date
 from typing import TYPE_CHECKING
 
-from spendstream.ledger.rows import COLUMNS, LedgerRow
+from spendstream.ledger.rows import COLUMNS, TYPES, LedgerRow
 from spendstream.ledger.schema import DDL, LOCK, ROLLUP, TABLE, month_start, partition_ddl
 
 if TYPE_CHECKING:
@@ -100,7 +100,9 @@ class LedgerWriter:
                     "ON COMMIT DELETE ROWS")
                 self._staged = True
             async with self.conn.transaction(), self.conn.cursor() as cur:
-                async with cur.copy(f"COPY {STAGE} ({_COLS}) FROM STDIN") as copy:
+                async with cur.copy(f"COPY {STAGE} ({_COLS}) FROM STDIN (FORMAT BINARY)"
+                                    ) as copy:
+                    copy.set_types(TYPES)
                     for row in rows:
                         await copy.write_row(row)
                 await cur.execute(INSERT)
