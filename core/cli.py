@@ -522,7 +522,7 @@ def _ledger(args: argparse.Namespace, settings: Settings) -> int:
         kept = [n for n, _ in partitions(conn)] if not args.dry_run else []
     verb = "would drop" if args.dry_run else "dropped"
     if not names:
-        print(f"nothing to drop: no whole month of the ledger ends before {args.before}")
+        print(f"nothing to drop: no month of the ledger ends on or before {args.before}")
     else:
         print(f"{verb} {len(names)} partition(s) and their hourly rollup: {', '.join(names)}")
     if kept:

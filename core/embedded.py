@@ -16,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -201,7 +202,12 @@ class EmbeddedPostgres(_Child):
 
     def _binaries(self) -> Path:
         try:
-            from pgserver._commands import POSTGRES_BIN_PATH
+            with warnings.catch_warnings():
+                # pgserver's import asks platformdirs for a runtime dir it does not use here;
+                # without XDG_RUNTIME_DIR (root, containers) that warns on every start.
+                warnings.simplefilter("ignore")
+                from pgserver._commands import POSTGRES_BIN_PATH
+                from pgserver.utils import ensure_user_exists  # noqa: F401 - same import, now
         except ImportError as e:  # pragma: no cover - a dependency
             raise ServiceUnavailable("pgserver is not installed: pip install pgserver") from e
         return Path(POSTGRES_BIN_PATH)
@@ -211,6 +217,7 @@ class EmbeddedPostgres(_Child):
         if os.geteuid() != 0:
             return None
         if self._os_user is None:
+            self._binaries()  # imports pgserver quietly
             import pwd
             import stat
 

@@ -156,4 +156,4 @@ def test_report_from_the_rollup_equals_the_verbatim_queries(database_url):
            for r in report["model_efficiency"]}
     assert got == {m: (round(o, 1).normalize(), None if c is None else round(c, 8).normalize())
                    for m, (o, c) in models.items()}
-    assert report["model_efficiency"][1]["unpriced"] == "2"  # unknown-zz: counted, unpriced
+    assert report["model_efficiency"][1]["unpriced"] == 2  # unknown-zz: counted, unpriced
