@@ -35,14 +35,14 @@ from typing import Any
 import orjson
 import psycopg
 
+from spendstream.contract.event import UsageEvent
+from spendstream.contract.ledger import ledger_row
+from spendstream.domain.budgets import Budgets, parse_budgets
+from spendstream.domain.pricing import Pricer
 from spendstream.ledger.queries import FOUR_QUERIES, Filters
 from spendstream.ledger.report import parse_period
-from spendstream.ledger.rows import ledger_row
 from spendstream.ledger.schema import DDL, ROLLUP, TABLE, partition_ddl
 from spendstream.ledger.writer import LedgerWriter
-from spendstream.producers.budgets import Budgets, parse_budgets
-from spendstream.producers.event import UsageEvent
-from spendstream.producers.pricing import Pricer
 
 SCRATCH = "ss_ledger_bench"
 MACHINE = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -330,7 +330,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from spendstream.producers.budgets import load_budgets
+    from spendstream.domain.budgets import load_budgets
+    from spendstream.extras import require
+
+    require("worker", "worker")
     from spendstream.runner import run_worker
 
     budgets = load_budgets(settings.budgets)
@@ -338,8 +341,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _budgets_for_up(settings: Settings) -> Path:
+    from spendstream.domain.budgets import load_budgets
     from spendstream.examples import EXAMPLE_BUDGETS
-    from spendstream.producers.budgets import load_budgets
     from spendstream.stack import say
 
     path = Path(settings.budgets)
@@ -353,6 +356,9 @@ def _budgets_for_up(settings: Settings) -> Path:
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("local", "up")
     from spendstream.stack import Stack, say
 
     stack = Stack(settings, _budgets_for_up(settings), args.log_level)
@@ -369,6 +375,9 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("local", "demo")
     from spendstream.demo import run_demo
 
     return run_demo(settings, keep_running=args.keep_running, timeout=args.timeout)
@@ -386,7 +395,7 @@ def _init(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
-    from spendstream.producers.budgets import load_budgets
+    from spendstream.domain.budgets import load_budgets
 
     path = args.path or settings.budgets
     b = load_budgets(path)
@@ -404,9 +413,11 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _flags(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.contract import keys
+
     def active(client: Redis) -> list[str]:
         lines = []
-        for pattern in ("cutoff:*", "warn:*"):
+        for pattern in keys.FLAG_PATTERNS:
             for key in sorted(client.scan_iter(settings.redis_prefix + pattern, count=1000)):
                 value, ttl = client.get(key), client.ttl(key)
                 text = value.decode() if isinstance(value, bytes) else (value or "")
@@ -471,25 +482,28 @@ def _redis_call(settings: Settings, action: Callable[[Redis], T]) -> T:
 
 
 def _disable(args: argparse.Namespace, settings: Settings) -> int:
-    import json
     from datetime import UTC, datetime, timedelta
+
+    from spendstream.contract import keys
 
     now = datetime.now(UTC)
     end = now + timedelta(seconds=args.ttl) if args.ttl else None
     stamp = "%Y-%m-%dT%H:%M:%SZ"
     # The worker's flag shape, so `flags`, the guard and other languages read one format.
-    value = {"scope": "feature", "id": args.feature, "reason": args.reason, "level": "cutoff",
-             "spent": "0", "budget": "0", "unit": "switch", "window_start": now.strftime(stamp),
-             "window_end": end.strftime(stamp) if end else None}
-    key = f"{settings.redis_prefix}cutoff:feature:{args.feature}"
-    _redis_call(settings, lambda r: r.set(key, json.dumps(value), ex=args.ttl))
+    value = keys.flag_value("feature", args.feature, args.reason, "cutoff", Decimal(0),
+                            Decimal(0), "switch", now.strftime(stamp),
+                            end.strftime(stamp) if end else None)
+    key = settings.redis_prefix + keys.cutoff_feature(args.feature)
+    _redis_call(settings, lambda r: r.set(key, keys.encode(value), ex=args.ttl))
     until = f"until {value['window_end']}" if end else "until `spendstream enable`"
     print(f"disabled {args.feature} {until}: guards refuse its calls within their cache time")
     return 0
 
 
 def _enable(args: argparse.Namespace, settings: Settings) -> int:
-    key = f"{settings.redis_prefix}cutoff:feature:{args.feature}"
+    from spendstream.contract import keys
+
+    key = settings.redis_prefix + keys.cutoff_feature(args.feature)
     removed = _redis_call(settings, lambda r: r.delete(key))
     print(f"enabled {args.feature}" if removed else f"{args.feature} was not disabled")
     return 0
@@ -516,7 +530,7 @@ def _estimate(args: argparse.Namespace, settings: Settings) -> int:
     from spendstream.estimate import Usage, run_estimate
 
     # The pricer's "unpriced" warning speaks of events; this command's own error says it better.
-    logging.getLogger("spendstream.producers.pricing").setLevel(logging.ERROR)
+    logging.getLogger("spendstream.domain.pricing").setLevel(logging.ERROR)
 
     usage = Usage(args.calls_per_day, args.input_tokens, args.output_tokens,
                   args.cached_fraction)
@@ -529,6 +543,9 @@ def _database_url(settings: Settings) -> str | None:
 
 
 def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("worker", "report")  # psycopg
     from datetime import UTC, datetime
 
     from spendstream.ledger.queries import Filters, connect, report
@@ -542,6 +559,9 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _sql(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("worker", "sql")  # psycopg
     from spendstream.ledger.queries import connect, run
     from spendstream.ledger.report import render_result
 
@@ -553,6 +573,9 @@ def _sql(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _ledger(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("worker", "ledger")  # psycopg
     from spendstream.ledger.queries import connect, partitions, prune
     from spendstream.ledger.schema import next_month
 

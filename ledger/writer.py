@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from spendstream.ledger.rows import COLUMNS, TYPES, LedgerRow
+from spendstream.contract.ledger import COLUMNS, TYPES, LedgerRow
 from spendstream.ledger.schema import DDL, LOCK, ROLLUP, TABLE, month_start, partition_ddl
 
 if TYPE_CHECKING:

@@ -16,12 +16,12 @@ from decimal import Decimal
 import psycopg
 import pytest
 
+from spendstream.contract.event import UsageEvent
+from spendstream.contract.ledger import LedgerRow, ledger_row
+from spendstream.domain.budgets import Price
+from spendstream.domain.pricing import Pricer
 from spendstream.ledger.queries import FOUR_QUERIES
-from spendstream.ledger.rows import LedgerRow, ledger_row
 from spendstream.ledger.writer import LedgerWriter
-from spendstream.producers.budgets import Price
-from spendstream.producers.event import UsageEvent
-from spendstream.producers.pricing import Pricer
 
 pytestmark = [pytest.mark.integration]
 
