@@ -134,3 +134,20 @@ def test_database_url_setting() -> None:
     assert url is not None and "pw" not in repr(url)  # a secret, never printed
     with pytest.raises(ConfigError, match="SPENDSTREAM_DATABASE_URL.*postgresql://"):
         load_settings(database_url="mysql://db/x")
+
+
+def test_without_a_database_url_the_worker_has_no_ledger_and_no_psycopg() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from spendstream.domain.budgets import parse_budgets\n"
+            "from spendstream.runner import ledger_services\n"
+            "from spendstream.settings import Settings\n"
+            "budgets = parse_budgets({'users': {'tiers': {'free': {'usd': 1}}}})\n"
+            "assert ledger_services(Settings(database_url=''), budgets) == []\n"
+            "print('psycopg' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
