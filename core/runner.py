@@ -72,7 +72,8 @@ def run_worker(settings: Settings, budgets: Budgets, loglevel: str = "info") -> 
     gc.collect()
     gc.freeze()  # what start-up built lives as long as the process: never scan it again
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
-    ledger = ledger_services(settings, budgets, app.spendstream["registry"])
+    ledger = ledger_services(settings, budgets,
+                             app.spendstream["registry"])  # type: ignore[attr-defined]
     worker = faust.Worker(app, *ledger, loglevel=loglevel, quiet=True)
     worker.spinner = None  # a terminal spinner mangles logs and files
     logging.getLogger("spendstream").setLevel(logging.INFO)
