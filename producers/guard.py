@@ -41,7 +41,7 @@ from spendstream.domain.admission import (
     refusal,
 )
 from spendstream.domain.budgets import Budgets, Feature
-from spendstream.errors import ServiceUnavailable, Throttled
+from spendstream.errors import ServiceUnavailable, Throttled, UnknownFeature
 from spendstream.producers.ratelimit import SCRIPT, RateDecision, rate_key, script_args
 from spendstream.producers.trim import Fitted, fit
 
@@ -104,14 +104,16 @@ class GuardStats:
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
+    feature: str
+    """The feature as recorded: the caller's name, or ``default_feature``."""
     conf: Feature
     tier: str
     model: str
     max_tokens: int | None
 
 
-_NO_FEATURE = Feature()
-"""A feature missing from the budgets file: no caps, no model (built once, not per call)."""
+_MAX_WARNED = 1_000
+"""Unknown feature names warned about once each; the set is cleared when full."""
 
 
 class _GuardBase:
@@ -135,14 +137,36 @@ class _GuardBase:
         self._down_until = 0.0
         self._down = False
         self._cause = "Redis unreachable"
+        self._warned: set[str] = set()
 
     # -- before the call -------------------------------------------------------------
 
+    def _feature(self, feature: str) -> tuple[str, Feature]:
+        """The feature's entry; an unknown name gets ``default_feature``'s (and is recorded
+        under it) or is refused: a typo is never admitted uncapped."""
+        conf = self.budgets.features.get(feature)
+        if conf is not None:
+            return feature, conf
+        default = self.budgets.default_feature
+        if default is None:
+            known = ", ".join(sorted(self.budgets.features)) or "none"
+            raise UnknownFeature(
+                f"feature {feature!r} is not in the budgets file (known features: {known}); "
+                "fix the name at the call site, add it under features:, or set "
+                "default_feature: to give unknown names a budget")
+        if feature not in self._warned:
+            if len(self._warned) >= _MAX_WARNED:
+                self._warned.clear()
+            self._warned.add(feature)
+            log.warning("feature %r is not in the budgets file: its calls are admitted and "
+                        "recorded as default_feature %r", feature, default)
+        return default, self.budgets.features[default]
+
     def _plan(self, user_id: str, feature: str, model: str | None, max_tokens: int | None,
               tier: str | None) -> _Plan:
-        conf = self.budgets.features.get(feature) or _NO_FEATURE
+        name, conf = self._feature(feature)
         tier = tier or self.budgets.users.tier_of(user_id)
-        return _Plan(conf, tier, choose_model(conf, tier, model, feature),
+        return _Plan(name, conf, tier, choose_model(conf, tier, model, name),
                      choose_max_tokens(conf, max_tokens))
 
     def _cached(self, user_id: str, feature: str) -> FlagSnapshot | None:
@@ -285,6 +309,7 @@ class Guard(_GuardBase):
         """Check flags, rate limit and input budget; raise BudgetExceeded, FeatureDisabled
         or Throttled (all SpendstreamError) or return what the call may use."""
         plan = self._plan(user_id, feature, model, max_tokens, tier)
+        feature = plan.feature
         now = datetime.now(UTC)
         limited = self.rate_limit_per_minute is not None
         snapshot, blind, rated = self._flags(user_id, feature, limited)
@@ -374,6 +399,7 @@ class AsyncGuard(_GuardBase):
                     tier: str | None = None) -> Admission:
         """See :meth:`Guard.admit`."""
         plan = self._plan(user_id, feature, model, max_tokens, tier)
+        feature = plan.feature
         now = datetime.now(UTC)
         limited = self.rate_limit_per_minute is not None
         snapshot, blind, rated = await self._flags(user_id, feature, limited)

@@ -14,6 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
+from spendstream.errors import Unmetered
 from spendstream.producers.guard import Admission
 from spendstream.producers.tokens import count_text
 
@@ -122,6 +123,32 @@ class Passthrough:
         self._inner = inner
 
     def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class GuardedClient(Passthrough):
+    """A wrapped client: the guarded endpoints are set by the subclass; the endpoints that
+    spend money outside them (:attr:`refused`) raise :class:`~spendstream.errors.Unmetered`,
+    the rest (files, models...) pass through. ``unguarded`` is the client itself, for a
+    deliberate call that is metered some other way."""
+
+    refused: frozenset[str] = frozenset({"with_raw_response", "with_streaming_response"})
+
+    def __init__(self, client: Any, guard: Any) -> None:
+        super().__init__(client)
+        self._guard = guard
+
+    @property
+    def unguarded(self) -> Any:
+        """The wrapped client, untouched: calls through it are neither checked nor metered."""
+        return self._inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name in type(self).refused:
+            raise Unmetered(
+                f"client.{name} is not metered by spendstream, so it is refused: use a "
+                "guarded endpoint, or `wrapped.unguarded` deliberately and record the usage "
+                "yourself (guard.admit/record)")
         return getattr(self._inner, name)
 
 
@@ -245,14 +272,27 @@ class AsyncGuardedStream(Passthrough, Generic[T]):
 class GuardedEndpoint(Passthrough):
     """What both wrappers' endpoints share: attributes pass through to the client's own
     endpoint, and a call's outcome is recorded (free when it failed, metered when it
-    streams). Subclasses set :attr:`provider` and :attr:`observe` and read usage."""
+    streams). Subclasses set :attr:`provider` and :attr:`observe` and read usage.
+
+    The raw-response variants (``with_raw_response``, ``with_streaming_response``) would
+    reach the provider without the guard, so they raise :class:`~spendstream.errors.Unmetered`.
+    """
 
     provider: str = ""
     observe: Callable[[StreamMeter, Any], None]
+    refused: frozenset[str] = frozenset({"with_raw_response", "with_streaming_response"})
 
     def __init__(self, inner: Any, guard: Any) -> None:
         super().__init__(inner)
         self._guard = guard
+
+    def __getattr__(self, name: str) -> Any:
+        if name in type(self).refused:
+            raise Unmetered(
+                f"{type(self._inner).__name__}.{name} is not metered by spendstream: call "
+                "the guarded method, or take the unguarded client explicitly with "
+                "`wrapped.unguarded` and record the usage yourself (guard.admit/record)")
+        return getattr(self._inner, name)
 
     def _usage(self, response: Any, admission: Admission) -> dict[str, Any]:
         raise NotImplementedError
@@ -262,17 +302,28 @@ class GuardedEndpoint(Passthrough):
         ``max_tokens``, ``stream`` and ``params(admission)`` for the real call."""
         raise NotImplementedError
 
+    def _admit(self, user_id: str, feature: str, tier: str | None, request: Any) -> Admission:
+        admission: Admission = self._guard.admit(
+            user_id, feature, request.guard_messages, model=request.model,
+            max_tokens=request.max_tokens, tier=tier)
+        return admission
+
+    async def _aadmit(self, user_id: str, feature: str, tier: str | None, request: Any
+                      ) -> Admission:
+        admission: Admission = await self._guard.admit(
+            user_id, feature, request.guard_messages, model=request.model,
+            max_tokens=request.max_tokens, tier=tier)
+        return admission
+
     def _create(self, user_id: str, feature: str, tier: str | None,
-                kwargs: dict[str, Any]) -> Any:
-        """Admit, call the client's own ``create``, record (a failure free, a stream
+                kwargs: dict[str, Any], method: str = "create") -> Any:
+        """Admit, call the client's own ``method``, record (a failure free, a stream
         metered)."""
         request = self._request(kwargs)
-        admission = self._guard.admit(user_id, feature, request.guard_messages,
-                                      model=request.model, max_tokens=request.max_tokens,
-                                      tier=tier)
+        admission = self._admit(user_id, feature, tier, request)
         params = request.params(admission)
         try:
-            response = self._inner.create(**params)
+            response = getattr(self._inner, method)(**params)
         except BaseException:
             self._failed(admission)
             raise
@@ -282,15 +333,13 @@ class GuardedEndpoint(Passthrough):
         return response
 
     async def _acreate(self, user_id: str, feature: str, tier: str | None,
-                       kwargs: dict[str, Any]) -> Any:
+                       kwargs: dict[str, Any], method: str = "create") -> Any:
         """:meth:`_create` for asyncio clients and an ``AsyncGuard``."""
         request = self._request(kwargs)
-        admission = await self._guard.admit(user_id, feature, request.guard_messages,
-                                            model=request.model,
-                                            max_tokens=request.max_tokens, tier=tier)
+        admission = await self._aadmit(user_id, feature, tier, request)
         params = request.params(admission)
         try:
-            response = await self._inner.create(**params)
+            response = await getattr(self._inner, method)(**params)
         except BaseException:
             self._failed(admission)
             raise
@@ -298,6 +347,42 @@ class GuardedEndpoint(Passthrough):
             return AsyncGuardedStream(response, self._meter(admission))
         self._done(admission, response)
         return response
+
+    def _helper(self, user_id: str, feature: str, tier: str | None,
+                kwargs: dict[str, Any]) -> Any:
+        """Admit, then the client's own ``stream(...)`` helper with its stream metered."""
+        from spendstream.producers.wrappers.helpers import GuardedStreamManager
+
+        request = self._request(kwargs)
+        request.stream = True  # ask for the usage a stream reports (OpenAI: include_usage)
+        admission = self._admit(user_id, feature, tier, request)
+        try:
+            manager = self._inner.stream(**request.params(admission))
+        except BaseException:
+            self._failed(admission)
+            raise
+        return GuardedStreamManager(manager, self._meter(admission),
+                                    lambda: self._failed(admission))
+
+    def _ahelper(self, user_id: str, feature: str, tier: str | None,
+                 kwargs: dict[str, Any]) -> Any:
+        """:meth:`_helper` for asyncio clients. ``stream()`` is not awaited in the SDKs
+        (``async with client.messages.stream(...)``), so the guard admits the call when
+        the block is entered."""
+        from spendstream.producers.wrappers.helpers import AsyncGuardedStreamManager
+
+        async def open_() -> tuple[Any, StreamMeter, Callable[[], None]]:
+            request = self._request(kwargs)
+            request.stream = True
+            admission = await self._aadmit(user_id, feature, tier, request)
+            try:
+                manager = self._inner.stream(**request.params(admission))
+            except BaseException:
+                self._failed(admission)
+                raise
+            return manager, self._meter(admission), lambda: self._failed(admission)
+
+        return AsyncGuardedStreamManager(open_)
 
     def _failed(self, admission: Admission) -> None:
         # Failed calls are free: counted, at zero tokens.
