@@ -40,7 +40,7 @@ from spendstream.domain.admission import (
     choose_model,
     refusal,
 )
-from spendstream.domain.budgets import Budgets, Feature
+from spendstream.domain.budgets import Budgets, Feature, Tier
 from spendstream.errors import ServiceUnavailable, Throttled, UnknownFeature
 from spendstream.producers.ratelimit import SCRIPT, RateDecision, rate_key, script_args
 from spendstream.producers.trim import Fitted, fit
@@ -71,9 +71,12 @@ class Admission:
     warning: dict[str, Any] | None = None
     """The user's or feature's warn flag value, if set: show a banner."""
     remaining_usd: Decimal | None = None
+    """What is left of the user's daily USD budget (``None``: the tier has none)."""
     extra: dict[str, Any] = field(default_factory=dict)
     tier: str | None = None
     """The user's tier the model was chosen for."""
+    remaining_tokens: int | None = None
+    """What is left of the user's daily token budget (``None``: the tier has none)."""
 
 
 class EventSink(Protocol):
@@ -108,6 +111,7 @@ class _Plan:
     """The feature as recorded: the caller's name, or ``default_feature``."""
     conf: Feature
     tier: str
+    limit: Tier | None
     model: str
     max_tokens: int | None
 
@@ -165,8 +169,12 @@ class _GuardBase:
     def _plan(self, user_id: str, feature: str, model: str | None, max_tokens: int | None,
               tier: str | None) -> _Plan:
         name, conf = self._feature(feature)
-        tier = tier or self.budgets.users.tier_of(user_id)
-        return _Plan(name, conf, tier, choose_model(conf, tier, model, name),
+        users = self.budgets.users
+        tier = tier or users.tier_of(user_id)
+        limit = users.tiers.get(tier)
+        allowed = limit.allowed_models if limit is not None else None
+        return _Plan(name, conf, tier, limit,
+                     choose_model(conf, tier, model, name, allowed, users.on_model_not_allowed),
                      choose_max_tokens(conf, max_tokens))
 
     def _cached(self, user_id: str, feature: str) -> FlagSnapshot | None:
@@ -239,11 +247,12 @@ class _GuardBase:
 
     def _admission(self, user_id: str, feature: str, plan: _Plan, fitted: Fitted,
                    snapshot: FlagSnapshot, now: datetime) -> Admission:
+        usd, tokens = snapshot.remaining(plan.limit, now)
         return Admission(user_id=user_id, feature=feature, model=plan.model,
                          max_tokens=plan.max_tokens, messages=fitted.messages,
                          input_tokens_local=fitted.tokens, input_exact=fitted.exact,
                          trimmed=fitted.trimmed, warning=snapshot.warning(now),
-                         remaining_usd=snapshot.remaining_usd(now), tier=plan.tier)
+                         remaining_usd=usd, remaining_tokens=tokens, tier=plan.tier)
 
     # -- after the call --------------------------------------------------------------
 
