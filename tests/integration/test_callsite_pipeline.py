@@ -85,7 +85,7 @@ def test_admission_reports_what_is_left_for_usd_token_and_mixed_tiers(pipeline: 
     assert (fresh["acct-t"].remaining_usd, fresh["acct-t"].remaining_tokens) == (None, 10000)
     assert (fresh["acct-b"].remaining_usd, fresh["acct-b"].remaining_tokens) == (
         Decimal("1.00"), 5000)
-    for user, admission in fresh.items():
+    for admission in fresh.values():
         g.record(admission, provider="openai", input_tokens=1000, output_tokens=200)
     for user in fresh:
         pipeline.counted(user, 1)
