@@ -42,7 +42,13 @@ from spendstream.domain.admission import (
 )
 from spendstream.domain.budgets import Budgets, Feature, Tier
 from spendstream.errors import ServiceUnavailable, Throttled, UnknownFeature
-from spendstream.producers.ratelimit import SCRIPT, RateDecision, rate_key, script_args
+from spendstream.producers.ratelimit import (
+    SCRIPT,
+    RateDecision,
+    RateLimit,
+    script_keys_args,
+    user_limits,
+)
 from spendstream.producers.trim import Fitted, fit
 
 if TYPE_CHECKING:
@@ -235,15 +241,39 @@ class _GuardBase:
     def _fit(self, plan: _Plan, messages: list[dict[str, Any]]) -> Fitted:
         return fit(messages, plan.model, plan.conf.max_input_tokens, plan.conf.on_input_over)
 
-    def _throttle(self, user_id: str, decision: RateDecision) -> None:
-        if not decision.admitted:
-            limit = self.rate_limit_per_minute
-            raise Throttled(
-                f"user {user_id} made {decision.count} requests in the last minute (limit "
-                f"{limit}): retry after {decision.retry_at:%H:%M:%S} UTC",
-                reason="requests per minute", spent=Decimal(decision.count),
-                budget=Decimal(limit or 0), unit="requests", resets_at=decision.retry_at,
-                scope="user", subject=user_id)
+    def _limits(self, user_id: str, plan: _Plan, fitted: Fitted) -> list[RateLimit]:
+        """The per-minute limits this call takes a slot of (none: no Redis call for them)."""
+        tier_rates = plan.limit.limits if plan.limit is not None else None
+        if plan.conf.limits is None and tier_rates is None \
+                and self.rate_limit_per_minute is None:
+            return []
+        limits = user_limits(self.prefix, user_id, plan.feature, plan.tier,
+                             feature_rates=plan.conf.limits, tier_rates=tier_rates,
+                             per_user_rpm=self.rate_limit_per_minute,
+                             tokens=fitted.tokens + (plan.max_tokens or 0))
+        for limit in limits:
+            if limit.weight > limit.limit:
+                raise Throttled(
+                    f"user {user_id}: this call needs {limit.weight} tokens (prompt plus "
+                    f"max_tokens), more than {limit.describe()}: shorten the prompt or "
+                    "lower max_tokens", reason=f"{limit.unit} per minute",
+                    spent=Decimal(limit.weight), budget=Decimal(limit.limit), unit=limit.unit,
+                    scope=limit.scope, subject=limit.subject)
+        return limits
+
+    def _throttle(self, user_id: str, limits: list[RateLimit], decision: RateDecision
+                  ) -> None:
+        if decision.admitted:
+            return
+        limit = limits[decision.index]
+        wait = max((decision.retry_at - datetime.now(UTC)).total_seconds(), 0.0)
+        needs = f"; this call needs {limit.weight}" if limit.unit == "tokens" else ""
+        raise Throttled(
+            f"user {user_id}: {limit.describe()} is reached ({decision.used} {limit.unit} "
+            f"in the last minute{needs}): it frees up at {decision.retry_at:%H:%M:%S} UTC, "
+            f"in {wait:.1f} s", reason=f"{limit.unit} per minute", spent=Decimal(decision.used),
+            budget=Decimal(limit.limit), unit=limit.unit, resets_at=decision.retry_at,
+            scope=limit.scope, subject=limit.subject)
 
     def _admission(self, user_id: str, feature: str, plan: _Plan, fitted: Fitted,
                    snapshot: FlagSnapshot, now: datetime) -> Admission:
@@ -320,23 +350,23 @@ class Guard(_GuardBase):
         plan = self._plan(user_id, feature, model, max_tokens, tier)
         feature = plan.feature
         now = datetime.now(UTC)
-        limited = self.rate_limit_per_minute is not None
-        snapshot, blind, rated = self._flags(user_id, feature, limited)
-        self._check(user_id, feature, snapshot, now)
         fitted = self._fit(plan, messages)
+        limits = self._limits(user_id, plan, fitted)
+        snapshot, blind, rated = self._flags(user_id, feature, limits)
+        self._check(user_id, feature, snapshot, now)
         if rated is not None:
-            self._throttle(user_id, RateDecision.from_reply(rated))
-        elif limited and not blind:  # flags came from the cache: the rate still goes to Redis
-            blind = self._rate(user_id)
+            self._throttle(user_id, limits, RateDecision.from_reply(rated))
+        elif limits and not blind:  # flags came from the cache: the limits still go to Redis
+            blind = self._rate(user_id, limits)
         if blind:
             self.stats.failed_open += 1
         return self._admission(user_id, feature, plan, fitted, snapshot, now)
 
-    def _flags(self, user_id: str, feature: str, limited: bool = False
+    def _flags(self, user_id: str, feature: str, limits: list[RateLimit]
                ) -> tuple[FlagSnapshot, bool, Any]:
         """The flags; True when Redis did not answer (the stale snapshot stands in); and,
-        when ``limited`` and Redis was asked, the rate script's reply from the same round
-        trip (one pipeline: the MGET and the rate limit cost one round trip, not two)."""
+        when there are ``limits`` and Redis was asked, the rate script's reply from the
+        same round trip (one pipeline: the MGET and the limits cost one round trip)."""
         snapshot = self._cached(user_id, feature)
         if snapshot is not None:
             return snapshot, False, None
@@ -345,11 +375,11 @@ class Guard(_GuardBase):
             return self._stale(user_id, feature), True, None
         keys = guard_keys(self.prefix, user_id, feature)
         try:
-            if limited:
+            if limits:
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.mget(keys)
-                self._script(keys=[rate_key(self.prefix, user_id)],
-                             args=script_args(self.rate_limit_per_minute or 0, 60.0), client=pipe)
+                rate_keys, rate_args = script_keys_args(limits)
+                self._script(keys=rate_keys, args=rate_args, client=pipe)
                 values, rated = pipe.execute()
             else:
                 values, rated = self.redis.mget(keys), None
@@ -361,20 +391,19 @@ class Guard(_GuardBase):
         self._remember(user_id, feature, snapshot)
         return snapshot, False, rated
 
-    def _rate(self, user_id: str) -> bool:
-        """Take one request from the user's rate; True when Redis did not answer."""
+    def _rate(self, user_id: str, limits: list[RateLimit]) -> bool:
+        """Take a slot of every limit; True when Redis did not answer."""
         if self._redis_skipped():
             self._redis_failed(None)
             return True
-        limit = self.rate_limit_per_minute or 0
+        rate_keys, rate_args = script_keys_args(limits)
         try:
-            reply = self._script(keys=[rate_key(self.prefix, user_id)],
-                                 args=script_args(limit, 60.0))
+            reply = self._script(keys=rate_keys, args=rate_args)
         except (RedisError, OSError) as e:
             self._redis_failed(e)
             return True
         self._redis_ok()
-        self._throttle(user_id, RateDecision.from_reply(reply))
+        self._throttle(user_id, limits, RateDecision.from_reply(reply))
         return False
 
     def close(self) -> None:
@@ -410,21 +439,23 @@ class AsyncGuard(_GuardBase):
         plan = self._plan(user_id, feature, model, max_tokens, tier)
         feature = plan.feature
         now = datetime.now(UTC)
-        limited = self.rate_limit_per_minute is not None
-        snapshot, blind, rated = await self._flags(user_id, feature, limited)
-        self._check(user_id, feature, snapshot, now)
         fitted = self._fit(plan, messages)
+        limits = self._limits(user_id, plan, fitted)
+        snapshot, blind, rated = await self._flags(user_id, feature, limits)
+        self._check(user_id, feature, snapshot, now)
         if rated is not None:
-            self._throttle(user_id, RateDecision.from_reply(rated))
-        elif limited and not blind:
-            blind = await self._rate(user_id)
+            self._throttle(user_id, limits, RateDecision.from_reply(rated))
+        elif limits and not blind:  # flags came from the cache: the limits still go to Redis
+            blind = await self._rate(user_id, limits)
         if blind:
             self.stats.failed_open += 1
         return self._admission(user_id, feature, plan, fitted, snapshot, now)
 
-    async def _flags(self, user_id: str, feature: str, limited: bool = False
-                     ) -> tuple[FlagSnapshot, bool, Any]:
-        """See :meth:`Guard._flags`."""
+    async def _flags(self, user_id: str, feature: str, limits: list[RateLimit]
+               ) -> tuple[FlagSnapshot, bool, Any]:
+        """The flags; True when Redis did not answer (the stale snapshot stands in); and,
+        when there are ``limits`` and Redis was asked, the rate script's reply from the
+        same round trip (one pipeline: the MGET and the limits cost one round trip)."""
         snapshot = self._cached(user_id, feature)
         if snapshot is not None:
             return snapshot, False, None
@@ -433,12 +464,11 @@ class AsyncGuard(_GuardBase):
             return self._stale(user_id, feature), True, None
         keys = guard_keys(self.prefix, user_id, feature)
         try:
-            if limited:
+            if limits:
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.mget(keys)
-                await self._script(keys=[rate_key(self.prefix, user_id)],
-                                   args=script_args(self.rate_limit_per_minute or 0, 60.0),
-                                   client=pipe)
+                rate_keys, rate_args = script_keys_args(limits)
+                await self._script(keys=rate_keys, args=rate_args, client=pipe)
                 values, rated = await pipe.execute()
             else:
                 values, rated = await self.redis.mget(keys), None
@@ -450,20 +480,19 @@ class AsyncGuard(_GuardBase):
         self._remember(user_id, feature, snapshot)
         return snapshot, False, rated
 
-    async def _rate(self, user_id: str) -> bool:
-        """Take one request from the user's rate; True when Redis did not answer."""
+    async def _rate(self, user_id: str, limits: list[RateLimit]) -> bool:
+        """Take a slot of every limit; True when Redis did not answer."""
         if self._redis_skipped():
             self._redis_failed(None)
             return True
-        limit = self.rate_limit_per_minute or 0
+        rate_keys, rate_args = script_keys_args(limits)
         try:
-            reply = await self._script(keys=[rate_key(self.prefix, user_id)],
-                                       args=script_args(limit, 60.0))
+            reply = await self._script(keys=rate_keys, args=rate_args)
         except (RedisError, OSError) as e:
             self._redis_failed(e)
             return True
         self._redis_ok()
-        self._throttle(user_id, RateDecision.from_reply(reply))
+        self._throttle(user_id, limits, RateDecision.from_reply(reply))
         return False
 
     async def aclose(self) -> None:

@@ -13,6 +13,9 @@ end of the window it describes:
 - ``spend:user:{user_id}``, ``spend:feature:{feature}``, ``spend:global:{period}``: live
   spend of the current window, refreshed in batches.
 
+The guard's own keys (not flags): ``rate:user:...`` sorted sets of recent calls (the
+per-minute limits, expiring with their minute).
+
 A cutoff or warn key's value is :func:`flag_value`'s object.
 """
 
@@ -125,6 +128,17 @@ def parse_flag(raw: bytes | str | None) -> dict[str, Any] | None:
 def rate_user(user_id: str) -> str:
     """The sorted set holding a user's recent requests (the guard's rate limit)."""
     return f"rate:user:{user_id}"
+
+
+def rate_feature(user_id: str, feature: str, unit: str) -> str:
+    """The sorted set of a user's recent calls of one feature (``unit`` ``requests`` or
+    ``tokens``): the feature's ``limits``."""
+    return f"rate:user:{user_id}:feature:{feature}:{unit}"
+
+
+def rate_tier(user_id: str, unit: str) -> str:
+    """The sorted set of a user's recent calls of any feature: the tier's ``limits``."""
+    return f"rate:user:{user_id}:tier:{unit}"
 
 
 def spend(scope: Scope, subject: str) -> str:

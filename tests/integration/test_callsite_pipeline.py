@@ -8,15 +8,19 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import openai
 import pytest
 import yaml
+from fake_llm import FakeLLM
+from fake_llm import fake_llm as fake_llm  # re-exported so pytest finds the fixture
 
 from spendstream.contract.keys import spend_user
 from spendstream.domain.budgets import parse_budgets
 from spendstream.embedded import EmbeddedBroker
-from spendstream.errors import ModelNotAllowed
+from spendstream.errors import ModelNotAllowed, Throttled
 from spendstream.producers import SyncEmitter
 from spendstream.producers.guard import Guard
+from spendstream.producers.wrappers import wrap_openai
 from tests.fault.faultkit import Keys, Stack
 from tests.helpers import wait_until
 
@@ -31,6 +35,7 @@ users:
   members: {acct-t: metered, acct-b: both}
 features:
   chat: {usd: 100, max_output_tokens: 500, model: gpt-4o-mini}
+  quick: {usd: 100, max_output_tokens: 50, model: gpt-4o-mini, limits: {rpm: 3}}
 prices:
   gpt-4o-mini: {input: 0.15, output: 0.60}
 """
@@ -121,3 +126,16 @@ def test_a_model_outside_the_tier_is_refused_or_tiered_down(
     finally:
         p.close()
     assert p.worker.proc.returncode == 0, p.worker.output()
+
+
+def test_a_throttled_call_never_reaches_the_provider_or_the_worker(
+        pipeline: Pipeline, fake_llm: FakeLLM) -> None:
+    client = wrap_openai(openai.OpenAI(api_key="t", base_url=fake_llm.openai_url,
+                                       max_retries=0), pipeline.guard)
+    for _ in range(3):
+        client.chat.completions.create(messages=HELLO, user_id="acct-q", feature="quick")
+    with pytest.raises(Throttled, match="feature quick's limit of 3 requests per minute"):
+        client.chat.completions.create(messages=HELLO, user_id="acct-q", feature="quick")
+    assert len(fake_llm.requests) == 3
+    spend = pipeline.counted("acct-q", 3)
+    assert spend["events"] == 3
