@@ -16,6 +16,7 @@ the call path nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -49,6 +50,14 @@ from spendstream.producers.ratelimit import (
     script_keys_args,
     user_limits,
 )
+from spendstream.producers.reservations import (
+    RESERVE,
+    SETTLE,
+    Reservation,
+    ReserveDecision,
+    Reserver,
+)
+from spendstream.producers.reservations import refusal as reservation_refusal
 from spendstream.producers.trim import Fitted, fit
 
 if TYPE_CHECKING:
@@ -83,6 +92,8 @@ class Admission:
     """The user's tier the model was chosen for."""
     remaining_tokens: int | None = None
     """What is left of the user's daily token budget (``None``: the tier has none)."""
+    reservation: Reservation | None = None
+    """The worst-case cost held for this call (``reservations:`` in the budgets file)."""
 
 
 class EventSink(Protocol):
@@ -148,6 +159,7 @@ class _GuardBase:
         self._down = False
         self._cause = "Redis unreachable"
         self._warned: set[str] = set()
+        self._reserver = Reserver(budgets) if budgets.reservations is not None else None
 
     # -- before the call -------------------------------------------------------------
 
@@ -275,14 +287,36 @@ class _GuardBase:
             budget=Decimal(limit.limit), unit=limit.unit, resets_at=decision.retry_at,
             scope=limit.scope, subject=limit.subject)
 
+    def _reservation(self, user_id: str, plan: _Plan, fitted: Fitted) -> Reservation | None:
+        if self._reserver is None:
+            return None
+        return self._reserver.reservation(user_id, plan.model, plan.limit, fitted.tokens,
+                                          plan.max_tokens)
+
+    def _settlement(self, admission: Admission, event: UsageEvent
+                    ) -> tuple[list[str], list[Any]] | None:
+        """The settle script's KEYS and ARGV for a recorded call, if it reserved."""
+        if admission.reservation is None or self._reserver is None:
+            return None
+        actual = self._reserver.actual(admission.reservation, event)
+        return admission.reservation.settle_call(self.prefix, actual, self._reserver.hold)
+
+    def _settle(self, admission: Admission, event: UsageEvent) -> None:
+        """Settle the reservation (the sync and async guards talk to Redis differently)."""
+
+    def _ttl(self) -> float:
+        return self._reserver.ttl if self._reserver is not None else 600.0
+
     def _admission(self, user_id: str, feature: str, plan: _Plan, fitted: Fitted,
-                   snapshot: FlagSnapshot, now: datetime) -> Admission:
+                   snapshot: FlagSnapshot, now: datetime,
+                   reservation: Reservation | None = None) -> Admission:
         usd, tokens = snapshot.remaining(plan.limit, now)
         return Admission(user_id=user_id, feature=feature, model=plan.model,
                          max_tokens=plan.max_tokens, messages=fitted.messages,
                          input_tokens_local=fitted.tokens, input_exact=fitted.exact,
                          trimmed=fitted.trimmed, warning=snapshot.warning(now),
-                         remaining_usd=usd, remaining_tokens=tokens, tier=plan.tier)
+                         remaining_usd=usd, remaining_tokens=tokens, tier=plan.tier,
+                         reservation=reservation)
 
     # -- after the call --------------------------------------------------------------
 
@@ -293,7 +327,8 @@ class _GuardBase:
         """Build and emit the usage event of a finished (or failed, or cut) call.
 
         A failed call is recorded with its ``status`` (the worker counts it at no cost);
-        ``estimated`` marks counts made locally (a stream cut short). Never prices.
+        ``estimated`` marks counts made locally (a stream cut short). The event carries no
+        price (the worker prices it); a reservation is settled to the call's cost.
         """
         event = UsageEvent(
             user_id=admission.user_id, feature=admission.feature,
@@ -304,6 +339,7 @@ class _GuardBase:
             local_input_tokens=admission.input_tokens_local)
         if finish_reason == "length":
             self.stats.length_finishes[admission.feature] += 1
+        self._settle(admission, event)
         if self.emitter is not None:
             if self.emitter.emit(event):
                 self.stats.emitted += 1
@@ -334,6 +370,8 @@ class Guard(_GuardBase):
                                            retry=Retry(NoBackoff(), 0))
                       if isinstance(redis_client, str) else redis_client)
         self._script = self.redis.register_script(SCRIPT)
+        self._reserve_script = self.redis.register_script(RESERVE)
+        self._settle_script = self.redis.register_script(SETTLE)
 
     @classmethod
     def from_settings(cls, settings: Settings, budgets: Budgets,
@@ -358,9 +396,12 @@ class Guard(_GuardBase):
             self._throttle(user_id, limits, RateDecision.from_reply(rated))
         elif limits and not blind:  # flags came from the cache: the limits still go to Redis
             blind = self._rate(user_id, limits)
+        reservation = self._reservation(user_id, plan, fitted)
+        if reservation is not None and (blind or self._reserve(reservation, plan.model)):
+            blind, reservation = True, None
         if blind:
             self.stats.failed_open += 1
-        return self._admission(user_id, feature, plan, fitted, snapshot, now)
+        return self._admission(user_id, feature, plan, fitted, snapshot, now, reservation)
 
     def _flags(self, user_id: str, feature: str, limits: list[RateLimit]
                ) -> tuple[FlagSnapshot, bool, Any]:
@@ -406,6 +447,33 @@ class Guard(_GuardBase):
         self._throttle(user_id, limits, RateDecision.from_reply(reply))
         return False
 
+    def _reserve(self, reservation: Reservation, model: str) -> bool:
+        """Hold the call's worst case or raise BudgetExceeded; True when Redis did not
+        answer (the call goes on unreserved, or ServiceUnavailable when failing closed)."""
+        if self._redis_skipped():
+            self._redis_failed(None)
+            return True
+        keys, args = reservation.reserve_call(self.prefix, self._ttl())
+        try:
+            reply = self._reserve_script(keys=keys, args=args)
+        except (RedisError, OSError) as e:
+            self._redis_failed(e)
+            return True
+        self._redis_ok()
+        decision = ReserveDecision.from_reply(reply)
+        if not decision.admitted:
+            raise reservation_refusal(reservation, decision, model)
+        return False
+
+    def _settle(self, admission: Admission, event: UsageEvent) -> None:
+        call = self._settlement(admission, event)
+        if call is None:
+            return
+        try:
+            self._settle_script(keys=call[0], args=call[1])
+        except (RedisError, OSError):
+            log.debug("settling a reservation failed; it expires by itself", exc_info=True)
+
     def close(self) -> None:
         """Close the Redis connections (the emitter is the caller's to close)."""
         self.redis.close()
@@ -424,6 +492,9 @@ class AsyncGuard(_GuardBase):
                                               retry=AsyncRetry(NoBackoff(), 0))
                       if isinstance(redis_client, str) else redis_client)
         self._script = self.redis.register_script(SCRIPT)
+        self._reserve_script = self.redis.register_script(RESERVE)
+        self._settle_script = self.redis.register_script(SETTLE)
+        self._settling: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings, budgets: Budgets,
@@ -447,12 +518,15 @@ class AsyncGuard(_GuardBase):
             self._throttle(user_id, limits, RateDecision.from_reply(rated))
         elif limits and not blind:  # flags came from the cache: the limits still go to Redis
             blind = await self._rate(user_id, limits)
+        reservation = self._reservation(user_id, plan, fitted)
+        if reservation is not None and (blind or await self._reserve(reservation, plan.model)):
+            blind, reservation = True, None
         if blind:
             self.stats.failed_open += 1
-        return self._admission(user_id, feature, plan, fitted, snapshot, now)
+        return self._admission(user_id, feature, plan, fitted, snapshot, now, reservation)
 
     async def _flags(self, user_id: str, feature: str, limits: list[RateLimit]
-               ) -> tuple[FlagSnapshot, bool, Any]:
+                     ) -> tuple[FlagSnapshot, bool, Any]:
         """The flags; True when Redis did not answer (the stale snapshot stands in); and,
         when there are ``limits`` and Redis was asked, the rate script's reply from the
         same round trip (one pipeline: the MGET and the limits cost one round trip)."""
@@ -495,6 +569,46 @@ class AsyncGuard(_GuardBase):
         self._throttle(user_id, limits, RateDecision.from_reply(reply))
         return False
 
+    async def _reserve(self, reservation: Reservation, model: str) -> bool:
+        """See :meth:`Guard._reserve`."""
+        if self._redis_skipped():
+            self._redis_failed(None)
+            return True
+        keys, args = reservation.reserve_call(self.prefix, self._ttl())
+        try:
+            reply = await self._reserve_script(keys=keys, args=args)
+        except (RedisError, OSError) as e:
+            self._redis_failed(e)
+            return True
+        self._redis_ok()
+        decision = ReserveDecision.from_reply(reply)
+        if not decision.admitted:
+            raise reservation_refusal(reservation, decision, model)
+        return False
+
+    def _settle(self, admission: Admission, event: UsageEvent) -> None:
+        """``record`` is synchronous: the settlement runs as a task on the running loop
+        (outside one, the reservation expires after its ttl); ``aclose`` awaits them."""
+        call = self._settlement(admission, event)
+        if call is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(self._settle_async(call[0], call[1]))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle_async(self, keys: list[str], args: list[Any]) -> None:
+        try:
+            await self._settle_script(keys=keys, args=args)
+        except (RedisError, OSError):
+            log.debug("settling a reservation failed; it expires by itself", exc_info=True)
+
     async def aclose(self) -> None:
-        """Close the Redis connections (the emitter is the caller's to close)."""
+        """Settle what is pending and close the Redis connections (the emitter is the
+        caller's to close)."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
         await self.redis.aclose()

@@ -14,7 +14,9 @@ end of the window it describes:
   spend of the current window, refreshed in batches.
 
 The guard's own keys (not flags): ``rate:user:...`` sorted sets of recent calls (the
-per-minute limits, expiring with their minute).
+per-minute limits, expiring with their minute); ``reserved:user:{user_id}`` and
+``reserved:global`` hashes of the calls in flight's reserved cost, with their
+``...:expiry`` sorted sets (pre-call reservations).
 
 A cutoff or warn key's value is :func:`flag_value`'s object.
 """
@@ -139,6 +141,22 @@ def rate_feature(user_id: str, feature: str, unit: str) -> str:
 def rate_tier(user_id: str, unit: str) -> str:
     """The sorted set of a user's recent calls of any feature: the tier's ``limits``."""
     return f"rate:user:{user_id}:tier:{unit}"
+
+
+RESERVED_GLOBAL: Final = "reserved:global"
+"""Hash of every call in flight's reserved cost (nano-USD) and their total (``_total``)."""
+RESERVED_GLOBAL_EXPIRY: Final = "reserved:global:expiry"
+"""Sorted set: when each global reservation expires (µs)."""
+
+
+def reserved_user(user_id: str) -> str:
+    """Hash of a user's calls in flight: reservation id → nano-USD, and ``_total``."""
+    return f"reserved:user:{user_id}"
+
+
+def reserved_user_expiry(user_id: str) -> str:
+    """Sorted set: when each of the user's reservations expires (µs)."""
+    return f"reserved:user:{user_id}:expiry"
 
 
 def spend(scope: Scope, subject: str) -> str:

@@ -193,7 +193,7 @@ class Reservations(_Strict):
 
     ttl: Duration = 600.0
     """How long a reservation holds when its call is never recorded (a process died)."""
-    hold: Duration = 10.0
+    hold: Duration = 5.0
     """How long a recorded call's actual cost keeps counting as reserved: until the
     worker's live spend includes it (flag latency, a few seconds)."""
 
