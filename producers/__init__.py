@@ -12,7 +12,8 @@ from spendstream.contract.event import MalformedEvent, UsageEvent, decode_event
 from spendstream.domain.budgets import Budgets, load_budgets, parse_budgets
 
 if TYPE_CHECKING:
-    from spendstream.producers.emitter import Emitter, EmitterStats
+    from spendstream.producers._delivery import EmitterStats
+    from spendstream.producers.emitter import Emitter
     from spendstream.producers.sync import SyncEmitter
 
 __all__ = ["Budgets", "Emitter", "EmitterStats", "MalformedEvent", "SyncEmitter", "UsageEvent",
@@ -20,7 +21,7 @@ __all__ = ["Budgets", "Emitter", "EmitterStats", "MalformedEvent", "SyncEmitter"
 
 _LAZY = {
     "Emitter": "spendstream.producers.emitter",
-    "EmitterStats": "spendstream.producers.emitter",
+    "EmitterStats": "spendstream.producers._delivery",
     "SyncEmitter": "spendstream.producers.sync",
 }
 

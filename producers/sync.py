@@ -17,11 +17,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from spendstream.contract.event import UsageEvent
+from spendstream.producers._delivery import EmitterStats
 from spendstream.producers.emitter import (
     DEFAULT_SPILL_MAX_BYTES,
     DEFAULT_TOPIC,
     Emitter,
-    EmitterStats,
     settings_options,
 )
 

@@ -79,10 +79,10 @@ class RollupStage(Stage):
                 self._publish_spend(parts, totals)
             if parts[0] == "f":
                 self._evaluate_feature(parts[1], window_from_key(parts[2], parts[3]), totals,
-                                       now)  # type: ignore[arg-type]
+                                       now)
             elif parts[0] == "g":
                 self._evaluate_global(window_from_key(parts[2], parts[3]), totals,
-                                      now)  # type: ignore[arg-type]
+                                      now)
             elif parts[0] == "drift":
                 self._evaluate_drift(parts[1], window_from_key("day", parts[3]), totals, now)
         self._commit()
@@ -120,7 +120,7 @@ class RollupStage(Stage):
     def _publish_spend(self, parts: list[str], totals: Totals) -> None:
         """Live spend of a feature's current period or a global window, for dashboards."""
         kind, subject, period, wkey = parts
-        window = window_from_key(period, wkey)  # type: ignore[arg-type]
+        window = window_from_key(period, wkey)
         name = keys.spend_feature(subject) if kind == "f" else keys.spend_global(period)
         value: dict[str, Any] = {
             "scope": "feature" if kind == "f" else "global", "id": subject, "period": period,

@@ -9,6 +9,7 @@ the test checks that none of the worker's or the dev stack's packages came with 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -68,8 +69,10 @@ SCRIPT = textwrap.dedent("""
 
 
 def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    # Without PYTHONPATH: a spendstream on it would satisfy pip and shadow the wheel.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run([str(a) for a in args], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
+                          timeout=300, cwd=cwd, env=env)
 
 
 def test_the_sdk_alone_installs_imports_and_emits(tmp_path: Path, broker: EmbeddedBroker,
