@@ -17,6 +17,7 @@ the call path nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -42,6 +43,7 @@ from spendstream.domain.admission import (
     refusal,
 )
 from spendstream.domain.budgets import Budgets, Feature, Tier
+from spendstream.domain.pricing import Pricer
 from spendstream.errors import ServiceUnavailable, Throttled, UnknownFeature
 from spendstream.producers.ratelimit import (
     SCRIPT,
@@ -94,6 +96,8 @@ class Admission:
     """What is left of the user's daily token budget (``None``: the tier has none)."""
     reservation: Reservation | None = None
     """The worst-case cost held for this call (``reservations:`` in the budgets file)."""
+    cache_ttl: float | None = None
+    """Seconds a complete answer may be cached (the feature's ``cache.ttl``); ``None``: off."""
 
 
 class EventSink(Protocol):
@@ -118,6 +122,8 @@ class GuardStats:
     emitted: int = 0
     emit_rejected: int = 0
     """Events the emitter did not accept (its buffer was full)."""
+    cache_answers: int = 0
+    """Calls answered from the response cache."""
     length_finishes: Counter[str] = field(default_factory=Counter)
     """Per feature: answers cut by ``max_tokens`` (``finish_reason == "length"``)."""
 
@@ -160,6 +166,9 @@ class _GuardBase:
         self._cause = "Redis unreachable"
         self._warned: set[str] = set()
         self._reserver = Reserver(budgets) if budgets.reservations is not None else None
+        self._pricer = (self._reserver.pricer if self._reserver is not None
+                        else Pricer(budgets.prices)
+                        if any(f.cache for f in budgets.features.values()) else None)
 
     # -- before the call -------------------------------------------------------------
 
@@ -239,6 +248,12 @@ class _GuardBase:
                                      "and is configured to fail closed; retry shortly "
                                      "or check SPENDSTREAM_REDIS_URL") from error
 
+    def _redis_failed_quietly(self, error: BaseException) -> None:
+        """A cache read or write failed: count it like any failure, never raise (the cache
+        is an optimisation, so even a fail-closed guard goes on to the model)."""
+        with contextlib.suppress(ServiceUnavailable):
+            self._redis_failed(error)
+
     def _stale(self, user_id: str, feature: str) -> FlagSnapshot:
         """During an outage, flags last seen still apply (until their windows end)."""
         hit = self._cache.get((user_id, feature))
@@ -316,7 +331,8 @@ class _GuardBase:
                          input_tokens_local=fitted.tokens, input_exact=fitted.exact,
                          trimmed=fitted.trimmed, warning=snapshot.warning(now),
                          remaining_usd=usd, remaining_tokens=tokens, tier=plan.tier,
-                         reservation=reservation)
+                         reservation=reservation,
+                         cache_ttl=plan.conf.cache.ttl if plan.conf.cache else None)
 
     # -- after the call --------------------------------------------------------------
 
@@ -339,6 +355,27 @@ class _GuardBase:
             local_input_tokens=admission.input_tokens_local)
         if finish_reason == "length":
             self.stats.length_finishes[admission.feature] += 1
+        return self._emit(admission, event)
+
+    def record_hit(self, admission: Admission, *, provider: str | None,
+                   usage: dict[str, Any]) -> UsageEvent:
+        """Record a call answered from the response cache: no tokens, no cost, marked
+        ``cache_hit`` with ``saved_usd`` (what the original call, ``usage``, cost)."""
+        model = usage.get("model") or admission.model
+        saved = None
+        if self._pricer is not None:
+            saved = self._pricer.price(model, provider, int(usage.get("input_tokens") or 0),
+                                       int(usage.get("output_tokens") or 0),
+                                       int(usage.get("cached_input_tokens") or 0))
+        event = UsageEvent(
+            user_id=admission.user_id, feature=admission.feature, model=model,
+            provider=provider, status="ok", finish_reason=usage.get("finish_reason"),
+            cost_usd=Decimal(0), cache_hit=True, saved_usd=saved,
+            local_input_tokens=admission.input_tokens_local)
+        self.stats.cache_answers += 1
+        return self._emit(admission, event)
+
+    def _emit(self, admission: Admission, event: UsageEvent) -> UsageEvent:
         self._settle(admission, event)
         if self.emitter is not None:
             if self.emitter.emit(event):
@@ -474,6 +511,24 @@ class Guard(_GuardBase):
         except (RedisError, OSError):
             log.debug("settling a reservation failed; it expires by itself", exc_info=True)
 
+    def cache_get(self, key: str) -> bytes | None:
+        """A cached answer, or ``None`` (absent, or Redis did not answer: call the model)."""
+        if self._redis_skipped():
+            return None
+        try:
+            value = self.redis.get(key)
+        except (RedisError, OSError) as e:
+            self._redis_failed_quietly(e)
+            return None
+        return value if isinstance(value, bytes) else None
+
+    def cache_put(self, key: str, value: bytes, ttl: float) -> None:
+        """Store an answer for ``ttl`` seconds; a failure only costs the next hit."""
+        try:
+            self.redis.set(key, value, px=max(int(ttl * 1000), 1))
+        except (RedisError, OSError) as e:
+            self._redis_failed_quietly(e)
+
     def close(self) -> None:
         """Close the Redis connections (the emitter is the caller's to close)."""
         self.redis.close()
@@ -605,6 +660,33 @@ class AsyncGuard(_GuardBase):
             await self._settle_script(keys=keys, args=args)
         except (RedisError, OSError):
             log.debug("settling a reservation failed; it expires by itself", exc_info=True)
+
+    async def cache_get(self, key: str) -> bytes | None:
+        """See :meth:`Guard.cache_get`."""
+        if self._redis_skipped():
+            return None
+        try:
+            value = await self.redis.get(key)
+        except (RedisError, OSError) as e:
+            self._redis_failed_quietly(e)
+            return None
+        return value if isinstance(value, bytes) else None
+
+    def cache_put(self, key: str, value: bytes, ttl: float) -> None:
+        """Store an answer (a task on the running loop; ``aclose`` awaits it)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(self._cache_put(key, value, ttl))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _cache_put(self, key: str, value: bytes, ttl: float) -> None:
+        try:
+            await self.redis.set(key, value, px=max(int(ttl * 1000), 1))
+        except (RedisError, OSError) as e:
+            self._redis_failed_quietly(e)
 
     async def aclose(self) -> None:
         """Settle what is pending and close the Redis connections (the emitter is the

@@ -16,7 +16,8 @@ end of the window it describes:
 The guard's own keys (not flags): ``rate:user:...`` sorted sets of recent calls (the
 per-minute limits, expiring with their minute); ``reserved:user:{user_id}`` and
 ``reserved:global`` hashes of the calls in flight's reserved cost, with their
-``...:expiry`` sorted sets (pre-call reservations).
+``...:expiry`` sorted sets (pre-call reservations); ``cache:{feature}:{sha256}`` the
+response cache's answers, expiring after the feature's ``cache.ttl``.
 
 A cutoff or warn key's value is :func:`flag_value`'s object.
 """
@@ -141,6 +142,11 @@ def rate_feature(user_id: str, feature: str, unit: str) -> str:
 def rate_tier(user_id: str, unit: str) -> str:
     """The sorted set of a user's recent calls of any feature: the tier's ``limits``."""
     return f"rate:user:{user_id}:tier:{unit}"
+
+
+def response_cache(feature: str, digest: str) -> str:
+    """A cached answer of one feature: ``digest`` is the SHA-256 of the request."""
+    return f"cache:{feature}:{digest}"
 
 
 RESERVED_GLOBAL: Final = "reserved:global"

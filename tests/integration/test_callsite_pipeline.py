@@ -36,6 +36,7 @@ users:
 features:
   chat: {usd: 100, max_output_tokens: 500, model: gpt-4o-mini}
   quick: {usd: 100, max_output_tokens: 50, model: gpt-4o-mini, limits: {rpm: 3}}
+  faq: {usd: 100, max_output_tokens: 50, model: gpt-4o-mini, cache: {ttl: 1h}}
 prices:
   gpt-4o-mini: {input: 0.15, output: 0.60}
 """
@@ -139,3 +140,16 @@ def test_a_throttled_call_never_reaches_the_provider_or_the_worker(
     assert len(fake_llm.requests) == 3
     spend = pipeline.counted("acct-q", 3)
     assert spend["events"] == 3
+
+
+def test_a_cache_hit_is_counted_by_the_worker_and_costs_nothing(
+        pipeline: Pipeline, fake_llm: FakeLLM) -> None:
+    client = wrap_openai(openai.OpenAI(api_key="t", base_url=fake_llm.openai_url,
+                                       max_retries=0), pipeline.guard)
+    for _ in range(3):
+        client.chat.completions.create(messages=HELLO, user_id="acct-c", feature="faq")
+    assert len(fake_llm.requests) == 1
+    spend = pipeline.counted("acct-c", 3)
+    # Only the first call cost money: 21 x $0.15/M + 17 x $0.60/M.
+    assert (spend["events"], spend["spent_usd"]) == (3, "0.00001335")
+    assert spend["spent_tokens"] == 21 + 17
