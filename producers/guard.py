@@ -165,6 +165,7 @@ class _GuardBase:
         self._down = False
         self._cause = "Redis unreachable"
         self._warned: set[str] = set()
+        self._plans: dict[tuple[str, str, str | None, int | None], _Plan] = {}
         self._reserver = Reserver(budgets) if budgets.reservations is not None else None
         self._pricer = (self._reserver.pricer if self._reserver is not None
                         else Pricer(budgets.prices)
@@ -195,9 +196,22 @@ class _GuardBase:
 
     def _plan(self, user_id: str, feature: str, model: str | None, max_tokens: int | None,
               tier: str | None) -> _Plan:
+        """What the budgets decide for the call; the same arguments always give the same
+        plan, so it is memoised (bounded, like the flag cache)."""
+        tier = tier or self.budgets.users.tier_of(user_id)
+        key = (feature, tier, model, max_tokens)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._new_plan(feature, tier, model, max_tokens)
+            if len(self._plans) >= _MAX_CACHE:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def _new_plan(self, feature: str, tier: str, model: str | None, max_tokens: int | None
+                  ) -> _Plan:
         name, conf = self._feature(feature)
         users = self.budgets.users
-        tier = tier or users.tier_of(user_id)
         limit = users.tiers.get(tier)
         allowed = limit.allowed_models if limit is not None else None
         return _Plan(name, conf, tier, limit,

@@ -90,7 +90,9 @@ class FlagSnapshot:
         ``spent_tokens``, never below 0; no spend key yet means nothing spent."""
         if tier is None:
             return None, None
-        spend = self.live(self.spend_user, now) or {}
+        spend = self.live(self.spend_user, now)
+        if spend is None:  # nothing spent yet today: the whole budget
+            return tier.usd, tier.tokens
         usd = tokens = None
         if tier.usd is not None:
             spent = _decimal(spend.get("spent_usd")) or Decimal(0)
