@@ -47,8 +47,10 @@ from spendstream.domain.pricing import Pricer
 from spendstream.errors import ServiceUnavailable, Throttled, UnknownFeature
 from spendstream.producers.ratelimit import (
     SCRIPT,
+    SETTLE_TOKENS,
     RateDecision,
     RateLimit,
+    TokenSlot,
     script_keys_args,
     user_limits,
 )
@@ -98,6 +100,8 @@ class Admission:
     """The worst-case cost held for this call (``reservations:`` in the budgets file)."""
     cache_ttl: float | None = None
     """Seconds a complete answer may be cached (the feature's ``cache.ttl``); ``None``: off."""
+    token_slot: TokenSlot | None = None
+    """The call's tokens-per-minute entries, corrected to what it used by ``record``."""
 
 
 class EventSink(Protocol):
@@ -338,7 +342,8 @@ class _GuardBase:
 
     def _admission(self, user_id: str, feature: str, plan: _Plan, fitted: Fitted,
                    snapshot: FlagSnapshot, now: datetime,
-                   reservation: Reservation | None = None) -> Admission:
+                   reservation: Reservation | None = None,
+                   limits: list[RateLimit] | None = None) -> Admission:
         usd, tokens = snapshot.remaining(plan.limit, now)
         return Admission(user_id=user_id, feature=feature, model=plan.model,
                          max_tokens=plan.max_tokens, messages=fitted.messages,
@@ -346,6 +351,7 @@ class _GuardBase:
                          trimmed=fitted.trimmed, warning=snapshot.warning(now),
                          remaining_usd=usd, remaining_tokens=tokens, tier=plan.tier,
                          reservation=reservation,
+                         token_slot=TokenSlot.of(limits) if limits else None,
                          cache_ttl=plan.conf.cache.ttl if plan.conf.cache else None)
 
     # -- after the call --------------------------------------------------------------
@@ -423,6 +429,7 @@ class Guard(_GuardBase):
         self._script = self.redis.register_script(SCRIPT)
         self._reserve_script = self.redis.register_script(RESERVE)
         self._settle_script = self.redis.register_script(SETTLE)
+        self._tokens_script = self.redis.register_script(SETTLE_TOKENS)
 
     @classmethod
     def from_settings(cls, settings: Settings, budgets: Budgets,
@@ -452,7 +459,8 @@ class Guard(_GuardBase):
             blind, reservation = True, None
         if blind:
             self.stats.failed_open += 1
-        return self._admission(user_id, feature, plan, fitted, snapshot, now, reservation)
+        return self._admission(user_id, feature, plan, fitted, snapshot, now, reservation,
+                               limits)
 
     def _flags(self, user_id: str, feature: str, limits: list[RateLimit]
                ) -> tuple[FlagSnapshot, bool, Any]:
@@ -518,12 +526,16 @@ class Guard(_GuardBase):
 
     def _settle(self, admission: Admission, event: UsageEvent) -> None:
         call = self._settlement(admission, event)
-        if call is None:
-            return
+        slot = admission.token_slot
         try:
-            self._settle_script(keys=call[0], args=call[1])
+            if call is not None:
+                self._settle_script(keys=call[0], args=call[1])
+            if slot is not None:
+                self._tokens_script(keys=list(slot.keys),
+                                    args=slot.settle_args(event.total_tokens))
         except (RedisError, OSError):
-            log.debug("settling a reservation failed; it expires by itself", exc_info=True)
+            log.debug("settling a call failed; its entries expire by themselves",
+                      exc_info=True)
 
     def cache_get(self, key: str) -> bytes | None:
         """A cached answer, or ``None`` (absent, or Redis did not answer: call the model)."""
@@ -563,6 +575,7 @@ class AsyncGuard(_GuardBase):
         self._script = self.redis.register_script(SCRIPT)
         self._reserve_script = self.redis.register_script(RESERVE)
         self._settle_script = self.redis.register_script(SETTLE)
+        self._tokens_script = self.redis.register_script(SETTLE_TOKENS)
         self._settling: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -592,7 +605,8 @@ class AsyncGuard(_GuardBase):
             blind, reservation = True, None
         if blind:
             self.stats.failed_open += 1
-        return self._admission(user_id, feature, plan, fitted, snapshot, now, reservation)
+        return self._admission(user_id, feature, plan, fitted, snapshot, now, reservation,
+                               limits)
 
     async def _flags(self, user_id: str, feature: str, limits: list[RateLimit]
                      ) -> tuple[FlagSnapshot, bool, Any]:
@@ -659,21 +673,29 @@ class AsyncGuard(_GuardBase):
         """``record`` is synchronous: the settlement runs as a task on the running loop
         (outside one, the reservation expires after its ttl); ``aclose`` awaits them."""
         call = self._settlement(admission, event)
-        if call is None:
+        slot = admission.token_slot
+        if call is None and slot is None:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        task = loop.create_task(self._settle_async(call[0], call[1]))
+        tokens = None if slot is None else (list(slot.keys),
+                                            slot.settle_args(event.total_tokens))
+        task = loop.create_task(self._settle_async(call, tokens))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settle_async(self, keys: list[str], args: list[Any]) -> None:
+    async def _settle_async(self, call: tuple[list[str], list[Any]] | None,
+                            tokens: tuple[list[str], list[Any]] | None) -> None:
         try:
-            await self._settle_script(keys=keys, args=args)
+            if call is not None:
+                await self._settle_script(keys=call[0], args=call[1])
+            if tokens is not None:
+                await self._tokens_script(keys=tokens[0], args=tokens[1])
         except (RedisError, OSError):
-            log.debug("settling a reservation failed; it expires by itself", exc_info=True)
+            log.debug("settling a call failed; its entries expire by themselves",
+                      exc_info=True)
 
     async def cache_get(self, key: str) -> bytes | None:
         """See :meth:`Guard.cache_get`."""

@@ -3,10 +3,11 @@
 Each limit is a sliding log: a sorted set of the admitted calls' times (Redis's own clock,
 so replicas with skewed clocks agree), each entry weighing 1 (requests per minute) or the
 call's tokens (tokens per minute: the prompt plus the ``max_tokens`` granted, the worst
-case known before the call). The script checks every limit that applies to a call (the
-feature's and the tier's, requests and tokens, and the guard's global per-user rate) and
-takes a slot in all of them or in none, atomically, so N replicas share one limit instead
-of N times it. A refusal names the limit and when enough of its window frees.
+case known before the call, corrected by ``record`` to what the call used). The script
+checks every limit that applies to a call (the feature's and the tier's, requests and
+tokens, and the guard's global per-user rate) and takes a slot in all of them or in none,
+atomically, so N replicas share one limit instead of N times it. A refusal names the
+limit and when enough of its window frees.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class RateLimit:
     scope: str
     """``feature``, ``tier`` or ``user`` (the guard's ``rate_limit_per_minute``)."""
     subject: str
+    member: str
+    """The call's entry in the sorted set (one id per call, shared by its limits)."""
 
     def describe(self) -> str:
         """``feature chat's limit of 20 requests per minute``."""
@@ -85,9 +88,10 @@ def user_limits(prefix: str, user_id: str, feature: str, tier: str, *,
     ``tier_rates`` are the budgets file's ``limits`` (``rpm``/``tpm``, or ``None``);
     ``tokens`` is what the call may use (prompt plus ``max_tokens``)."""
     out: list[RateLimit] = []
+    member = uuid.uuid4().hex
     if per_user_rpm is not None:
         out.append(RateLimit(prefix + keys.rate_user(user_id), per_user_rpm, 1, "requests",
-                             "user", user_id))
+                             "user", user_id, member))
     for scope, subject, rates in (("feature", feature, feature_rates),
                                   ("tier", tier, tier_rates)):
         if rates is None:
@@ -96,19 +100,56 @@ def user_limits(prefix: str, user_id: str, feature: str, tier: str, *,
             return prefix + (keys.rate_feature(user_id, feature, unit) if scope == "feature"
                              else keys.rate_tier(user_id, unit))
         if rates.rpm is not None:
-            out.append(RateLimit(key("requests"), rates.rpm, 1, "requests", scope, subject))
+            out.append(RateLimit(key("requests"), rates.rpm, 1, "requests", scope, subject,
+                                 member))
         if rates.tpm is not None:
             out.append(RateLimit(key("tokens"), rates.tpm, max(tokens, 1), "tokens", scope,
-                                 subject))
+                                 subject, member))
     return out
 
 
 def script_keys_args(limits: Sequence[RateLimit]) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of :data:`SCRIPT` for ``limits``; the member is unique per call."""
-    args: list[Any] = [WINDOW_US, uuid.uuid4().hex]
+    """KEYS and ARGV of :data:`SCRIPT` for ``limits`` (at least one)."""
+    args: list[Any] = [WINDOW_US, limits[0].member]
     for limit in limits:
         args += [limit.limit, limit.weight]
     return [limit.key for limit in limits], args
+
+
+SETTLE_TOKENS = """
+for i = 1, #KEYS do
+  local score = redis.call('ZSCORE', KEYS[i], ARGV[1] .. ':' .. ARGV[2])
+  if score then
+    redis.call('ZREM', KEYS[i], ARGV[1] .. ':' .. ARGV[2])
+    redis.call('ZADD', KEYS[i], score, ARGV[1] .. ':' .. ARGV[3])
+  end
+end
+return 1
+"""
+"""KEYS = a call's tokens-per-minute sets; ARGV = its member, the tokens it took at admit,
+the tokens it used. The entry keeps its time; only its weight changes."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSlot:
+    """A call's entries in the tokens-per-minute limits, corrected by ``record``: admit
+    counts the worst case (prompt plus ``max_tokens``), the answer usually uses less."""
+
+    keys: tuple[str, ...]
+    member: str
+    weight: int
+
+    @classmethod
+    def of(cls, limits: Sequence[RateLimit]) -> TokenSlot | None:
+        """The tokens limits' slot of a call, ``None`` without such limits."""
+        tokens = [limit for limit in limits if limit.unit == "tokens"]
+        if not tokens:
+            return None
+        return cls(tuple(limit.key for limit in tokens), tokens[0].member, tokens[0].weight)
+
+    def settle_args(self, used: int) -> list[Any]:
+        """ARGV of :data:`SETTLE_TOKENS` for a call that used ``used`` tokens."""
+        return [self.member, self.weight, max(used, 0)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,3 +126,26 @@ async def test_async_guard_applies_the_same_limits(redis_url: str, uid: str) -> 
     with pytest.raises(Throttled, match="feature chat's limit of 3 requests"):
         await g.admit("acct-pro", "chat", HELLO)
     await g.aclose()
+
+
+def test_record_corrects_the_tokens_taken_to_what_the_call_used(redis_url: str,
+                                                                 uid: str) -> None:
+    budgets = parse_budgets({"features": {"chat": {
+        "model": "gpt-4o-mini", "max_output_tokens": 300, "limits": {"tpm": 1000}}}})
+    g = Guard(redis_url, budgets, prefix=f"tpmset-{uid}:", cache_ttl=0.0)
+    prompt = count_messages(HELLO, "gpt-4o-mini").tokens
+    for _ in range(10):  # each answered in 20 tokens: its slot shrinks from prompt + 300
+        call = g.admit("u", "chat", HELLO)
+        g.record(call, provider="openai", input_tokens=prompt, output_tokens=20)
+    used = 10 * (prompt + 20)
+    assert 10 * (prompt + 300) > 1000  # the worst case alone would have refused some
+    pending = []
+    with pytest.raises(Throttled) as e:
+        for _ in range(10):
+            pending.append(g.admit("u", "chat", HELLO))  # in flight: worst case held
+    assert len(pending) == (1000 - used) // (prompt + 300)
+    assert e.value.spent == used + len(pending) * (prompt + 300)
+    # A failed call used nothing: its slot is freed and the next call fits again.
+    g.record(pending[0], provider="openai", input_tokens=0, output_tokens=0, status="error")
+    g.admit("u", "chat", HELLO)
+    g.close()
