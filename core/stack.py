@@ -20,10 +20,10 @@ from spendstream.redact import redact_url
 from spendstream.settings import Settings
 
 
-def _port_free(port: int) -> bool:
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return False
         return True
@@ -87,7 +87,7 @@ class Stack:
             self.redis.start()
             self.redis_url = self.redis.url
         port = self.settings.metrics_port
-        if port and not _port_free(port):
+        if port and not _port_free(port, "0.0.0.0"):  # where the worker listens
             port = free_port()
         env = dict(os.environ, SPENDSTREAM_KAFKA_URL=self.kafka_url,
                    SPENDSTREAM_REDIS_URL=self.redis_url,
