@@ -59,8 +59,10 @@ class GuardedOpenAI(GuardedClient):
         completions = (AsyncCompletions if is_async else Completions)(
             client.chat.completions, guard)
         self.chat = _Chat(client.chat, completions)
-        self.responses: Responses | AsyncResponses = (
-            AsyncResponses if is_async else Responses)(client.responses, guard)
+        responses = getattr(client, "responses", None)  # openai < 1.66 has no Responses API
+        if responses is not None:
+            self.responses: Responses | AsyncResponses = (
+                AsyncResponses if is_async else Responses)(responses, guard)
         self.embeddings: Embeddings | AsyncEmbeddings = (
             AsyncEmbeddings if is_async else Embeddings)(client.embeddings, guard)
 
