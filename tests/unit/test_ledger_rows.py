@@ -63,6 +63,8 @@ def test_row_fields_follow_columns_and_date_is_the_utc_day() -> None:
     assert row.tier == "pro" and row.estimated is True and row.cache_hit is False
     assert row.finish_reason == "len\ufffdgth"  # PostgreSQL text cannot hold NUL
     assert row.cache_write_input_tokens == 0
+    assert ledger_row(event(cache_hit=True, input_tokens=0, output_tokens=0), PRICER
+                      ).cache_hit is True
 
 
 @pytest.mark.parametrize(("day", "name", "first", "after"), [
