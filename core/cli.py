@@ -33,6 +33,7 @@ Start here:
   spendstream check           validate budgets.yaml and print what it means
   spendstream worker          production: run against SPENDSTREAM_KAFKA_URL / _REDIS_URL
   spendstream flags           list active cutoff and warn flags in Redis
+  spendstream health          is the worker on this host counting? (for health checks)
   spendstream disable FEATURE kill switch: guards refuse the feature (enable undoes it)
   spendstream audit           does a provider count more prompt tokens than it was sent?
   spendstream estimate        monthly cost of a feature from calls/day and tokens/call
@@ -48,11 +49,24 @@ with --settings.
 T = TypeVar("T")
 
 
+def _version() -> str:
+    """The installed distribution's version (the package's own when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("spendstream")
+    except PackageNotFoundError:
+        from spendstream import __version__
+
+        return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spendstream", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", type=Path, metavar="FILE",
                    help="a KEY=value env file read before the environment (e.g. .env)")
+    p.add_argument("--version", action="version", version=f"spendstream {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     w = sub.add_parser("worker", help="run the stream workers against the configured Kafka/Redis",
@@ -86,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
                        "exit 2 naming each bad key otherwise.")
     c.add_argument("path", nargs="?", type=Path, help="defaults to SPENDSTREAM_BUDGETS")
 
+    h = sub.add_parser("health", help="is the local worker counting? (exit 0 ready, 1 not)",
+                       description="Ask the worker on this host (its /healthz on "
+                       "SPENDSTREAM_METRICS_PORT) whether it holds partitions, has recovered "
+                       "its state and is counting. For container health checks: exit 0 when "
+                       "ready, 1 when not, with the reason.")
+    h.add_argument("--host", default="127.0.0.1", help="where the worker listens "
+                   "(default: %(default)s)")
+    h.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
     sub.add_parser("flags", help="list active cutoff and warn flags in Redis",
                    description="Scan SPENDSTREAM_REDIS_URL for cutoff/warn keys and print "
                    "each with its reason, spend and time to live.")
@@ -396,6 +418,26 @@ def _flags(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _health(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = f"http://{args.host}:{settings.metrics_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as r:
+            body = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        body = json.loads(e.read() or b"{}")
+    except (OSError, ValueError) as e:
+        print(f"not ready: no worker answers at {url} ({e})")
+        return 1
+    partitions = ", ".join(map(str, body.get("partitions", []))) or "none"
+    print(f"{'ready' if body.get('ready') else 'not ready'}: {body.get('reason')} "
+          f"(partitions: {partitions})")
+    return 0 if body.get("ready") else 1
+
+
 def _redis_call(settings: Settings, action: Callable[[Redis], T]) -> T:
     import redis
     from redis.exceptions import AuthenticationError, RedisError
@@ -533,5 +575,5 @@ def _ledger(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "worker": _worker, "up": _up, "demo": _demo, "init": _init, "check": _check, "flags": _flags,
     "disable": _disable, "enable": _enable, "audit": _audit, "estimate": _estimate,
-    "report": _report, "sql": _sql, "ledger": _ledger,
+    "report": _report, "sql": _sql, "ledger": _ledger, "health": _health,
 }

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from spendstream.embedded import EmbeddedBroker, EmbeddedPostgres, EmbeddedRedis
+from spendstream.embedded import EmbeddedBroker, EmbeddedPostgres, EmbeddedRedis, free_port
 from spendstream.errors import ServiceUnavailable
 from spendstream.redact import redact_url
 from spendstream.settings import Settings
@@ -92,12 +92,19 @@ class Stack:
             self.redis_url = self.redis.url
         self._start_postgres()
         assert self.database_url is not None
+        port = self.settings.metrics_port
+        if port and not _port_free(port):
+            port = free_port()
         env = dict(os.environ, SPENDSTREAM_KAFKA_URL=self.kafka_url,
                    SPENDSTREAM_REDIS_URL=self.redis_url,
                    SPENDSTREAM_BUDGETS=str(self.budgets_path),
                    SPENDSTREAM_REDIS_PREFIX=self.settings.redis_prefix,
-                   SPENDSTREAM_DATABASE_URL=self.database_url)
+                   SPENDSTREAM_DATABASE_URL=self.database_url,
+                   SPENDSTREAM_METRICS_PORT=str(port))
         say(f"starting the worker (budgets: {self.budgets_path})")
+        if port:
+            say(f"worker metrics: http://127.0.0.1:{port}/metrics, health: "
+                f"http://127.0.0.1:{port}/healthz")
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "spendstream", "worker", "--log-level", self.worker_log_level],
             env=env)

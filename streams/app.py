@@ -7,8 +7,10 @@ Wiring only: the logic lives in ``stages.py`` over ports; here faust tables beco
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import faust
@@ -25,6 +27,7 @@ from spendstream.settings import Settings
 from spendstream.streams.consumer import WorkerApp
 from spendstream.streams.flags import RedisFlagSink
 from spendstream.streams.memory import trim as trim_memory
+from spendstream.streams.observe import BatchTimer, Health, ObservabilityServer, Sources
 from spendstream.streams.rollup_stage import RollupStage
 from spendstream.streams.stages import Counters
 from spendstream.streams.state import BatchedState
@@ -102,6 +105,45 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def consumer_lag(app: faust.App, topic: str) -> dict[int, int]:
+    """Records of ``topic`` behind each assigned partition's high watermark (as the last
+    fetch response reported it) that the worker has not read yet."""
+    consumer = app.consumer
+    lag: dict[int, int] = {}
+    for tp in consumer.assignment():
+        if tp.topic != topic:
+            continue
+        high = consumer.highwater(tp)
+        read = consumer._read_offset.get(tp)  # faust: last offset handed to the agent
+        if high is not None:
+            lag[tp.partition] = max(0, high - (read + 1 if read is not None else 0))
+    return lag
+
+
+def worker_health(app: faust.App, topic: str) -> Health:
+    """Ready while partitions of ``topic`` are assigned, recovered and not rebalancing."""
+    try:
+        consumer = app.consumer
+    except Exception:  # before faust built its consumer
+        return Health(False, "starting")
+    partitions = tuple(sorted(tp.partition for tp in consumer.assignment() if tp.topic == topic))
+    if app.rebalancing:
+        return Health(False, "rebalancing", partitions)
+    if not app.tables.recovery.completed.is_set():
+        return Health(False, "recovering state", partitions)
+    if not partitions:
+        return Health(False, f"no partition of {topic} assigned (more workers than "
+                      "partitions?)", partitions)
+    return Health(True, "counting", partitions)
+
+
+def current_spend(live: Mapping[str, tuple[Decimal, Decimal | None, int]]
+                  ) -> dict[str, tuple[Decimal, Decimal | None]]:
+    """Each feature's spend and budget in its period, if that period has not ended."""
+    now = time.time()
+    return {f: (usd, budget) for f, (usd, budget, end) in live.items() if end > now}
+
+
 def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
               pricer: Pricer | None = None, partitions: dict[str, int] | None = None,
               **faust_options: Any) -> faust.App:
@@ -163,15 +205,24 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
     app.spendstream = {"counters": counters, "flags": flags,  # type: ignore[attr-defined]
                        "dispatcher": dispatcher}
 
+    batches = BatchTimer()
+    observed = ObservabilityServer(Sources(
+        counters, flags, dispatcher, batches, lag=lambda: consumer_lag(app, settings.topic),
+        feature_spend=lambda: current_spend(features.live),
+        health=lambda: worker_health(app, settings.topic)), settings.metrics_port)
+
     @app.service
     class Sinks(Service):
-        """Starts the Redis flag sink and the alert dispatcher with the worker."""
+        """Starts the Redis flag sink, the alert dispatcher and /metrics with the worker."""
 
         async def on_start(self) -> None:
             flags.start()
             await dispatcher.start()
+            if settings.metrics_port:
+                await observed.start()
 
         async def on_stop(self) -> None:
+            await observed.stop()
             await dispatcher.stop()
             await flags.stop()
 
@@ -195,7 +246,7 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
         # take_events exists on faust's Stream but is missing from its StreamT interface.
         async for events in stream.take_events(  # type: ignore[attr-defined]
                 BATCH, within=settings.flush_interval):
-            now = utcnow()
+            started, now = time.perf_counter(), utcnow()
             if ledger.fresh:
                 for p in {ev.message.partition for ev in events} & ledger.fresh:
                     users.resend(p)
@@ -215,6 +266,7 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                         await finish_users(now)
                         weight = 0
             await finish_users(now)
+            batches.observe(time.perf_counter() - started)
 
     async def finish_users(now: datetime) -> None:
         """Judge, log the state and forward the partials of what was folded so far."""

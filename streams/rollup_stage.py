@@ -28,9 +28,14 @@ class RollupStage(Stage):
     a replayed or reordered forward cannot count anything twice.
     """
 
+    live: dict[str, tuple[Decimal, Decimal | None, int]]
+    """Each feature's spend in its newest period, its USD budget and that period's end
+    (epoch seconds): what /metrics shows."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._parts: dict[tuple[int, str], dict[str, list[Any]]] = {}
+        self.live = {}
 
     def process(self, partition: int, source: int, version: int,
                 parts: dict[str, dict[str, Any]]) -> None:
@@ -125,6 +130,9 @@ class RollupStage(Stage):
         conf = self.budgets.features.get(subject) if kind == "f" else None
         if conf is not None and conf.usd is not None:
             value["budget_usd"] = str(conf.usd)
+        newest = self.live.get(subject)
+        if kind == "f" and (newest is None or window.end_epoch >= newest[2]):
+            self.live[subject] = (totals.usd, conf.usd if conf else None, window.end_epoch)
         self.flags.set(name, value, window.end_epoch, extend_only=True)
 
     def _evaluate_feature(self, feature: str, window: Window, totals: Totals, now: datetime

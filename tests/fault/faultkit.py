@@ -10,7 +10,6 @@ state directory and key prefix are its own.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import orjson
 import redis
 
 from spendstream.streams.topics import ensure_topics
-from tests.helpers import WorkerProcess, read_topic, send_in_order
+from tests.helpers import WorkerProcess, read_topic, send_in_order, worker_env
 
 Message = tuple[bytes | None, bytes | None]
 KINDS = ("global", "feature", "user")
@@ -46,9 +45,11 @@ class Worker(WorkerProcess):
     def __init__(self, env: dict[str, str], log: Path, log_level: str = "info") -> None:
         self.log = log
         self._out = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.env = worker_env(env)
+        self.metrics_port = int(self.env["SPENDSTREAM_METRICS_PORT"])
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "spendstream", "worker", "--log-level", log_level],
-            env={**os.environ, **env}, stdout=self._out, stderr=subprocess.STDOUT)
+            env=self.env, stdout=self._out, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         """Everything the worker printed so far (also after :meth:`stop`)."""

@@ -1,8 +1,8 @@
-"""The README's Guard example, run as written against a real Redis."""
+"""The guard example (README's front page and docs/sdk.md), run as written against a real
+Redis."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -10,17 +10,18 @@ import pytest
 import redis
 
 from spendstream.embedded import free_port
+from tests.docs import ROOT, block_under
 
 pytestmark = pytest.mark.integration
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = ROOT / "README.md"
 
 
 def guard_example() -> str:
-    section = README.read_text().split("\n## Guard\n", 1)[1].split("\n## ", 1)[0]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "the README's Guard section has no python example"
-    return match.group(1)
+    """The README's example, which must be the SDK guide's too (one example, one test)."""
+    front = block_under(README, "## At the call site")
+    assert front == block_under(ROOT / "docs" / "sdk.md", "## Guard")
+    return front
 
 
 def test_readme_guard_example(redis_url: str, uid: str, tmp_path: Path,

@@ -1,13 +1,12 @@
-"""The README's examples are the files a test runs: the app example and the budgets file."""
+"""The documented examples are the files a test runs: the app example and the budgets file;
+the README opens with the two commands."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import orjson
 import pytest
@@ -15,25 +14,23 @@ import redis
 
 from spendstream.examples import EXAMPLE_BUDGETS
 from spendstream.streams.topics import ensure_topics
+from tests.docs import ROOT, block_under, blocks
 from tests.helpers import read_topic
 
-ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text()
+README = ROOT / "README.md"
 
 
-def code_blocks() -> list[str]:
-    return re.findall(r"```(?:python|yaml|bash)\n(.*?)```", README, flags=re.S)
-
-
-def test_readme_shows_the_app_example_and_the_budgets_file_verbatim():
+def test_docs_show_the_app_example_and_the_budgets_file_verbatim():
     app = (ROOT / "examples" / "app.py").read_text()
     body = app.split("\n\n\ndef call_model")[0].split('"""\n\n', 1)[1]
-    assert any(body.strip() in block for block in code_blocks())
-    assert any(EXAMPLE_BUDGETS.split("\n", 1)[1].strip() in block for block in code_blocks())
+    assert body.strip() == block_under(ROOT / "docs" / "sdk.md",
+                                       "## Emit usage from an application").strip()
+    budgets = block_under(ROOT / "docs" / "budgets.md", "# The budgets file", "yaml")
+    assert EXAMPLE_BUDGETS.split("\n", 1)[1].strip() in budgets
 
 
 def test_readme_opens_with_the_two_commands():
-    first_blocks = code_blocks()[:2]
+    first_blocks = blocks(README, "bash")[:2]
     assert "spendstream demo" in first_blocks[0]
     assert "pytest" in first_blocks[1]
     ci = (ROOT / ".ci" / "run").read_text()
