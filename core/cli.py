@@ -369,7 +369,7 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     stack = Stack(settings, _budgets_for_up(settings), args.log_level)
     try:
         stack.start()
-        say("up. Point your apps at it with:")
+        say(f"up. The dashboard: {stack.dashboard_url}. Point your apps at it with:")
         say(f"  {stack.env_hint()}")
         say("Ctrl-C to stop.")
         return stack.wait()

@@ -186,5 +186,6 @@ async def test_kill_switch_needs_the_token_and_the_guard_refuses(writable, runni
     finally:
         r = await writable.post("/api/features/chat/enable", headers=auth)
     assert (await r.json())["was_disabled"] is True
-    wait_until(lambda: guard.admit("acct-0", "chat", msgs, model="gpt-4o"), 5, "chat admitted again")
+    wait_until(lambda: guard.admit("acct-0", "chat", msgs, model="gpt-4o"), 5,
+               "chat admitted again")
     guard.close()
