@@ -173,6 +173,11 @@ examples:
     r.add_argument("--top", type=int, default=20, metavar="N",
                    help="rows in the top features and top users (default: %(default)s)")
     r.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    r.add_argument("--digest", action="store_true",
+                   help="print the weekly digest instead: per feature the last 7 days' spend, "
+                   "month to date against the pro-rated budget (over / on track / under) and "
+                   "the top movers; the worker posts the same text to Slack at "
+                   "SPENDSTREAM_DIGEST_AT (e.g. 'mon 09:00' UTC)")
 
     q = sub.add_parser(
         "sql", help="run one read-only SQL query against the ledger",
@@ -548,6 +553,14 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
     from spendstream.ledger.queries import Filters, connect, report
     from spendstream.ledger.report import parse_period, render_report
 
+    if args.digest:
+        from spendstream.dashboard.digest import build, render
+        from spendstream.producers.budgets import load_budgets
+
+        budgets = load_budgets(settings.budgets)
+        with connect(_database_url(settings), read_only=True) as conn:
+            print(render(build(conn, budgets, datetime.now(UTC))))
+        return 0
     start, end = parse_period(args.period, datetime.now(UTC))
     with connect(_database_url(settings), read_only=True) as conn:
         result = report(conn, Filters(start, end, args.feature, args.user), args.top)

@@ -1,13 +1,13 @@
 """What the dashboard asks the spend ledger: sums by user, feature or model for a period,
-spend per hour, and spend since a time. Hour-aligned periods read the hourly rollup
-(``spend_hourly``); a period starting inside an hour reads the rows (``cost_logs``)."""
+and spend per hour. Whole hours are read from the hourly rollup (``spend_hourly``), the
+part-hours at the ends of a period from the rows (``cost_logs``)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -66,31 +66,39 @@ class LedgerReader:
                 self._conn = None
 
 
-def _aligned(t: datetime) -> bool:
-    return t.minute == 0 and t.second == 0 and t.microsecond == 0
+def _floor(t: datetime) -> datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil(t: datetime) -> datetime:
+    return t if _floor(t) == t else _floor(t) + timedelta(hours=1)
 
 
 def spend_by(conn: psycopg.Connection[tuple[Any, ...]], by: Dimension, start: datetime,
              end: datetime, feature: str | None = None, user: str | None = None,
              top: int | None = None) -> list[SpendRow]:
-    """Spend per ``by`` in ``[start, end)``, largest first (unpriced calls add nothing)."""
+    """Spend per ``by`` in ``[start, end)``, largest first (unpriced calls add nothing).
+
+    Whole hours come from the rollup; the part-hours at either end from the rows.
+    """
     col = COLUMN[by]
-    if _aligned(start) and _aligned(end):
-        source, time_col, calls, cost, unpriced = (
-            ROLLUP, "hour", "SUM(calls)", "SUM(cost_usd)", "SUM(unpriced)")
-    else:
-        source, time_col, calls, cost, unpriced = (
-            VIEW, "ts", "COUNT(*)", "COALESCE(SUM(cost_usd), 0)",
-            "COUNT(*) FILTER (WHERE cost_usd IS NULL)")
-    where = [f"{time_col} >= %(start)s", f"{time_col} < %(end)s"]
-    if feature is not None:
-        where.append("feature = %(feature)s")
-    if user is not None:
-        where.append("user_id = %(user)s")
+    extra = "".join(f" AND {c} = %({n})s" for c, n, v in (
+        ("feature", "feature", feature), ("user_id", "user", user)) if v is not None)
     limit = "" if top is None else " LIMIT %(top)s"
-    result = run(conn, f"SELECT {col}, {calls}, {cost} AS spend, {unpriced} FROM {source} "
-                 f"WHERE {' AND '.join(where)} GROUP BY {col} ORDER BY spend DESC, {col}{limit}",
-                 {"start": start, "end": end, "feature": feature, "user": user, "top": top})
+    query = f"""
+        SELECT key, SUM(calls), SUM(cost) AS spend, SUM(unpriced) FROM (
+            SELECT {col} AS key, calls, cost_usd AS cost, unpriced FROM {ROLLUP}
+            WHERE hour >= %(inner_start)s AND hour < %(inner_end)s{extra}
+            UNION ALL
+            SELECT {col}, 1, COALESCE(cost_usd, 0), (cost_usd IS NULL)::int FROM {VIEW}
+            WHERE ((ts >= %(start)s AND ts < %(head_end)s)
+                   OR (ts >= %(tail_start)s AND ts < %(end)s)){extra}
+        ) parts GROUP BY key ORDER BY spend DESC, key{limit}"""
+    inner_start, inner_end = _ceil(start), _floor(end)
+    result = run(conn, query, {
+        "start": start, "end": end, "inner_start": inner_start, "inner_end": inner_end,
+        "head_end": min(inner_start, end), "tail_start": max(inner_end, inner_start),
+        "feature": feature, "user": user, "top": top})
     return [SpendRow(str(k), int(n), Decimal(s), int(u)) for k, n, s, u in result.rows]
 
 
