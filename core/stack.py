@@ -24,10 +24,10 @@ DASHBOARD_PORT = 8642
 """The dashboard's port in `up` and `demo` (another free one when it is taken)."""
 
 
-def _port_free(port: int) -> bool:
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return False
         return True
@@ -104,7 +104,7 @@ class Stack:
         self._start_postgres()
         assert self.database_url is not None
         port = self.settings.metrics_port
-        if port and not _port_free(port):
+        if port and not _port_free(port, "0.0.0.0"):  # where the worker listens
             port = free_port()
         env = dict(os.environ, SPENDSTREAM_KAFKA_URL=self.kafka_url,
                    SPENDSTREAM_REDIS_URL=self.redis_url,

@@ -1,7 +1,7 @@
 """The operator's kill switch: a feature's cutoff flag, written by ``spendstream disable``
 and the dashboard, removed by ``spendstream enable`` and the dashboard.
 
-The value has the worker's flag shape (unit ``switch``), so ``spendstream flags``, the
+The value is the contract's flag value with unit ``switch``, so ``spendstream flags``, the
 guard (:class:`FeatureDisabled`) and apps in other languages read one format.
 """
 
@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
-import orjson
+from spendstream.contract import keys
 
 STAMP = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def switch_key(prefix: str, feature: str) -> str:
     """The prefixed Redis key of a feature's cutoff flag."""
-    return f"{prefix}cutoff:feature:{feature}"
+    return prefix + keys.cutoff_feature(feature)
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class SwitchWrite:
     @property
     def raw(self) -> bytes:
         """The value as stored (JSON)."""
-        return orjson.dumps(self.value)
+        return keys.encode(self.value)
 
     @property
     def until(self) -> str:
@@ -50,7 +51,6 @@ def disable(prefix: str, feature: str, reason: str, ttl: int | None, now: dateti
     if ttl is not None and ttl <= 0:
         raise ValueError("the TTL must be positive")
     end = now + timedelta(seconds=ttl) if ttl else None
-    value = {"scope": "feature", "id": feature, "reason": reason, "level": "cutoff",
-             "spent": "0", "budget": "0", "unit": "switch", "window_start": now.strftime(STAMP),
-             "window_end": end.strftime(STAMP) if end else None}
+    value = keys.flag_value("feature", feature, reason, "cutoff", Decimal(0), Decimal(0),
+                            "switch", now.strftime(STAMP), end.strftime(STAMP) if end else None)
     return SwitchWrite(switch_key(prefix, feature), value, ttl)

@@ -25,9 +25,9 @@ from spendstream.dashboard import live
 from spendstream.dashboard.alert_feed import KEEP, AlertFeed
 from spendstream.dashboard.budget_view import feature_rows
 from spendstream.dashboard.periods import money, period_bounds
+from spendstream.domain.budgets import Budgets
 from spendstream.errors import SpendstreamError
 from spendstream.ledger.report import parse_period
-from spendstream.producers.budgets import Budgets
 from spendstream.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

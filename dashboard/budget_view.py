@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from spendstream.dashboard.periods import elapsed_fraction, money, period_bounds
-from spendstream.producers.budgets import Budgets
+from spendstream.domain.budgets import Budgets
 
 PACE_BAND = Decimal("0.10")
 """Spend within 10% of the pro-rated budget is "on track"; above is "over", below "under"."""

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from spendstream.dashboard import ledger_reads as reads
 from spendstream.dashboard.budget_view import pace_status
 from spendstream.dashboard.periods import elapsed_fraction, money, period_bounds
+from spendstream.domain.budgets import Budgets
 from spendstream.errors import ConfigError
-from spendstream.producers.budgets import Budgets
 
 if TYPE_CHECKING:
     import psycopg

@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import redis.asyncio as aioredis
 from mode import Service
@@ -20,19 +21,19 @@ from redis.exceptions import RedisError
 
 from spendstream.alerts.notifier import NotifyError, TextNotifier
 from spendstream.dashboard.digest import build, next_run, parse_schedule, render
-from spendstream.producers.budgets import Budgets
+from spendstream.domain.budgets import Budgets
 
 log = logging.getLogger("spendstream.digest")
 ATTEMPTS = 5
 
 
-class DigestService(Service):  # type: ignore[misc]
+class DigestService(Service):
     """Sends the digest on schedule; :meth:`send_once` sends one now."""
 
     def __init__(self, schedule: str, database_url: str, redis_url: str, prefix: str,
                  budgets: Budgets, notifier: TextNotifier,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 **kwargs: object) -> None:
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.schedule = parse_schedule(schedule)
         self.database_url = database_url

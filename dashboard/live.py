@@ -1,34 +1,27 @@
 """The live state in Redis the dashboard shows: cutoff and warn flags, and users' spend
-of today. Key names are the worker's (``cutoff:{scope}:{id}``, ``warn:{scope}:{id}``,
-``spend:user:{id}`` after the prefix; see docs/contract.md)."""
+of today. Key names and values are the contract's (:mod:`spendstream.contract.keys`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 
-FLAG_PATTERNS = ("cutoff:*", "warn:*")
+from spendstream.contract import keys as k
+
 SCAN_LIMIT = 5000
 """Flags listed at most: more than this many users cut off at once is a table for SQL."""
 
 
 def _json(raw: bytes | str | None) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
+    return k.parse_flag(raw) or {}
 
 
 async def flags(client: aioredis.Redis, prefix: str) -> list[dict[str, Any]]:
     """Every active cutoff and warn flag: kind, scope, id, reason, spent, budget, unit,
     reset time (``window_end``, None for a switch without expiry) and seconds to live."""
     keys: list[bytes] = []
-    for pattern in FLAG_PATTERNS:
+    for pattern in k.FLAG_PATTERNS:
         async for key in client.scan_iter(prefix + pattern, count=1000):
             keys.append(key)
             if len(keys) >= SCAN_LIMIT:
@@ -62,5 +55,5 @@ async def user_spend(client: aioredis.Redis, prefix: str, users: list[str]
     """The worker's live spend value of each user that has one today."""
     if not users:
         return {}
-    values = await client.mget([f"{prefix}spend:user:{u}" for u in users])
+    values = await client.mget([prefix + k.spend_user(u) for u in users])
     return {u: _json(v) for u, v in zip(users, values, strict=True) if v is not None}

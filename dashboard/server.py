@@ -15,7 +15,7 @@ from spendstream.dashboard import api
 from spendstream.dashboard.alert_feed import AlertFeed
 from spendstream.dashboard.ledger_reads import LedgerReader
 from spendstream.dashboard.openapi import document
-from spendstream.producers.budgets import Budgets
+from spendstream.domain.budgets import Budgets
 from spendstream.settings import Settings
 
 log = logging.getLogger("spendstream.dashboard")

@@ -25,11 +25,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from spendstream.ledger.rows import LedgerRow, ledger_row
+from spendstream.contract.event import MalformedEvent, decode_events
+from spendstream.contract.ledger import LedgerRow, ledger_row
+from spendstream.domain.budgets import Budgets
+from spendstream.domain.pricing import Pricer
 from spendstream.ledger.writer import LedgerWriter
-from spendstream.producers.budgets import Budgets
-from spendstream.producers.event import MalformedEvent, decode_events
-from spendstream.producers.pricing import Pricer
 from spendstream.redact import redact_url, scrub, url_password
 
 log = logging.getLogger("spendstream.ledger")

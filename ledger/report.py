@@ -89,11 +89,11 @@ def csv_text(result: Result, section: str | None = None) -> str:
     return out.getvalue()
 
 
-def records(result: Result) -> list[dict[str, str | None]]:
-    """Rows as objects; numbers as exact decimal strings, NULL as null."""
-    return [{c: (None if raw is None else v) for c, v, raw in zip(
-        result.columns, text, row, strict=True)} for text, row in zip(
-        cells(result), result.rows, strict=True)]
+def records(result: Result) -> list[dict[str, str | int | None]]:
+    """Rows as objects: counts as integers, decimals as exact strings, NULL as null."""
+    return [{c: (raw if raw is None or (isinstance(raw, int) and not isinstance(raw, bool))
+                 else v) for c, v, raw in zip(result.columns, text, row, strict=True)}
+            for text, row in zip(cells(result), result.rows, strict=True)]
 
 
 def render_result(result: Result, fmt: str) -> str:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from typing import Any
 
 from mode import Service
 
@@ -19,10 +20,10 @@ from spendstream.ledger.consumer import LedgerConsumer
 log = logging.getLogger("spendstream.ledger")
 
 
-class LedgerService(Service):  # type: ignore[misc]
+class LedgerService(Service):
     """Starts :class:`LedgerConsumer` with the worker and stops it (bounded) with it."""
 
-    def __init__(self, consumer: LedgerConsumer, **kwargs: object) -> None:
+    def __init__(self, consumer: LedgerConsumer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.consumer = consumer
         self._thread: threading.Thread | None = None

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import date
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from spendstream.ledger.rows import COLUMNS, TYPES, LedgerRow
+from spendstream.contract.ledger import COLUMNS, TYPES, LedgerRow
 from spendstream.ledger.schema import DDL, LOCK, ROLLUP, TABLE, month_start, partition_ddl
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ SELECT count(*) FROM new
 rollup's row locks in one order, so two workers' batches cannot deadlock on them."""
 
 
-async def connect(url: str, timeout: float = 5.0) -> psycopg.AsyncConnection[tuple[object, ...]]:
+async def connect(url: str, timeout: float = 5.0) -> psycopg.AsyncConnection[tuple[Any, ...]]:
     """An autocommit connection in UTC, failing within ``timeout`` seconds."""
     import psycopg
 
@@ -59,7 +59,7 @@ async def connect(url: str, timeout: float = 5.0) -> psycopg.AsyncConnection[tup
     return conn
 
 
-async def ensure_schema(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+async def ensure_schema(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> None:
     """Create the tables, rollup and view if missing (safe to run from every worker)."""
     async with conn.transaction():
         await conn.execute(LOCK)
@@ -69,7 +69,7 @@ async def ensure_schema(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> No
 class LedgerWriter:
     """Writes batches of :class:`LedgerRow` on one connection (not shared between tasks)."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> None:
         self.conn = conn
         self._months: set[date] = set()
         self._staged = False

@@ -7,12 +7,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from spendstream.alerts.model import Alert, Level
-from spendstream.alerts.state import step
-from spendstream.streams.policy import cap_ladder, feature_ladder, measure, pace_exceeded
-from spendstream.streams.stages import ADJECTIVE, Stage, flag_payload, split_key, window_of_key
-from spendstream.streams.totals import Totals
-from spendstream.streams.windows import Window, window_from_key
+from spendstream.contract import keys
+from spendstream.contract.alert import Alert, Level
+from spendstream.contract.rollup import split_key, window_of_key
+from spendstream.domain.ladder import step
+from spendstream.domain.policy import cap_ladder, feature_ladder, measure, pace_exceeded
+from spendstream.domain.totals import Totals
+from spendstream.domain.windows import Window, window_from_key
+from spendstream.streams.stages import ADJECTIVE, Stage, flag_payload
 
 log = logging.getLogger("spendstream.worker")
 
@@ -77,10 +79,10 @@ class RollupStage(Stage):
                 self._publish_spend(parts, totals)
             if parts[0] == "f":
                 self._evaluate_feature(parts[1], window_from_key(parts[2], parts[3]), totals,
-                                       now)  # type: ignore[arg-type]
+                                       now)
             elif parts[0] == "g":
                 self._evaluate_global(window_from_key(parts[2], parts[3]), totals,
-                                      now)  # type: ignore[arg-type]
+                                      now)
             elif parts[0] == "drift":
                 self._evaluate_drift(parts[1], window_from_key("day", parts[3]), totals, now)
         self._commit()
@@ -118,8 +120,8 @@ class RollupStage(Stage):
     def _publish_spend(self, parts: list[str], totals: Totals) -> None:
         """Live spend of a feature's current period or a global window, for dashboards."""
         kind, subject, period, wkey = parts
-        window = window_from_key(period, wkey)  # type: ignore[arg-type]
-        name = f"spend:feature:{subject}" if kind == "f" else f"spend:global:{period}"
+        window = window_from_key(period, wkey)
+        name = keys.spend_feature(subject) if kind == "f" else keys.spend_global(period)
         value: dict[str, Any] = {
             "scope": "feature" if kind == "f" else "global", "id": subject, "period": period,
             "spent_usd": str(totals.usd), "spent_tokens": totals.tokens, "events": totals.events,
@@ -157,7 +159,7 @@ class RollupStage(Stage):
             return
         tr, payload = advanced
         if tr.current >= Level.CUTOFF and conf.cutoff:
-            self.flags.set(f"cutoff:feature:{feature}", payload, window.end_epoch,
+            self.flags.set(keys.cutoff_feature(feature), payload, window.end_epoch,
                            extend_only=True)
         self._alert(Alert("feature", feature, "budget", tr.current, tr.previous, m.spent,
                           m.budget, m.unit, window.start, window.end, now, reason))
@@ -181,7 +183,7 @@ class RollupStage(Stage):
         totals.level = tr.current
         if kind in ("daily_cap", "tpm"):
             payload = flag_payload("global", kind, reason, tr.current, spent, budget, unit, window)
-            self.flags.set("cutoff:global", payload, window.end_epoch, extend_only=True)
+            self.flags.set(keys.CUTOFF_GLOBAL, payload, window.end_epoch, extend_only=True)
         if kind == "tpm":
             # A per-minute ceiling can trip every minute: flag and log, never a Slack message.
             log.warning("global tokens per minute %s over %s: cutoff until %s", spent, budget,

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import redis
 
+from spendstream.contract.keys import spend
 from spendstream.streams.topics import ensure_topics
 from tests.helpers import WorkerProcess, read_topic, send_in_order, worker_env
 
@@ -242,7 +243,7 @@ class Ledger:
         (Decimal) and tokens."""
         wrong = []
         for scope in self._scopes(kinds):
-            value = keys.get(f"spend:{scope[0]}:{scope[1]}")
+            value = keys.get(spend(*scope))
             want = (self.n[scope], self.usd[scope], self.tokens[scope])
             got = None if value is None else (
                 value["events"], Decimal(value["spent_usd"]), value["spent_tokens"])
@@ -264,5 +265,5 @@ class Ledger:
 
     def counted(self, keys: Keys, kinds: Iterable[str] = KINDS) -> bool:
         """True once every spend key shows at least the events published (for wait_until)."""
-        return all(keys.events(f"spend:{s}:{k}") >= self.n[(s, k)]
+        return all(keys.events(spend(s, k)) >= self.n[(s, k)]
                    for s, k in self._scopes(kinds))

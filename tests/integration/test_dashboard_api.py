@@ -13,8 +13,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from spendstream.dashboard.server import build_app
+from spendstream.domain.budgets import parse_budgets
 from spendstream.errors import FeatureDisabled
-from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import Guard
 from spendstream.settings import load_settings
 from tests.dashboard_stack import BUDGETS, UNKNOWN, Running, money, running  # noqa: F401

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
+from spendstream.domain.budgets import parse_budgets
 from spendstream.embedded import free_port
 from spendstream.errors import FeatureDisabled
-from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import Guard
 from tests.dashboard_stack import BUDGETS, Running, money, running  # noqa: F401
 from tests.fault.faultkit import message, usage

@@ -16,7 +16,7 @@ import yaml
 
 from spendstream.alerts.slack import SlackWebhookNotifier
 from spendstream.dashboard.digest_service import DigestService
-from spendstream.producers.budgets import parse_budgets
+from spendstream.domain.budgets import parse_budgets
 from tests.dashboard_stack import BUDGETS, Running, money, running  # noqa: F401
 from tests.slack_fake import slack_fake  # noqa: F401
 

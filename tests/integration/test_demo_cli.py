@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from spendstream.contract.keys import DEFAULT_PREFIX, cutoff_user
+
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
@@ -36,6 +38,6 @@ def test_demo_shows_warning_cutoff_and_alert_then_cleans_up(redis_server, tmp_pa
     data = Path(re.search(r"data in (\S+), deleted at exit", text).group(1))
     assert not data.exists()  # the embedded PostgreSQL's cluster went with the demo
     r = redis.Redis.from_url(redis_server.url)
-    cutoff = r.get("spendstream-demo:cutoff:user:acct-7")
-    assert cutoff is not None and r.ttl("spendstream-demo:cutoff:user:acct-7") > 0
-    assert r.get("spendstream:cutoff:user:acct-7") is None  # the demo kept to its prefix
+    cutoff = r.get("spendstream-demo:" + cutoff_user("acct-7"))
+    assert cutoff is not None and r.ttl("spendstream-demo:" + cutoff_user("acct-7")) > 0
+    assert r.get(DEFAULT_PREFIX + cutoff_user("acct-7")) is None  # the demo kept to its prefix

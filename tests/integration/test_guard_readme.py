@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis
 
+from spendstream.contract.keys import cutoff_user
 from spendstream.embedded import free_port
 from tests.docs import ROOT, block_under
 
@@ -48,7 +49,7 @@ def test_readme_guard_example(redis_url: str, uid: str, tmp_path: Path,
         assert namespace["emitter"].stats.emitted == 1
         assert namespace["guard"].stats.emitted == 1
         redis.Redis.from_url(redis_url).set(
-            f"rd-{uid}:cutoff:user:acct-1",
+            f"rd-{uid}:" + cutoff_user("acct-1"),
             b'{"scope": "user", "id": "acct-1", "reason": "daily usd budget of tier free", '
             b'"spent": "0.14", "budget": "0.13", "unit": "usd", '
             b'"window_end": "2999-01-01T00:00:00Z"}', ex=60)

@@ -9,6 +9,7 @@ records element by element, and nothing lost or doubled across a worker SIGKILL.
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections import defaultdict
@@ -228,3 +229,52 @@ def asyncio_send_packed(stack: Stack, records: list[tuple[None, bytes, list[tupl
             await producer.stop()
 
     asyncio.run(send())
+
+
+def ledger_rows_of(worker: Any) -> int:
+    """Rows the worker's ledger consumer wrote, from its newest status line."""
+    found = re.findall(r"ledger status: records \d+, rows (\d+)", worker.output())
+    return int(found[-1]) if found else 0
+
+
+def test_rebalances_between_two_workers_write_each_event_once(
+        broker, redis_server, database_url, uid, tmp_path):
+    """A second worker joins while events stream in, then the first leaves: the ledger's
+    group rebalances twice with batches in flight; every event is in the ledger once."""
+    pub = Published()
+    stack = Stack(broker.bootstrap, broker.url, redis_server.url, uid, tmp_path, BUDGETS,
+                  partitions=4, extra={"SPENDSTREAM_DATABASE_URL": database_url})
+    stack.create_topics()
+
+    def events(n: int, start: int) -> list[tuple[bytes | None, bytes | None]]:
+        return [message(pub.event(f"acct-{i % 11}", "chat" if i % 2 else "search",
+                                  tin=200 + i, tout=20 + i % 40)) for i in range(start, start + n)]
+
+    try:
+        first = stack.worker("a")
+        before = events(400, 0)
+        before.insert(50, before[10])  # a duplicate
+        stack.publish(before + [message(pub.event("acct-1", model=UNKNOWN)),
+                                message(pub.event("acct-2", status="error"))])
+        wait_until(lambda: ledger_count(database_url) == len(pub.events), 90,
+                   "the first rows", check=first.alive)
+
+        sender = threading.Thread(target=stack.publish, args=(events(4000, 400),))
+        sender.start()
+        second = stack.worker("b")
+        group = f"app{uid}.ledger"
+        wait_until(lambda: f"Successfully synced group {group}" in second.output(), 90,
+                   "the second worker in the ledger's group", check=second.alive)
+        wait_until(lambda: ledger_rows_of(second) > 0, 90,
+                   "the second worker's ledger writing", check=second.alive)
+        assert first.stop() == 0  # a graceful leave: the second takes every partition
+        sender.join(180)
+        assert not sender.is_alive()
+        stack.publish(events(300, 4400))  # only the second worker is left to write these
+        total = len(pub.events)
+        wait_until(lambda: ledger_count(database_url) == total, 120,
+                   f"all {total} rows after two rebalances", check=second.alive)
+        assert four_queries(database_url) == pub.expected()
+        assert rollup_matches_rows(database_url) == []
+    finally:
+        stack.close()

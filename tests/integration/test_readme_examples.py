@@ -12,6 +12,7 @@ import orjson
 import pytest
 import redis
 
+from spendstream.contract.keys import DEFAULT_PREFIX, cutoff_user
 from spendstream.examples import EXAMPLE_BUDGETS
 from spendstream.streams.topics import ensure_topics
 from tests.docs import ROOT, block_under, blocks
@@ -42,14 +43,14 @@ def test_app_example_emits_and_respects_the_cutoff_flag(broker, redis_server, ui
     topic = "spendstream.usage"  # the example uses the default topic
     asyncio.run(ensure_topics(broker.bootstrap, [topic], 2))
     r = redis.Redis.from_url(redis_server.url)
-    r.set("spendstream:cutoff:user:acct-7", b'{"scope": "user"}', ex=60)
+    r.set(DEFAULT_PREFIX + cutoff_user("acct-7"), b'{"scope": "user"}', ex=60)
     try:
         out = subprocess.run(
             [sys.executable, str(ROOT / "examples" / "app.py")], capture_output=True, text=True,
             timeout=60, env={**os.environ, "SPENDSTREAM_KAFKA_URL": broker.url,
                              "SPENDSTREAM_REDIS_URL": redis_server.url})
     finally:
-        r.delete("spendstream:cutoff:user:acct-7")
+        r.delete(DEFAULT_PREFIX + cutoff_user("acct-7"))
     assert out.returncode == 0, out.stderr
     assert "acct-1 -> echo:" in out.stdout
     assert "acct-7 -> You have used today's AI budget" in out.stdout

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 import redis
 
+from spendstream.contract.keys import spend_user
 from tests.helpers import wait_until
 from tests.integration.test_e2e_cli import event, publish
 
@@ -43,7 +44,7 @@ def test_up_serves_apps_and_stops_cleanly_on_sigterm(redis_server, tmp_path):
                             [(b"acct-1", orjson.dumps(event("acct-1", cost_usd="0.02")))],
                             partitions=4))
         r = redis.Redis.from_url(redis_server.url)
-        spend = wait_until(lambda: r.get(f"{prefix}spend:user:acct-1"), 60, "the event counted")
+        spend = wait_until(lambda: r.get(prefix + spend_user("acct-1")), 60, "the event counted")
         assert orjson.loads(spend)["events"] == 1
         # The embedded PostgreSQL's URL is printed, and the worker writes the ledger there.
         database = re.search(r"SPENDSTREAM_DATABASE_URL=(\S+)", hint).group(1)

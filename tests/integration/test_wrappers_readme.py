@@ -7,8 +7,8 @@ import pytest
 from fake_llm import TEXT, FakeLLM
 from fake_llm import fake_llm as fake_llm  # re-exported so pytest finds the fixture
 
+from spendstream.domain.budgets import parse_budgets
 from spendstream.producers import UsageEvent
-from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import Guard
 from tests.docs import ROOT, block_under
 

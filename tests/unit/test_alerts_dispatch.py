@@ -15,8 +15,8 @@ import pytest
 from spendstream.alerts.console import LogNotifier
 from spendstream.alerts.dispatch import AlertDispatcher
 from spendstream.alerts.format import render
-from spendstream.alerts.model import Alert, Level
 from spendstream.alerts.notifier import Notifier, NotifyError
+from spendstream.contract.alert import Alert, Level
 
 _seq = itertools.count(1)
 

@@ -217,7 +217,7 @@ def test_dockerfile_installs_the_package_and_runs_the_worker() -> None:
     instructions = dockerfile_instructions()
     assert instructions[0] == ("FROM", "python:3.11-slim")
     runs = [args for instruction, args in instructions if instruction == "RUN"]
-    assert any("pip install ." in run for run in runs)
+    assert any("pip install '.[worker]'" in run for run in runs)  # the worker's extra
     cmds = [args for instruction, args in instructions if instruction == "CMD"]
     assert cmds and json.loads(cmds[-1]) == ["spendstream", "worker"]
     # the CMD resolves: the package declares the `spendstream` console script

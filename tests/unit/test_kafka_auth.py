@@ -21,9 +21,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from spendstream.errors import ConfigError
-from spendstream.kafka_auth import faust_credentials, kafka_client_kwargs
+from spendstream.kafka_auth import kafka_client_kwargs
 from spendstream.producers import Emitter
 from spendstream.settings import Settings, load_settings
+from spendstream.streams.credentials import faust_credentials
 
 SASL_PASSWORD = "sasl-pw-Zq81"
 KEY_PASSWORD = "key-pw-Hn27"
@@ -247,7 +248,7 @@ def test_settings_come_from_the_environment_and_hide_the_password(
 def test_the_worker_uses_them_for_topic_setup_and_faust(monkeypatch: pytest.MonkeyPatch
                                                         ) -> None:
     from spendstream import runner
-    from spendstream.producers.budgets import Budgets
+    from spendstream.domain.budgets import Budgets
     from spendstream.streams import app, topics
 
     seen: dict[str, Any] = {}

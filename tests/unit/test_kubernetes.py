@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from spendstream.cli import COMMANDS
-from spendstream.producers.budgets import parse_budgets
+from spendstream.domain.budgets import parse_budgets
 from spendstream.settings import Settings
 from tests.unit.test_compose import settings_env_names
 

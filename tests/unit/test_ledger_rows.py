@@ -8,10 +8,13 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from spendstream.contract.event import UsageEvent
+from spendstream.contract.ledger import COLUMNS, LedgerRow, ledger_row
+from spendstream.domain.budgets import Price
+from spendstream.domain.pricing import Pricer
 from spendstream.errors import ConfigError
 from spendstream.ledger.queries import Result
 from spendstream.ledger.report import parse_period, render_result
-from spendstream.ledger.rows import COLUMNS, LedgerRow, ledger_row
 from spendstream.ledger.schema import (
     month_start,
     next_month,
@@ -19,9 +22,6 @@ from spendstream.ledger.schema import (
     partition_month,
     partition_name,
 )
-from spendstream.producers.budgets import Price
-from spendstream.producers.event import UsageEvent
-from spendstream.producers.pricing import Pricer
 
 PRICER = Pricer({"house-model": Price(input=Decimal("2.50"), output=Decimal("10.00"))})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
@@ -233,7 +234,7 @@ def _fast(d: dict[str, Any]) -> UsageEvent | None:
     builds the same value (a test holds the two to that); anything unusual returns
     ``None`` and takes the full path, which also gives the precise reason.
     """
-    g = d.get
+    g: Callable[..., Any] = d.get  # values are checked one by one below
     if g("schema") != 1 or type(g("schema")) is not int:
         return None
     event_id, user, feature, model, ts = (g("event_id"), g("user_id"), g("feature"),

@@ -1,4 +1,5 @@
-"""The ledger row: the one owner of how a counted event is stored in ``spend_ledger``.
+"""The ledger row: the one owner of how a counted event is stored in ``spend_ledger``
+(the table itself is ``spendstream.ledger.schema``; the writer copies these rows in).
 
 A row is built from a decoded :class:`UsageEvent`, the worker's :class:`Pricer` and the
 user's tier. Its cost follows the worker's rules exactly: a failed call costs 0, the
@@ -13,8 +14,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import NamedTuple
 
-from spendstream.producers.event import UsageEvent
-from spendstream.producers.pricing import Pricer
+from spendstream.contract.event import UsageEvent
+from spendstream.domain.pricing import Pricer
 
 COLUMNS = ("event_id", "ts", "date", "user_id", "feature", "model", "provider",
            "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_input_tokens",
