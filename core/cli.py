@@ -466,6 +466,9 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("worker", "dashboard")  # aiohttp, psycopg, mode (the digest)
     from spendstream.dashboard.server import run_dashboard
     from spendstream.domain.budgets import load_budgets
 
