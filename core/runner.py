@@ -35,18 +35,21 @@ def build_notifier_from(settings: Settings) -> Notifier:
                           settings.slack_channel, settings.slack_api_url)
 
 
-def ledger_services(settings: Settings, budgets: Budgets) -> list[Any]:
+def ledger_services(settings: Settings, budgets: Budgets, registry: Any = None) -> list[Any]:
     """The spend ledger's service when ``SPENDSTREAM_DATABASE_URL`` is set, else nothing
-    (and psycopg is never imported)."""
+    (and psycopg is never imported); its metrics join ``registry`` (the worker's)."""
     if settings.database_url is None:
         return []
     from spendstream.ledger.consumer import LedgerConsumer
+    from spendstream.ledger.metrics import LedgerCollector
     from spendstream.ledger.service import LedgerService
 
     consumer = LedgerConsumer(
         settings.database_url.get_secret_value(), settings.bootstrap_servers, settings.topic,
         settings.ledger_group, budgets, kafka_kwargs=kafka_client_kwargs(settings),
         status_interval=settings.status_interval)
+    if registry is not None:
+        registry.register(LedgerCollector(consumer.stats))
     return [LedgerService(consumer)]
 
 
@@ -87,8 +90,9 @@ def run_worker(settings: Settings, budgets: Budgets, loglevel: str = "info") -> 
     gc.collect()
     gc.freeze()  # what start-up built lives as long as the process: never scan it again
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
-    worker = faust.Worker(app, *ledger_services(settings, budgets), *digest, loglevel=loglevel,
-                          quiet=True)
+    ledger = ledger_services(settings, budgets,
+                             app.spendstream["registry"])  # type: ignore[attr-defined]
+    worker = faust.Worker(app, *ledger, *digest, loglevel=loglevel, quiet=True)
     worker.spinner = None  # a terminal spinner mangles logs and files
     logging.getLogger("spendstream").setLevel(logging.INFO)
     log.info("worker starting: kafka %s (%s), topic %s (%d partitions), redis prefix %r, "

@@ -199,14 +199,13 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
     users = UserStage(budgets, pricer or Pricer(budgets.prices), ledger.aggregates, flags,
                       dispatcher.submit, grace, counters)
     features = RollupStage(budgets, rollups.aggregates, flags, dispatcher.submit, grace, counters)
-    app.spendstream = {"counters": counters, "flags": flags,  # type: ignore[attr-defined]
-                       "dispatcher": dispatcher}
-
     batches = BatchTimer()
     observed = ObservabilityServer(Sources(
         counters, flags, dispatcher, batches, lag=lambda: consumer_lag(app, settings.topic),
         feature_spend=lambda: current_spend(features.live),
         health=lambda: worker_health(app, settings.topic)), settings.metrics_port)
+    app.spendstream = {"counters": counters, "flags": flags,  # type: ignore[attr-defined]
+                       "dispatcher": dispatcher, "registry": observed.registry}
 
     @app.service
     class Sinks(Service):

@@ -61,8 +61,8 @@ def ledger_row(event: UsageEvent, pricer: Pricer, tier: str | None = None) -> Le
     tier in the budgets file at the time it was written."""
     priced = pricer.price_event(event)
     ts = event.ts.astimezone(UTC)
-    # Optional in the event contract, absent from older events (and event models): read
-    # from the field values, not getattr (a miss on a pydantic model costs an exception).
+    # Optional in the event contract and not (yet) a field of the event model: read from
+    # the field values, not getattr (a miss on a pydantic model costs an exception).
     fields = vars(event)
     return LedgerRow(
         event.event_id, ts, ts.date(), event.user_id, event.feature, event.model,
@@ -70,5 +70,5 @@ def ledger_row(event: UsageEvent, pricer: Pricer, tier: str | None = None) -> Le
         event.cached_input_tokens,
         int(fields.get("cache_write_input_tokens") or 0),
         _text(event.status) or "ok", _text(event.finish_reason), tier, bool(event.estimated),
-        bool(fields.get("cache_hit")),
+        bool(event.cache_hit),
         priced.cost if priced.priced else None, priced.source)

@@ -9,11 +9,14 @@ step with the rows.
 
 from __future__ import annotations
 
+import re
+import urllib.request
 from decimal import Decimal
 
 import psycopg
 import pytest
 
+from spendstream.embedded import free_port
 from tests.fault.faultkit import Ledger, Stack, message, usage
 from tests.helpers import wait_until
 from tests.integration.test_ledger_worker import ledger_count, rollup_matches_rows
@@ -27,6 +30,17 @@ users:
 features:
   chat: {period: month, usd: 1000}
 """
+
+
+def ledger_metrics(port: int) -> dict[str, float]:
+    """The worker's ``spendstream_ledger_*`` metrics ({} while it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    return {name: float(value) for name, value in
+            re.findall(r"^(spendstream_ledger_\w+) (\S+)$", text, re.M)}
 
 
 def ledger_sums(url: str) -> dict[str, tuple[int, Decimal]]:
@@ -50,8 +64,9 @@ def test_ledger_rides_out_a_postgres_outage_without_delaying_flags(
             published.add(e)
         stack.publish(message(e) for e in events)
 
+    port = free_port()
     try:
-        worker = stack.worker()
+        worker = stack.worker(SPENDSTREAM_METRICS_PORT=str(port))
         send("acct-1", 20, "0.001")
         send("acct-2", 10, "0.002")
         wait_until(lambda: ledger_count(url) == 30, 90, "the first 30 rows", check=worker.alive)
@@ -71,6 +86,10 @@ def test_ledger_rides_out_a_postgres_outage_without_delaying_flags(
                    "three status lines with PostgreSQL down", check=worker.alive)
         send("acct-2", 5, "0.002")
         assert ledger_count(url) == -1  # still down: nothing could have been written
+        down = ledger_metrics(port)
+        assert down["spendstream_ledger_postgres_up"] == 0
+        assert down["spendstream_ledger_outages_total"] == 1
+        assert down["spendstream_ledger_rows_written_total"] == 30
 
         own_postgres.start()
         total = published.total
@@ -83,5 +102,8 @@ def test_ledger_rides_out_a_postgres_outage_without_delaying_flags(
         assert rollup_matches_rows(url) == []
         log = worker.output()
         assert log.count("ledger: PostgreSQL at") == 1, "one warning per outage"
+        up = ledger_metrics(port)
+        assert up["spendstream_ledger_postgres_up"] == 1
+        assert up["spendstream_ledger_rows_written_total"] == total
     finally:
         stack.close()

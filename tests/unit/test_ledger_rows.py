@@ -63,6 +63,8 @@ def test_row_fields_follow_columns_and_date_is_the_utc_day() -> None:
     assert row.tier == "pro" and row.estimated is True and row.cache_hit is False
     assert row.finish_reason == "len\ufffdgth"  # PostgreSQL text cannot hold NUL
     assert row.cache_write_input_tokens == 0
+    assert ledger_row(event(cache_hit=True, input_tokens=0, output_tokens=0), PRICER
+                      ).cache_hit is True
 
 
 @pytest.mark.parametrize(("day", "name", "first", "after"), [
@@ -134,3 +136,20 @@ def test_database_url_setting() -> None:
     assert url is not None and "pw" not in repr(url)  # a secret, never printed
     with pytest.raises(ConfigError, match="SPENDSTREAM_DATABASE_URL.*postgresql://"):
         load_settings(database_url="mysql://db/x")
+
+
+def test_without_a_database_url_the_worker_has_no_ledger_and_no_psycopg() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from spendstream.domain.budgets import parse_budgets\n"
+            "from spendstream.runner import ledger_services\n"
+            "from spendstream.settings import Settings\n"
+            "budgets = parse_budgets({'users': {'tiers': {'free': {'usd': 1}}}})\n"
+            "assert ledger_services(Settings(database_url=''), budgets) == []\n"
+            "print('psycopg' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
