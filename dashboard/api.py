@@ -1,5 +1,5 @@
 """The dashboard's HTTP API (aiohttp): spend from the ledger, live flags and spend from
-Redis, the alert feed, feature budgets, and the kill switch behind a bearer token.
+Redis, the alert feed, feature budgets, and the kill switch (:mod:`.writes`).
 
 Every route is listed in :data:`ROUTES` with what the OpenAPI document says of it, so the
 document and the routes cannot drift apart. Money is an exact decimal string.
@@ -7,70 +7,33 @@ document and the routes cannot drift apart. Money is an exact decimal string.
 
 from __future__ import annotations
 
-import asyncio
-import hmac
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import web
-from redis.exceptions import RedisError
 
-from spendstream import switch
 from spendstream.dashboard import ledger_reads as reads
-from spendstream.dashboard import live
-from spendstream.dashboard.alert_feed import KEEP, AlertFeed
+from spendstream.dashboard import live, writes
+from spendstream.dashboard.alert_feed import KEEP
 from spendstream.dashboard.budget_view import feature_rows
+from spendstream.dashboard.context import (
+    CTX,
+    STAMP,
+    ApiError,
+    Context,
+    Handler,
+    ctx_of,
+    errors,
+    ledger_call,
+    redis_call,
+)
 from spendstream.dashboard.periods import money, period_bounds
-from spendstream.domain.budgets import Budgets
 from spendstream.errors import SpendstreamError
 from spendstream.ledger.report import parse_period
-from spendstream.settings import Settings
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-STAMP = "%Y-%m-%dT%H:%M:%SZ"
-READ_ONLY = ("read-only: the dashboard's write actions are off. Start the dashboard with "
-             "SPENDSTREAM_DASHBOARD_TOKEN set and send it as 'Authorization: Bearer <token>'")
-
-
-@dataclass
-class Context:
-    """What the handlers read: settings, budgets, Redis, the ledger and the alert feed."""
-
-    settings: Settings
-    budgets: Budgets
-    redis: aioredis.Redis
-    ledger: reads.LedgerReader | None
-    alerts: AlertFeed | None
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-
-
-class ApiError(Exception):
-    """An answer other than 200: status and a message saying what to do."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-CTX = web.AppKey("ctx", Context)
-
-
-def _ctx(request: web.Request) -> Context:
-    return request.app[CTX]
-
-
-async def _ledger(ctx: Context, fn: Callable[[Any], Any]) -> Any:
-    if ctx.ledger is None:
-        raise ApiError(503, "no spend ledger: set SPENDSTREAM_DATABASE_URL for the dashboard "
-                       "(the worker's ledger database; `spendstream up` prints it)")
-    try:
-        return await asyncio.to_thread(ctx.ledger.call, fn)
-    except SpendstreamError as e:
-        raise ApiError(503, str(e)) from e
+__all__ = ["CTX", "ROUTES", "Context", "Route", "errors"]
 
 
 def _stamp(t: datetime) -> str:
@@ -83,7 +46,7 @@ def _period(request: web.Request, default: str = "month") -> tuple[str, datetime
         raise ApiError(400, f"period {text!r}: use today, week, month or FROM..TO "
                        "(e.g. 2026-11-01..2026-11-30)")
     try:
-        start, end = parse_period(text, _ctx(request).clock())
+        start, end = parse_period(text, ctx_of(request).clock())
     except SpendstreamError as e:
         raise ApiError(400, str(e)) from e
     return text, start, end
@@ -109,14 +72,6 @@ def _choice(request: web.Request, name: str, options: tuple[str, ...], default: 
     return value
 
 
-async def _redis(awaitable: Awaitable[Any]) -> Any:
-    try:
-        return await awaitable
-    except (RedisError, OSError) as e:
-        raise ApiError(503, f"Redis unreachable ({type(e).__name__}); check "
-                       "SPENDSTREAM_REDIS_URL") from e
-
-
 def _row(r: reads.SpendRow) -> dict[str, Any]:
     return {"key": r.key, "calls": r.calls, "spend_usd": money(r.spend), "unpriced": r.unpriced}
 
@@ -126,7 +81,7 @@ def _row(r: reads.SpendRow) -> dict[str, Any]:
 
 async def status(request: web.Request) -> web.Response:
     """What the dashboard is connected to, and whether it allows writes."""
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     return web.json_response({
         "now": _stamp(ctx.clock()), "writable": ctx.settings.dashboard_token is not None,
         "ledger": ctx.ledger is not None, "alert_topic": ctx.settings.alert_topic,
@@ -140,7 +95,7 @@ async def spend(request: web.Request) -> web.Response:
     text, start, end = _period(request)
     top = _int(request, "top", 50, 1, 1000)
     feature, user = request.query.get("feature"), request.query.get("user")
-    rows = await _ledger(_ctx(request), lambda c: reads.spend_by(
+    rows = await ledger_call(ctx_of(request), lambda c: reads.spend_by(
         c, by, start, end, feature, user, top))  # type: ignore[arg-type]
     total = sum((r.spend for r in rows), Decimal(0))
     return web.json_response({"by": by, "period": text, "from": _stamp(start),
@@ -150,12 +105,12 @@ async def spend(request: web.Request) -> web.Response:
 
 async def hourly(request: web.Request) -> web.Response:
     """Spend per hour over the last N hours (48 by default), by feature or model."""
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     by = _choice(request, "by", ("feature", "model"), "feature")
     hours = _int(request, "hours", 48, 1, 24 * 31)
     end = ctx.clock().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     start = end - timedelta(hours=hours)
-    rows = await _ledger(ctx, lambda c: reads.hourly(c, by, start, end))  # type: ignore[arg-type]
+    rows = await ledger_call(ctx, lambda c: reads.hourly(c, by, start, end))  # type: ignore[arg-type]
     labels = [_stamp(start + timedelta(hours=i)) for i in range(hours)]
     index = {h: i for i, h in enumerate(labels)}
     series: dict[str, list[str]] = {}
@@ -167,12 +122,12 @@ async def hourly(request: web.Request) -> web.Response:
 
 async def top_users(request: web.Request) -> web.Response:
     """Top users of today or this month, with their tier and what is left of today."""
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     period = _choice(request, "period", ("today", "month"), "today")
     top = _int(request, "top", 10, 1, 500)
     _, start, end = _period(request, period)
-    rows = await _ledger(ctx, lambda c: reads.spend_by(c, "user", start, end, top=top))
-    live_spend = await _redis(live.user_spend(ctx.redis, ctx.settings.redis_prefix,
+    rows = await ledger_call(ctx, lambda c: reads.spend_by(c, "user", start, end, top=top))
+    live_spend = await redis_call(live.user_spend(ctx.redis, ctx.settings.redis_prefix,
                                               [r.key for r in rows]))
     users = ctx.budgets.users
     out = []
@@ -193,14 +148,14 @@ async def top_users(request: web.Request) -> web.Response:
 
 async def flags(request: web.Request) -> web.Response:
     """Who and what is cut off or warned right now, why, and when it resets."""
-    ctx = _ctx(request)
-    found = await _redis(live.flags(ctx.redis, ctx.settings.redis_prefix))
+    ctx = ctx_of(request)
+    found = await redis_call(live.flags(ctx.redis, ctx.settings.redis_prefix))
     return web.json_response({"flags": found})
 
 
 async def alerts(request: web.Request) -> web.Response:
     """The newest alerts of the alert topic (budget, pace, spike, unpriced, token drift)."""
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     limit = _int(request, "limit", 100, 1, KEEP)
     if ctx.alerts is None:
         raise ApiError(503, "no alert feed in this dashboard")
@@ -210,7 +165,7 @@ async def alerts(request: web.Request) -> web.Response:
 
 async def features(request: web.Request) -> web.Response:
     """Feature budgets: spend of the period, warn / cutoff / alert lines, pace, state."""
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     now = ctx.clock()
     day_start, day_end = period_bounds("day", now)
     month_start, month_end = period_bounds("month", now)
@@ -229,68 +184,13 @@ async def features(request: web.Request) -> web.Response:
                 period[name] = got[0].spend if got else Decimal(0)
         return period, today, month
 
-    period, today, month = await _ledger(ctx, query)
-    found = await _redis(live.flags(ctx.redis, ctx.settings.redis_prefix))
+    period, today, month = await ledger_call(ctx, query)
+    found = await redis_call(live.flags(ctx.redis, ctx.settings.redis_prefix))
     t = ctx.budgets.thresholds
     return web.json_response({
         "now": _stamp(now), "thresholds": {"warn": money(t.warn), "cutoff": money(t.cutoff),
                                            "alert": money(t.alert)},
         "features": feature_rows(ctx.budgets, period, today, month, found, now)})
-
-
-def _authorise(request: web.Request) -> None:
-    token = _ctx(request).settings.dashboard_token
-    if token is None:
-        raise ApiError(403, READ_ONLY)
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-            value.strip().encode(), token.get_secret_value().encode()):
-        raise ApiError(401, "a write needs the dashboard token: send "
-                       "'Authorization: Bearer <SPENDSTREAM_DASHBOARD_TOKEN>'")
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ApiError(400, "the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return body
-
-
-async def disable(request: web.Request) -> web.Response:
-    """Kill switch: write the feature's cutoff flag (guards refuse it with FeatureDisabled)."""
-    _authorise(request)
-    ctx = _ctx(request)
-    feature = request.match_info["feature"]
-    body = await _body(request)
-    reason = body.get("reason") or "disabled from the dashboard"
-    ttl = body.get("ttl_seconds")
-    if not isinstance(reason, str) or len(reason) > 500:
-        raise ApiError(400, "reason must be text of at most 500 characters")
-    if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0):
-        raise ApiError(400, "ttl_seconds must be a positive whole number (or absent)")
-    try:
-        w = switch.disable(ctx.settings.redis_prefix, feature, reason, ttl, ctx.clock())
-    except ValueError as e:
-        raise ApiError(400, str(e)) from e
-    await _redis(ctx.redis.set(w.key, w.raw, ex=w.ttl))
-    return web.json_response({"feature": feature, "disabled": True, "flag": w.value})
-
-
-async def enable(request: web.Request) -> web.Response:
-    """Undo a kill switch (or a hard budget cutoff): delete the feature's cutoff flag."""
-    _authorise(request)
-    ctx = _ctx(request)
-    feature = request.match_info["feature"]
-    removed = await _redis(ctx.redis.delete(switch.switch_key(ctx.settings.redis_prefix,
-                                                              feature)))
-    return web.json_response({"feature": feature, "disabled": False,
-                              "was_disabled": bool(removed)})
 
 
 @dataclass(frozen=True)
@@ -319,16 +219,6 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/flags", flags),
     Route("GET", "/api/alerts", alerts, (("limit", f"alerts at most (default 100, max {KEEP})"),)),
     Route("GET", "/api/features", features),
-    Route("POST", "/api/features/{feature}/disable", disable, write=True),
-    Route("POST", "/api/features/{feature}/enable", enable, write=True),
+    Route("POST", "/api/features/{feature}/disable", writes.disable, write=True),
+    Route("POST", "/api/features/{feature}/enable", writes.enable, write=True),
 )
-
-
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn :class:`ApiError` into ``{"error": message}`` with its status."""
-    try:
-        return await handler(request)
-    except ApiError as e:
-        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
-        return web.json_response({"error": str(e)}, status=e.status, headers=headers)
