@@ -66,7 +66,9 @@ class AlertFeed:
         while True:
             consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap,
                                         group_id=None, auto_offset_reset="earliest",
-                                        **self.kafka_kwargs)
+                                        # a topic the worker creates after this start
+                                        # is found within seconds, not aiokafka's 5 min
+                                        metadata_max_age_ms=10_000, **self.kafka_kwargs)
             try:
                 await consumer.start()
                 self.error = None
