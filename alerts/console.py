@@ -23,3 +23,7 @@ class LogNotifier:
         """Log ``alert``; never raises."""
         text, _ = render(alert)
         self._log.warning("%s", text)
+
+    async def send_text(self, text: str) -> None:
+        """Log plain text (the weekly digest); never raises."""
+        self._log.warning("%s", text)

@@ -32,3 +32,12 @@ class Notifier(Protocol):
     async def send(self, alert: Alert) -> None:
         """Deliver ``alert`` once; retries are the dispatcher's job, not the notifier's."""
         ...
+
+
+@runtime_checkable
+class TextNotifier(Protocol):
+    """Delivers plain text, such as the weekly digest; raises :class:`NotifyError`."""
+
+    async def send_text(self, text: str) -> None:
+        """Deliver ``text`` once."""
+        ...

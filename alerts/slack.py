@@ -152,8 +152,14 @@ class SlackWebhookNotifier:
 
     async def send(self, alert: Alert) -> None:
         """Post ``alert``; raise :class:`NotifyError` unless Slack answered 2xx."""
+        await self._post(*render(alert))
+
+    async def send_text(self, text: str) -> None:
+        """Post plain text (the weekly digest) the same way."""
+        await self._post(text, None)
+
+    async def _post(self, text: str, blocks: Any) -> None:
         what = "Slack webhook"
-        text, blocks = render(alert)
         try:
             resp = await self._client.send(text=text, blocks=blocks)
         except Exception as e:
@@ -199,8 +205,14 @@ class SlackBotNotifier:
 
     async def send(self, alert: Alert) -> None:
         """Post ``alert`` to the channel; raise :class:`NotifyError` unless Slack says ok."""
+        await self._post(*render(alert))
+
+    async def send_text(self, text: str) -> None:
+        """Post plain text (the weekly digest) the same way."""
+        await self._post(text, None)
+
+    async def _post(self, text: str, blocks: Any) -> None:
         what = f"Slack chat.postMessage to {self.channel}"
-        text, blocks = render(alert)
         try:
             await self._client.chat_postMessage(channel=self.channel, text=text, blocks=blocks)
             return

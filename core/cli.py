@@ -39,11 +39,12 @@ Start here:
   spendstream estimate        monthly cost of a feature from calls/day and tokens/call
   spendstream report          who spent what, on which feature and model (the ledger)
   spendstream sql "SELECT..." read-only SQL over the ledger's cost_logs
+  spendstream dashboard       the spend dashboard and its HTTP API (port 8642)
 
 Settings come from environment variables (SPENDSTREAM_KAFKA_URL, SPENDSTREAM_REDIS_URL,
 SPENDSTREAM_BUDGETS, SPENDSTREAM_TOPIC, SPENDSTREAM_REDIS_PREFIX, SLACK_WEBHOOK_URL,
-SLACK_BOT_TOKEN, SLACK_CHANNEL, SLACK_API_URL, SPENDSTREAM_DATABASE_URL) or a file given
-with --settings.
+SLACK_BOT_TOKEN, SLACK_CHANNEL, SLACK_API_URL, SPENDSTREAM_DATABASE_URL,
+SPENDSTREAM_DASHBOARD_TOKEN) or a file given with --settings.
 """
 
 T = TypeVar("T")
@@ -124,6 +125,16 @@ def _parser() -> argparse.ArgumentParser:
                        description="Delete the feature's cutoff flag, whether an operator "
                        "or the feature's hard budget cap set it.")
     e.add_argument("feature")
+    db = sub.add_parser(
+        "dashboard", help="the spend dashboard and its HTTP API",
+        description="Serve the dashboard page and its HTTP API (OpenAPI at /api/openapi.json): "
+        "spend from the ledger (SPENDSTREAM_DATABASE_URL), flags and live spend from Redis, "
+        "alerts from the alert topic. Write actions (the kill switch) need "
+        "SPENDSTREAM_DASHBOARD_TOKEN, given as a bearer token; without it the page is "
+        "read-only. See docs/dashboard.md.")
+    db.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default: %(default)s; 0.0.0.0 for all)")
+    db.add_argument("--port", type=int, default=8642, help="port (default: %(default)s)")
     _audit_parser(sub)
     _estimate_parser(sub)
     _ledger_parsers(sub)
@@ -162,6 +173,11 @@ examples:
     r.add_argument("--top", type=int, default=20, metavar="N",
                    help="rows in the top features and top users (default: %(default)s)")
     r.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    r.add_argument("--digest", action="store_true",
+                   help="print the weekly digest instead: per feature the last 7 days' spend, "
+                   "month to date against the pro-rated budget (over / on track / under) and "
+                   "the top movers; the worker posts the same text to Slack at "
+                   "SPENDSTREAM_DIGEST_AT (e.g. 'mon 09:00' UTC)")
 
     q = sub.add_parser(
         "sql", help="run one read-only SQL query against the ledger",
@@ -364,7 +380,7 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     stack = Stack(settings, _budgets_for_up(settings), args.log_level)
     try:
         stack.start()
-        say("up. Point your apps at it with:")
+        say(f"up. The dashboard: {stack.dashboard_url}. Point your apps at it with:")
         say(f"  {stack.env_hint()}")
         say("Ctrl-C to stop.")
         return stack.wait()
@@ -449,6 +465,16 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if body.get("ready") else 1
 
 
+def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("worker", "dashboard")  # aiohttp, psycopg, mode (the digest)
+    from spendstream.dashboard.server import run_dashboard
+    from spendstream.domain.budgets import load_budgets
+
+    return run_dashboard(settings, load_budgets(settings.budgets), args.host, args.port)
+
+
 def _redis_call(settings: Settings, action: Callable[[Redis], T]) -> T:
     import redis
     from redis.exceptions import AuthenticationError, RedisError
@@ -482,28 +508,21 @@ def _redis_call(settings: Settings, action: Callable[[Redis], T]) -> T:
 
 
 def _disable(args: argparse.Namespace, settings: Settings) -> int:
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
 
-    from spendstream.contract import keys
+    from spendstream.switch import disable
 
-    now = datetime.now(UTC)
-    end = now + timedelta(seconds=args.ttl) if args.ttl else None
-    stamp = "%Y-%m-%dT%H:%M:%SZ"
-    # The worker's flag shape, so `flags`, the guard and other languages read one format.
-    value = keys.flag_value("feature", args.feature, args.reason, "cutoff", Decimal(0),
-                            Decimal(0), "switch", now.strftime(stamp),
-                            end.strftime(stamp) if end else None)
-    key = settings.redis_prefix + keys.cutoff_feature(args.feature)
-    _redis_call(settings, lambda r: r.set(key, keys.encode(value), ex=args.ttl))
-    until = f"until {value['window_end']}" if end else "until `spendstream enable`"
+    w = disable(settings.redis_prefix, args.feature, args.reason, args.ttl, datetime.now(UTC))
+    _redis_call(settings, lambda r: r.set(w.key, w.raw, ex=w.ttl))
+    until = w.until if w.ttl else "until `spendstream enable`"
     print(f"disabled {args.feature} {until}: guards refuse its calls within their cache time")
     return 0
 
 
 def _enable(args: argparse.Namespace, settings: Settings) -> int:
-    from spendstream.contract import keys
+    from spendstream.switch import switch_key
 
-    key = settings.redis_prefix + keys.cutoff_feature(args.feature)
+    key = switch_key(settings.redis_prefix, args.feature)
     removed = _redis_call(settings, lambda r: r.delete(key))
     print(f"enabled {args.feature}" if removed else f"{args.feature} was not disabled")
     return 0
@@ -551,6 +570,14 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
     from spendstream.ledger.queries import Filters, connect, report
     from spendstream.ledger.report import parse_period, render_report
 
+    if args.digest:
+        from spendstream.dashboard.digest import build, render
+        from spendstream.domain.budgets import load_budgets
+
+        budgets = load_budgets(settings.budgets)
+        with connect(_database_url(settings), read_only=True) as conn:
+            print(render(build(conn, budgets, datetime.now(UTC))))
+        return 0
     start, end = parse_period(args.period, datetime.now(UTC))
     with connect(_database_url(settings), read_only=True) as conn:
         result = report(conn, Filters(start, end, args.feature, args.user), args.top)
@@ -599,4 +626,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "worker": _worker, "up": _up, "demo": _demo, "init": _init, "check": _check, "flags": _flags,
     "disable": _disable, "enable": _enable, "audit": _audit, "estimate": _estimate,
     "health": _health, "report": _report, "sql": _sql, "ledger": _ledger,
+    "dashboard": _dashboard,
 }

@@ -180,6 +180,7 @@ def run_demo(settings: Settings, keep_running: bool = False, timeout: float = 12
         assert stack.database_url is not None
         _ledger_report(stack.database_url, emitted)
         say("demo OK: a warning, a cutoff and an alert happened. Inspect them with:")
+        say(f"  the dashboard: {stack.dashboard_url}")
         say(f"  {stack.env_hint()}")
         say("  spendstream flags          # active cutoff/warn keys with reasons and TTLs")
         say("  spendstream report         # the spend ledger: top features, users, models")

@@ -53,6 +53,23 @@ def ledger_services(settings: Settings, budgets: Budgets, registry: Any = None) 
     return [LedgerService(consumer)]
 
 
+def digest_services(settings: Settings, budgets: Budgets, notifier: Notifier) -> list[Any]:
+    """The weekly digest's service when ``SPENDSTREAM_DIGEST_AT`` is set (it needs the
+    ledger), else nothing."""
+    if settings.digest_at is None:
+        return []
+    from spendstream.errors import ConfigError
+
+    if settings.database_url is None:
+        raise ConfigError("SPENDSTREAM_DIGEST_AT needs the spend ledger: set "
+                          "SPENDSTREAM_DATABASE_URL too (or unset SPENDSTREAM_DIGEST_AT)")
+    from spendstream.dashboard.digest_service import DigestService
+
+    return [DigestService(settings.digest_at, settings.database_url.get_secret_value(),
+                          settings.redis_url.get_secret_value(), settings.redis_prefix,
+                          budgets, notifier)]  # type: ignore[arg-type]
+
+
 def run_worker(settings: Settings, budgets: Budgets, loglevel: str = "info") -> int:
     """Create the topics, then run both stages until SIGINT/SIGTERM; return the exit code."""
     import faust
@@ -62,6 +79,7 @@ def run_worker(settings: Settings, budgets: Budgets, loglevel: str = "info") -> 
     from spendstream.streams.topics import ensure_topics
 
     notifier = build_notifier_from(settings)
+    digest = digest_services(settings, budgets, notifier)  # a bad schedule fails here
     counts = asyncio.run(ensure_topics(
         settings.bootstrap_servers,
         [settings.topic, settings.rollup_topic, settings.dlq_topic, settings.alert_topic],
@@ -74,7 +92,7 @@ def run_worker(settings: Settings, budgets: Budgets, loglevel: str = "info") -> 
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     ledger = ledger_services(settings, budgets,
                              app.spendstream["registry"])  # type: ignore[attr-defined]
-    worker = faust.Worker(app, *ledger, loglevel=loglevel, quiet=True)
+    worker = faust.Worker(app, *ledger, *digest, loglevel=loglevel, quiet=True)
     worker.spinner = None  # a terminal spinner mangles logs and files
     logging.getLogger("spendstream").setLevel(logging.INFO)
     log.info("worker starting: kafka %s (%s), topic %s (%d partitions), redis prefix %r, "

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     """How long the worker remembers event ids; a redelivery later than this counts again."""
     flush_interval: float = Field(default=0.25, gt=0)
     status_interval: float = Field(default=10.0, gt=0)
+    dashboard_token: SecretStr | None = None
+    """Bearer token that allows the dashboard's write actions (kill switch); none: the
+    dashboard is read-only."""
+    digest_at: str | None = None
+    """When the worker sends the weekly digest to Slack, e.g. ``mon 09:00`` (UTC); none: never."""
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     """Where the worker serves /metrics, /healthz and /livez; 0 turns them off."""
     state_dir: Path = Path(tempfile.gettempdir()) / "spendstream"
@@ -105,6 +110,15 @@ class Settings(BaseSettings):
         if not v.get_secret_value().startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL, e.g. "
                              "postgresql://user:password@localhost:5432/spendstream")
+        return v
+
+    @field_validator("dashboard_token")
+    @classmethod
+    def _token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value():
+            return None  # empty means unset: read-only
+        if len(v.get_secret_value()) < 8:
+            raise ValueError("must be at least 8 characters (it guards the kill switch)")
         return v
 
     @property

@@ -20,6 +20,9 @@ from spendstream.errors import ServiceUnavailable
 from spendstream.redact import redact_url
 from spendstream.settings import Settings
 
+DASHBOARD_PORT = 8642
+"""The dashboard's port in `up` and `demo` (another free one when it is taken)."""
+
 
 def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
@@ -63,6 +66,13 @@ class Stack:
         self.database_url = (None if settings.database_url is None
                              else settings.database_url.get_secret_value())
         self.worker: subprocess.Popen[bytes] | None = None
+        self.dashboard: subprocess.Popen[bytes] | None = None
+        self.dashboard_port = DASHBOARD_PORT if _port_free(DASHBOARD_PORT) else free_port()
+
+    @property
+    def dashboard_url(self) -> str:
+        """Where the dashboard page is served."""
+        return f"http://127.0.0.1:{self.dashboard_port}/"
 
     @property
     def kafka_url(self) -> str:
@@ -77,6 +87,7 @@ class Stack:
         Ctrl-C, so no broker or Redis process outlives ``up``.
         """
         signal.signal(signal.SIGTERM, _interrupt)
+        say(f"dashboard: {self.dashboard_url} (up in a few seconds)")
         self.broker = EmbeddedBroker(port=9092 if _port_free(9092) else None)
         say(f"starting the embedded Kafka broker (Tansu, in memory) on {self.broker.bootstrap}")
         self.broker.start()
@@ -108,6 +119,9 @@ class Stack:
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "spendstream", "worker", "--log-level", self.worker_log_level],
             env=env)
+        self.dashboard = subprocess.Popen(
+            [sys.executable, "-m", "spendstream", "dashboard", "--port",
+             str(self.dashboard_port)], env=env, stdout=subprocess.DEVNULL)
 
     def _start_postgres(self) -> None:
         """The spend ledger's database: SPENDSTREAM_DATABASE_URL's, else an embedded one."""
@@ -155,6 +169,13 @@ class Stack:
             except subprocess.TimeoutExpired:
                 self.worker.kill()
                 self.worker.wait()
+        if self.dashboard is not None and self.dashboard.poll() is None:
+            self.dashboard.terminate()
+            try:
+                self.dashboard.wait(10)
+            except subprocess.TimeoutExpired:
+                self.dashboard.kill()
+                self.dashboard.wait()
         if self.postgres is not None:
             self.postgres.remove()
         if self.redis is not None:

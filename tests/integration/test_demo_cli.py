@@ -23,6 +23,8 @@ def test_demo_shows_warning_cutoff_and_alert_then_cleans_up(redis_server, tmp_pa
         env={**os.environ, "SPENDSTREAM_REDIS_URL": redis_server.url})
     text = out.stdout + out.stderr
     assert out.returncode == 0, text
+    # It opens with the dashboard's URL (demo's first line).
+    assert re.match(r"spendstream \| dashboard: http://127\.0\.0\.1:\d+/", out.stdout), text
     for seen in ("WARNING: acct-7", "CUTOFF: acct-7", "ALERT (alert): feature summarize",
                  "acct-7's next call refused", "demo OK"):
         assert seen in text, (seen, text)

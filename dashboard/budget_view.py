@@ -1,0 +1,80 @@
+"""Feature budgets as the dashboard shows them: spend of the feature's period against its
+budget, the warn / cutoff / alert lines in dollars, and the pace. Pure: no I/O."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from spendstream.dashboard.periods import elapsed_fraction, money, period_bounds
+from spendstream.domain.budgets import Budgets
+
+PACE_BAND = Decimal("0.10")
+"""Spend within 10% of the pro-rated budget is "on track"; above is "over", below "under"."""
+
+
+def pace_status(spent: Decimal, prorated: Decimal) -> str:
+    """``over``, ``on track`` or ``under`` the pro-rated budget (``on track`` at 0 of 0)."""
+    if prorated <= 0:
+        return "over" if spent > 0 else "on track"
+    ratio = spent / prorated
+    if ratio > 1 + PACE_BAND:
+        return "over"
+    if ratio < 1 - PACE_BAND:
+        return "under"
+    return "on track"
+
+
+def pace(spent: Decimal, budget: Decimal, start: datetime, end: datetime, now: datetime
+         ) -> dict[str, Any]:
+    """Pro-rated budget at ``now``, spend as a multiple of it, the period's projected end
+    spend at this rate, and the status."""
+    gone = elapsed_fraction(start, end, now)
+    prorated = (budget * gone).quantize(Decimal("0.000001"))
+    projected = (spent / gone).quantize(Decimal("0.000001")) if gone > 0 else None
+    ratio = (spent / prorated).quantize(Decimal("0.01")) if prorated > 0 else None
+    return {"elapsed_fraction": money(gone), "prorated_usd": money(prorated),
+            "pace": money(ratio), "projected_usd": money(projected),
+            "status": pace_status(spent, prorated)}
+
+
+def feature_rows(budgets: Budgets, period_spend: dict[str, Decimal],
+                 today: dict[str, Decimal], month: dict[str, Decimal],
+                 flags: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """One row per feature of the budgets file, then per other feature with spend this
+    month; ``period_spend`` is each budgeted feature's spend of its own current period."""
+    t = budgets.thresholds
+    by_feature = {(f["kind"], f["id"]): f for f in flags if f["scope"] == "feature"}
+    rows = []
+    names = list(budgets.features) + sorted(set(month) - set(budgets.features))
+    for name in names:
+        conf = budgets.features.get(name)
+        row: dict[str, Any] = {"feature": name, "today_usd": money(today.get(name, Decimal(0))),
+                               "month_usd": money(month.get(name, Decimal(0)))}
+        cutoff, warn = by_feature.get(("cutoff", name)), by_feature.get(("warn", name))
+        if cutoff is not None:
+            row["state"] = "disabled" if cutoff.get("unit") == "switch" else "cut off"
+            row["state_reason"], row["state_reset_at"] = cutoff["reason"], cutoff["reset_at"]
+        elif warn is not None:
+            row["state"] = "warned"
+            row["state_reason"], row["state_reset_at"] = warn["reason"], warn["reset_at"]
+        else:
+            row["state"], row["state_reason"], row["state_reset_at"] = "ok", None, None
+        if conf is None or conf.usd is None:
+            row.update(period=conf.period if conf else None, budget_usd=None, spent_usd=None)
+            rows.append(row)
+            continue
+        start, end = period_bounds(conf.period, now)
+        spent = period_spend.get(name, Decimal(0))
+        budget = conf.usd
+        row.update(
+            period=conf.period, period_start=start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            period_end=end.strftime("%Y-%m-%dT%H:%M:%SZ"), budget_usd=money(budget),
+            spent_usd=money(spent),
+            percent=money((spent / budget * 100).quantize(Decimal("0.1")) if budget else None),
+            lines={"warn": money(budget * t.warn), "cutoff": money(budget * t.cutoff),
+                   "alert": money(budget * t.alert)},
+            hard_cutoff=conf.cutoff, **pace(spent, budget, start, end, now))
+        rows.append(row)
+    return rows
