@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     replication_factor: int = Field(default=1, ge=1, le=16)
     app_id: str = "spendstream"
     grace_seconds: int = Field(default=3600, ge=0)
+    max_future_seconds: int = Field(default=300, ge=0)
+    """How far ahead of the worker's clock an event's ``ts`` may be (producers' clock skew);
+    later events go to the dead-letter topic."""
     dedup_seconds: int = Field(default=3600, ge=60)
     """How long the worker remembers event ids; a redelivery later than this counts again."""
     flush_interval: float = Field(default=0.25, gt=0)

@@ -90,11 +90,15 @@ class FlagSnapshot:
         return cls(*(parse_flag(v) for v in values))
 
     def live(self, flag: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
-        """``flag`` unless its window ended before ``now`` (a cached value outlived it)."""
+        """``flag`` unless its window ended before ``now`` (a cached value outlived it) or
+        has not started yet (an event dated ahead, within the worker's allowed skew)."""
         if flag is None:
             return None
         end = parse_time(flag.get("window_end"))
-        return None if end is not None and end <= now else flag
+        if end is not None and end <= now:
+            return None
+        start = parse_time(flag.get("window_start"))
+        return None if start is not None and start > now else flag
 
     def warning(self, now: datetime) -> dict[str, Any] | None:
         """The user's warn flag, else the feature's: what a banner should show."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
@@ -32,6 +33,11 @@ MAX_TOKENS_PER_EVENT = 50_000_000
 """Above this a count is absurd (no model has such a context), so the event is rejected."""
 MAX_COST_PER_EVENT = Decimal("100000")
 MAX_EVENT_BYTES = 64 * 1024
+MAX_FUTURE_SECONDS = 300
+"""Default of how far ahead of the worker's clock an event's ``ts`` may be (clock skew)."""
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(3000, 1, 1, tzinfo=UTC)
+"""Timestamps outside ``[_EARLIEST, _LATEST)`` are absurd, whatever form they come in."""
 
 _ID = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 _TOKENS = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS_PER_EVENT)]
@@ -90,8 +96,8 @@ class UsageEvent(BaseModel):
         if isinstance(v, bool):
             raise ValueError("must be an RFC 3339 string or epoch seconds")
         if isinstance(v, int | float):
-            if not 0 <= v < 32_503_680_000:
-                raise ValueError("epoch seconds out of range")
+            if not 0 <= v < _LATEST.timestamp():
+                raise ValueError("epoch seconds out of range (1970 to 2999)")
             return datetime.fromtimestamp(v, UTC)
         if isinstance(v, datetime):
             parsed = v
@@ -106,6 +112,8 @@ class UsageEvent(BaseModel):
             raise ValueError("must be an RFC 3339 string or epoch seconds")
         if parsed.tzinfo is None:
             raise ValueError("must carry a UTC offset, e.g. 2026-11-23T10:00:00Z")
+        if not _EARLIEST <= parsed < _LATEST:
+            raise ValueError("out of range (1970 to 2999)")
         return parsed.astimezone(UTC)
 
     @field_validator("cost_usd", mode="before")
@@ -157,8 +165,38 @@ MAX_RECORD_EVENTS = 10_000
 """Elements of one packed record (the SDK emitter sends at most 500)."""
 
 
-def decode_event(raw: bytes | None) -> UsageEvent:
-    """Decode one message value into a :class:`UsageEvent` or raise :class:`MalformedEvent`."""
+@dataclass(frozen=True, slots=True)
+class Horizon:
+    """The latest event time a decoder accepts: ``now`` plus the allowed clock skew.
+
+    The worker builds one per batch from its own clock (the decoder reads no clock), so
+    one event dated days ahead cannot open a future window and cut someone off now.
+    """
+
+    now: datetime
+    max_future_seconds: float = MAX_FUTURE_SECONDS
+
+    @property
+    def latest(self) -> datetime:
+        """Events dated after this go to the dead-letter topic."""
+        return self.now + timedelta(seconds=self.max_future_seconds)
+
+    def check(self, event: UsageEvent) -> UsageEvent:
+        """``event``, or :class:`MalformedEvent` when it is dated too far ahead."""
+        if event.ts > self.latest:
+            ahead = (event.ts - self.now).total_seconds()
+            raise MalformedEvent(
+                f"ts: {event.ts:%Y-%m-%dT%H:%M:%SZ} is {ahead:.0f}s ahead of the worker's "
+                f"clock ({self.now:%Y-%m-%dT%H:%M:%SZ}); at most "
+                f"{self.max_future_seconds:g}s is allowed (SPENDSTREAM_MAX_FUTURE_SECONDS)")
+        return event
+
+
+def decode_event(raw: bytes | None, horizon: Horizon | None = None) -> UsageEvent:
+    """Decode one message value into a :class:`UsageEvent` or raise :class:`MalformedEvent`.
+
+    With a ``horizon``, an event dated beyond it is malformed too.
+    """
     if raw is None:
         raise MalformedEvent("empty message (no value)")
     if len(raw) > MAX_EVENT_BYTES:
@@ -167,10 +205,11 @@ def decode_event(raw: bytes | None) -> UsageEvent:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise MalformedEvent(f"not JSON: {e}") from e
-    return _validate(data)
+    return _validate(data, horizon)
 
 
-def decode_events(raw: bytes | None) -> list[UsageEvent | MalformedEvent]:
+def decode_events(raw: bytes | None, horizon: Horizon | None = None
+                  ) -> list[UsageEvent | MalformedEvent]:
     """Decode a message that holds one event (an object) or a packed record (an array).
 
     Every element gets its own outcome, in order: a bad element is a
@@ -180,7 +219,7 @@ def decode_events(raw: bytes | None) -> list[UsageEvent | MalformedEvent]:
     """
     if raw is None or raw[:1] != b"[":
         try:
-            return [decode_event(raw)]
+            return [decode_event(raw, horizon)]
         except MalformedEvent as e:
             return [e]
     if len(raw) > MAX_RECORD_BYTES:
@@ -196,28 +235,28 @@ def decode_events(raw: bytes | None) -> list[UsageEvent | MalformedEvent]:
     out: list[UsageEvent | MalformedEvent] = []
     for i, item in enumerate(items):
         try:
-            out.append(_validate(item))
+            out.append(_validate(item, horizon))
         except MalformedEvent as e:
             out.append(MalformedEvent(f"element {i} of {len(items)}: {e.reason}",
                                       element=orjson.dumps(item)))
     return out
 
 
-def _validate(data: Any) -> UsageEvent:
+def _validate(data: Any, horizon: Horizon | None = None) -> UsageEvent:
     if not isinstance(data, dict):
         raise MalformedEvent(f"not a JSON object but {type(data).__name__}")
     event = _fast(data)
-    if event is not None:
-        return event
-    schema = data.get("schema")
-    if schema != SCHEMA_VERSION:
-        raise MalformedEvent(
-            f"unknown schema {schema!r}; this worker reads schema {SCHEMA_VERSION}"
-        )
-    try:
-        return UsageEvent.model_validate(data)
-    except ValidationError as e:
-        raise MalformedEvent(_explain(e)) from e
+    if event is None:
+        schema = data.get("schema")
+        if schema != SCHEMA_VERSION:
+            raise MalformedEvent(
+                f"unknown schema {schema!r}; this worker reads schema {SCHEMA_VERSION}"
+            )
+        try:
+            event = UsageEvent.model_validate(data)
+        except ValidationError as e:
+            raise MalformedEvent(_explain(e)) from e
+    return event if horizon is None else horizon.check(event)
 
 
 _FIELDS = frozenset(UsageEvent.model_fields)
@@ -275,7 +314,7 @@ def _fast(d: dict[str, Any]) -> UsageEvent | None:
         at = datetime.fromisoformat(ts.replace("Z", "+00:00"))
     except ValueError:
         return None
-    if at.tzinfo is None:
+    if at.tzinfo is None or not _EARLIEST <= at < _LATEST:
         return None
     event = _new_event(UsageEvent)
     _set(event, "__dict__", {

@@ -19,7 +19,7 @@ from mode import Service
 from spendstream.alerts import AlertDispatcher, Notifier
 from spendstream.alerts.model import Alert
 from spendstream.producers.budgets import Budgets
-from spendstream.producers.event import MalformedEvent, UsageEvent, decode_events
+from spendstream.producers.event import Horizon, MalformedEvent, UsageEvent, decode_events
 from spendstream.producers.pricing import Pricer
 from spendstream.settings import Settings
 from spendstream.streams.consumer import WorkerApp
@@ -196,6 +196,7 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
         async for events in stream.take_events(  # type: ignore[attr-defined]
                 BATCH, within=settings.flush_interval):
             now = utcnow()
+            horizon = Horizon(now, settings.max_future_seconds)
             if ledger.fresh:
                 for p in {ev.message.partition for ev in events} & ledger.fresh:
                     users.resend(p)
@@ -205,7 +206,7 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                 m = ev.message
                 # One event, or a packed record: each element has its own position, so the
                 # state may be committed between two elements of one record.
-                for i, event in enumerate(decode_events(ev.value)):
+                for i, event in enumerate(decode_events(ev.value, horizon)):
                     if isinstance(event, MalformedEvent):
                         await dead_letter(ev, event.reason, event.element)
                         continue

@@ -69,7 +69,7 @@ class RollupStage(Stage):
             if parts[0] == "unp":
                 self._unpriced(parts[1], window_from_key("day", parts[3]), totals, now)
             if parts[0] in ("f", "g"):
-                self._publish_spend(parts, totals)
+                self._publish_spend(parts, totals, now)
             if parts[0] == "f":
                 self._evaluate_feature(parts[1], window_from_key(parts[2], parts[3]), totals,
                                        now)  # type: ignore[arg-type]
@@ -110,10 +110,13 @@ class RollupStage(Stage):
                           Decimal(totals.reported_input), Decimal(totals.local_input), "tokens",
                           window.start, window.end, now, detail))
 
-    def _publish_spend(self, parts: list[str], totals: Totals) -> None:
-        """Live spend of a feature's current period or a global window, for dashboards."""
+    def _publish_spend(self, parts: list[str], totals: Totals, now: datetime) -> None:
+        """Live spend of a feature's current period or a global window, for dashboards
+        (never a window that has not started: the keys show the current one)."""
         kind, subject, period, wkey = parts
         window = window_from_key(period, wkey)  # type: ignore[arg-type]
+        if window.start > now:
+            return
         name = f"spend:feature:{subject}" if kind == "f" else f"spend:global:{period}"
         value: dict[str, Any] = {
             "scope": "feature" if kind == "f" else "global", "id": subject, "period": period,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any
 
 from spendstream.alerts.model import Alert, Level
@@ -146,13 +145,11 @@ class UserStage(Stage):
         usd, tokens = self._floors[tier]
         return (usd is None or totals.usd < usd) and (tokens is None or totals.tokens < tokens)
 
-    def _live_spend(self, partition: int, user: str, window: Window) -> bool:
-        """Whether ``window`` is the user's live spend: not over (Redis would drop the
-        write), and no later window of the user is already counting (clock skew)."""
-        if window.end_epoch <= self._now_epoch:
-            return False
-        later = f"u|{user}|{_next_day(window)}"
-        return (partition, later) not in self._dirty and self.state.get(partition, later) is None
+    def _live_spend(self, window: Window) -> bool:
+        """Whether ``window`` is the current one, so its spend is the user's live spend:
+        started (an event dated a little ahead must not replace today's figures) and not
+        over (Redis would drop the write)."""
+        return window.start_epoch <= self._now_epoch < window.end_epoch
 
     def resend(self, partition: int) -> None:
         """Forward every partial of ``partition`` with the next batch (after a recovery, in
@@ -184,11 +181,12 @@ class UserStage(Stage):
         users = self.budgets.users
         tier = users.tier_of(user)
         limit = users.tiers.get(tier)
-        if self._live_spend(partition, user, window):
+        if self._live_spend(window):
             spend: dict[str, Any] = {
                 "scope": "user", "id": user, "tier": tier, "spent_usd": str(totals.usd),
                 "spent_tokens": totals.tokens, "events": totals.events,
-                "unpriced_events": totals.unpriced, "window_end": window.end_text}
+                "unpriced_events": totals.unpriced,
+                "window_start": window.start_text, "window_end": window.end_text}
             if limit is not None:
                 spend["budget_usd"] = None if limit.usd is None else str(limit.usd)
                 spend["budget_tokens"] = limit.tokens
@@ -209,11 +207,6 @@ class UserStage(Stage):
             self.flags.set(f"cutoff:user:{user}", payload, window.end_epoch)
             self._alert(Alert("user", user, "budget", tr.current, tr.previous, m.spent,
                               m.budget, m.unit, window.start, window.end, now, reason))
-
-
-@lru_cache(maxsize=64)
-def _next_day(window: Window) -> str:
-    return window_of("day", window.end).key
 
 
 def rollup_key(name: str) -> str:

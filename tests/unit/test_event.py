@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
 import pytest
 
-from spendstream.producers.event import MalformedEvent, UsageEvent, decode_event, decode_events
+from spendstream.producers.event import (
+    Horizon,
+    MalformedEvent,
+    UsageEvent,
+    decode_event,
+    decode_events,
+)
 
 BASE = {"schema": 1, "event_id": "b3f1", "ts": "2026-11-23T10:00:00Z", "user_id": "acct-7",
         "feature": "chat", "model": "gpt-4o", "provider": "openai", "input_tokens": 1200,
@@ -51,6 +57,10 @@ def test_timestamps(ts, expected):
     (raw(output_tokens=True), "output_tokens"),
     (raw(ts="yesterday"), "RFC 3339"),
     (raw(ts="2026-11-23T10:00:00"), "UTC offset"),
+    (raw(ts="0001-01-01T00:00:00Z"), "out of range"),  # strings are range-checked like epochs
+    (raw(ts="9999-12-31T23:59:59Z"), "out of range"),
+    (raw(ts="1969-12-31T23:59:59+00:00"), "out of range"),
+    (raw(ts=32_503_680_000), "out of range"),
     (raw(cost_usd="-0.01"), "cost_usd"),
     (raw(cost_usd="NaN"), "cost_usd"),
     (raw(user_id=""), "user_id"),
@@ -129,3 +139,18 @@ def test_everyday_events_take_the_fast_path():
     for change in ({}, {"provider": None, "cost_usd": None}, {"local_input_tokens": 5},
                    {"ts": "2026-11-23T11:00:00+01:00"}):
         assert _fast({**BASE, **change}) is not None
+
+
+def test_events_dated_beyond_the_horizon_are_rejected_with_the_skew():
+    now = datetime(2026, 11, 23, 10, tzinfo=UTC)
+    horizon = Horizon(now, 300)
+    ahead = lambda s: (now + timedelta(seconds=s)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: E731
+    assert decode_event(raw(ts=ahead(299)), horizon).ts == now + timedelta(seconds=299)
+    with pytest.raises(MalformedEvent) as e:
+        decode_event(raw(ts=ahead(2 * 86400)), horizon)
+    assert "172800s ahead" in e.value.reason and "SPENDSTREAM_MAX_FUTURE_SECONDS" in e.value.reason
+    epoch = (now + timedelta(days=3)).timestamp()  # epoch seconds too, and packed elements
+    out = decode_events(orjson.dumps([{**BASE, "ts": epoch}, BASE]), horizon)
+    assert isinstance(out[0], MalformedEvent) and "ahead" in out[0].reason
+    assert isinstance(out[1], UsageEvent)
+    assert decode_event(raw(ts=ahead(2 * 86400))).ts > now  # no horizon: no clock check

@@ -256,13 +256,16 @@ def test_answers_cut_at_the_output_cap_are_counted_per_feature():
 
 
 def test_the_spend_key_shows_the_live_window_only():
-    """``spend:user`` is written for a window that is still open, and not for it once a later
-    window of the user is counting (an app clock ahead by a day): a stale window never
-    replaces the live one, without a per-user expiry map in the flag sink."""
+    """``spend:user`` and the global and feature spend keys are written for the window that
+    is open now only: never for one that has not started (an event dated a little ahead
+    of the worker's clock), never for one that is over."""
     w = World()
-    w.send(ev(tokens=1000, ts=NOW + timedelta(days=1)))  # tomorrow, by a skewed clock
+    w.send(ev(tokens=1000, ts=NOW + timedelta(hours=12, minutes=2)))  # tomorrow, 2 min on
+    assert "spend:user:u1" not in w.flags.keys
+    assert "spend:global:day" not in w.flags.keys and "spend:feature:chat" in w.flags.keys
     w.send(ev(tokens=2000))  # today, after it
     spend, expire = w.flags.keys["spend:user:u1"]
-    assert spend["spent_usd"] == "0.01" and spend["window_end"] == "2026-11-25T00:00:00Z"
+    assert spend["spent_usd"] == "0.02" and spend["window_end"] == "2026-11-24T00:00:00Z"
+    assert w.flags.keys["spend:global:day"][0]["spent_usd"] == "0.02"
     w.send(ev(user="u2", tokens=1000, ts=NOW - timedelta(days=1)))  # yesterday: over
     assert "spend:user:u2" not in w.flags.keys
