@@ -79,8 +79,11 @@ class UserStage(Stage):
         # Only provider-reported counts are worth auditing: an estimated event's input
         # is the app's own count already.
         local = event.local_input_tokens if event.ok and not event.estimated else None
-        c = Contribution(priced.cost, event.total_tokens, event.ok, priced.priced,
-                         event.input_tokens, local, event.finish_reason == "length")
+        # A failed call is counted but drains nothing: no money, and no tokens toward a
+        # tier or the tokens-per-minute ceiling (a retry storm must not use up a day).
+        c = Contribution(priced.cost, event.total_tokens if event.ok else 0, event.ok,
+                         priced.priced, event.input_tokens, local,
+                         event.finish_reason == "length")
         ts = event.ts
         day = window_of("day", ts)
         if day.ended_before(self._cutoff):

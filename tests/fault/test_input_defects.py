@@ -71,3 +71,35 @@ def test_future_dated_events_go_to_the_dlq_and_cut_nobody_off(broker, redis_url,
     finally:
         stack.close()
     assert worker.proc.returncode == 0, worker.output()
+
+
+FAILED_BUDGETS = """\
+users:
+  tiers: {free: {tokens: 10000}}
+global:
+  tokens_per_minute: 10000
+"""
+
+
+def test_failed_calls_drain_no_token_budget(broker, redis_url, uid, tmp_path):
+    """15,000 tokens of failed calls against a 10,000-token tier and a 10,000 tokens per
+    minute ceiling: counted as calls, no cutoff of the user or of everyone."""
+    stack = Stack(broker.bootstrap, broker.url, redis_url, uid, tmp_path, FAILED_BUDGETS)
+    stack.create_topics()
+    keys = stack.redis()
+    events = [usage("acct-e", cost=None, status="error", input_tokens=1000, output_tokens=0)
+              for _ in range(15)] + [usage("acct-e", cost="0.001")]
+    worker = stack.worker()
+    try:
+        stack.publish(message(e) for e in events)
+        spend = wait_until(lambda: (v := keys.get("spend:user:acct-e")) and v["events"] == 16
+                           and v, 60, "16 calls counted", check=worker.alive)
+        assert spend["spent_tokens"] == 120 and spend["remaining_tokens"] == 10000 - 120
+        minute = wait_until(lambda: (v := keys.get("spend:global:day")) and v["events"] == 16
+                            and v, 30, "the global day")
+        assert minute["failed_events"] == 15 and minute["spent_tokens"] == 120
+        assert keys.get("cutoff:user:acct-e") is None and keys.get("warn:user:acct-e") is None
+        assert keys.get("cutoff:global") is None
+    finally:
+        stack.close()
+    assert worker.proc.returncode == 0, worker.output()

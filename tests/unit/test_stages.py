@@ -140,6 +140,23 @@ def test_failed_calls_are_free_but_counted():
     assert spend["spent_usd"] == "0" and spend["events"] == 1
 
 
+def test_failed_calls_drain_no_token_tier_and_no_tokens_per_minute():
+    """15,000 failed tokens against a 10,000-token tier and a 20,000 tokens-per-minute
+    ceiling (30,000 with the rest): counted as calls, no flag."""
+    w = World(parse_budgets({"users": {"tiers": {"free": {"tokens": 10000}}},
+                             "global": {"tokens_per_minute": 20000},
+                             "prices": {"m": {"input": 10, "output": 10}}}))
+    w.send(*[ev(status="error", tokens=1000) for _ in range(15)])
+    w.send(*[ev(user="u2", status="error", tokens=1000) for _ in range(15)])
+    w.send(ev(tokens=100))
+    spend, _ = w.flags.keys["spend:user:u1"]
+    assert spend["events"] == 16 and spend["spent_tokens"] == 100
+    assert not [k for k in w.flags.keys if k.startswith(("cutoff:", "warn:"))]
+    minute = w.flags.keys["spend:global:minute"][0]
+    assert minute["events"] == 31 and minute["failed_events"] == 30
+    assert minute["spent_tokens"] == 100
+
+
 def test_feature_alert_at_120_percent_is_one_message_per_transition():
     w = World(parse_budgets({"features": {"chat": {"usd": "1.00"}}, "prices": {
         "m": {"input": 10, "output": 10}}}))
