@@ -103,8 +103,11 @@ class Settings(BaseSettings):
 
     @property
     def rollup_topic(self) -> str:
-        """Internal: per-event feature/global contributions, keyed by feature."""
-        return f"{self.topic}.rollup"
+        """Internal: stage one's partial sums, keyed by feature. Named by the app id (as
+        faust names the changelogs, ``<app_id>-<table>-changelog``) and the usage topic:
+        two app ids reading one usage topic (staging and production, blue/green, a replay
+        after a price fix) each keep their own state."""
+        return f"{self.app_id}-{self.topic}-rollup"
 
     @property
     def emitter_spill_dir(self) -> Path | None:

@@ -4,13 +4,14 @@ worker`` as raw JSON and judged by what the worker leaves in Redis and the DLQ."
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 import yaml
 
 from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import Guard
-from tests.fault.faultkit import Stack, message, usage
+from tests.fault.faultkit import Keys, Stack, message, usage
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -103,3 +104,41 @@ def test_failed_calls_drain_no_token_budget(broker, redis_url, uid, tmp_path):
     finally:
         stack.close()
     assert worker.proc.returncode == 0, worker.output()
+
+
+def test_two_app_ids_on_one_topic_keep_their_own_totals(broker, redis_url, uid, tmp_path):
+    """Production and a replay with double prices read one usage topic, each with its own
+    app id and key prefix: each one's user, feature and global totals are its own."""
+    prices = {"a": ("2.50", "10.00"), "b": ("5.00", "20.00")}
+    stack = Stack(broker.bootstrap, broker.url, redis_url, uid, tmp_path, "", partitions=2)
+    stack.create_topics()
+    workers = {}
+    for name, (inp, out) in prices.items():
+        path = tmp_path / f"budgets-{name}.yaml"
+        path.write_text(f"features:\n  chat: {{period: month, usd: 1000}}\n"
+                        f"prices:\n  gpt-4o: {{input: {inp}, output: {out}}}\n")
+        workers[name] = stack.worker(name, SPENDSTREAM_APP_ID=f"app{uid}{name}",
+                                     SPENDSTREAM_REDIS_PREFIX=f"ss{uid}{name}:",
+                                     SPENDSTREAM_BUDGETS=str(path))
+    users = [f"acct-{i}" for i in range(12)]
+    events = [usage(u, cost=None, input_tokens=1000, output_tokens=100)
+              for u in users for _ in range(3)]
+    try:
+        stack.publish(message(e) for e in events)
+        for name, (inp, out) in prices.items():
+            keys = Keys(redis_url, f"ss{uid}{name}:")
+            each = (Decimal(1000) * Decimal(inp) + Decimal(100) * Decimal(out)) / 1_000_000
+            want = each * len(events)
+            day = wait_until(lambda k=keys: (v := k.get("spend:global:day")) and v["events"]
+                             >= len(events) and v, 60, f"app {name}'s global day",
+                             check=workers[name].alive)
+            assert (day["events"], Decimal(day["spent_usd"])) == (len(events), want), name
+            feature = wait_until(lambda k=keys: (v := k.get("spend:feature:chat")) and
+                                 v["events"] >= len(events) and v, 30, "the feature")
+            assert (feature["events"], Decimal(feature["spent_usd"])) == (len(events), want)
+            for u in users:
+                spend = keys.get(f"spend:user:{u}")
+                assert spend is not None and Decimal(spend["spent_usd"]) == each * 3, (name, u)
+    finally:
+        stack.close()
+    assert all(w.proc.returncode == 0 for w in workers.values())
