@@ -77,6 +77,9 @@ class UsageEvent(BaseModel):
     input_tokens: _TOKENS = 0
     output_tokens: _TOKENS = 0
     cached_input_tokens: _TOKENS = 0
+    cache_write_input_tokens: _TOKENS = 0
+    """Prompt-cache writes, part of ``input_tokens`` like cache reads, priced at the table's
+    cache-write rate (a worker that predates the field prices them as plain input)."""
     status: Annotated[StrictStr, Field(min_length=1, max_length=32)] = "ok"
     finish_reason: Annotated[StrictStr, Field(max_length=64)] | None = None
     cost_usd: Decimal | None = None
@@ -150,8 +153,12 @@ class UsageEvent(BaseModel):
         return self.input_tokens + self.output_tokens
 
     def to_json(self) -> bytes:
-        """The wire form: compact UTF-8 JSON, ``None`` fields left out."""
-        return orjson.dumps(self.model_dump(by_alias=True, exclude_none=True))
+        """The wire form: compact UTF-8 JSON, ``None`` fields left out (and no cache writes
+        when there were none, so the common event is what it always was)."""
+        data = self.model_dump(by_alias=True, exclude_none=True)
+        if not self.cache_write_input_tokens:
+            del data["cache_write_input_tokens"]
+        return orjson.dumps(data)
 
     @property
     def key(self) -> bytes:
@@ -289,7 +296,8 @@ def _fast(d: dict[str, Any]) -> UsageEvent | None:
         return None
     if not (finish is None or (type(finish) is str and len(finish) <= 64)):
         return None
-    counts = (g("input_tokens", 0), g("output_tokens", 0), g("cached_input_tokens", 0))
+    counts = (g("input_tokens", 0), g("output_tokens", 0), g("cached_input_tokens", 0),
+              g("cache_write_input_tokens", 0))
     for n in counts:
         if type(n) is not int or not 0 <= n <= MAX_TOKENS_PER_EVENT:
             return None
@@ -320,7 +328,8 @@ def _fast(d: dict[str, Any]) -> UsageEvent | None:
     _set(event, "__dict__", {
         "schema_": 1, "event_id": event_id, "ts": at.astimezone(UTC), "user_id": user,
         "feature": feature, "model": model, "provider": provider, "input_tokens": counts[0],
-        "output_tokens": counts[1], "cached_input_tokens": counts[2], "status": status,
+        "output_tokens": counts[1], "cached_input_tokens": counts[2],
+        "cache_write_input_tokens": counts[3], "status": status,
         "finish_reason": finish, "cost_usd": cost, "estimated": estimated,
         "local_input_tokens": local})
     _set(event, "__pydantic_fields_set__", _FIELDS)

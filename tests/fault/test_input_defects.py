@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import genai_prices
 import pytest
 import yaml
 
@@ -142,3 +143,31 @@ def test_two_app_ids_on_one_topic_keep_their_own_totals(broker, redis_url, uid, 
     finally:
         stack.close()
     assert all(w.proc.returncode == 0 for w in workers.values())
+
+
+PLAIN_BUDGETS = """\
+users:
+  tiers: {free: {usd: 1000}}
+"""
+
+
+def test_cache_writes_are_priced_at_the_cache_write_rate(broker, redis_url, uid, tmp_path):
+    """100,000 cache-write tokens on claude-sonnet-4-5, priced by the worker: genai-prices'
+    figure ($0.375), not the input rate's ($0.30)."""
+    stack = Stack(broker.bootstrap, broker.url, redis_url, uid, tmp_path, PLAIN_BUDGETS)
+    stack.create_topics()
+    keys = stack.redis()
+    want = genai_prices.calc_price(
+        genai_prices.Usage(input_tokens=100_000, cache_write_tokens=100_000, output_tokens=0),
+        "claude-sonnet-4-5", provider_id="anthropic").total_price
+    event = usage("acct-c", cost=None, model="claude-sonnet-4-5", provider="anthropic",
+                  input_tokens=100_000, cache_write_input_tokens=100_000, output_tokens=0)
+    worker = stack.worker()
+    try:
+        stack.publish([message(event)])
+        spend = wait_until(lambda: keys.get("spend:user:acct-c"), 60, "the user's spend",
+                           check=worker.alive)
+        assert Decimal(spend["spent_usd"]) == want == Decimal("0.375")
+    finally:
+        stack.close()
+    assert worker.proc.returncode == 0, worker.output()

@@ -91,6 +91,8 @@ VARIANTS = [
     {"input_tokens": 1.0}, {"user_id": "u" * 256}, {"user_id": "u" * 257},
     {"user_id": "a\x7fb"}, {"model": "m\x00"}, {"event_id": 5}, {"provider": "p" * 65},
     {"schema": True}, {"schema": 1.0}, {"extra_field": [1, 2]}, {"status": None},
+    {"cache_write_input_tokens": 5}, {"cache_write_input_tokens": -1},
+    {"cache_write_input_tokens": "5"},
 ]
 
 
@@ -154,3 +156,14 @@ def test_events_dated_beyond_the_horizon_are_rejected_with_the_skew():
     assert isinstance(out[0], MalformedEvent) and "ahead" in out[0].reason
     assert isinstance(out[1], UsageEvent)
     assert decode_event(raw(ts=ahead(2 * 86400))).ts > now  # no horizon: no clock check
+
+
+def test_cache_writes_are_an_optional_field_of_schema_1():
+    """Old events (no field) stay valid with 0 writes and encode as before; new ones round
+    trip."""
+    old = decode_event(raw())
+    assert old.cache_write_input_tokens == 0
+    assert b"cache_write" not in old.to_json()
+    new = decode_event(raw(input_tokens=5000, cache_write_input_tokens=4000))
+    assert new.cache_write_input_tokens == 4000
+    assert decode_event(new.to_json()) == new
