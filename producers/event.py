@@ -7,6 +7,7 @@ the dead-letter topic.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from dataclasses import dataclass
@@ -199,10 +200,25 @@ class Horizon:
         return event
 
 
-def decode_event(raw: bytes | None, horizon: Horizon | None = None) -> UsageEvent:
+Origin = tuple[str, int, int]
+"""Where a record was read: (topic, partition, offset)."""
+
+
+def origin_id(origin: Origin, index: int | None = None) -> str:
+    """The ``event_id`` of an event that came without one: its Kafka coordinates (plus its
+    index in a packed record), the same at every redelivery of the record."""
+    topic, partition, offset = origin
+    text = f"kafka:{topic}/{partition}/{offset}" + ("" if index is None else f"/{index}")
+    return text if len(text) <= 256 else "kafka:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def decode_event(raw: bytes | None, horizon: Horizon | None = None,
+                 origin: Origin | None = None) -> UsageEvent:
     """Decode one message value into a :class:`UsageEvent` or raise :class:`MalformedEvent`.
 
-    With a ``horizon``, an event dated beyond it is malformed too.
+    With a ``horizon``, an event dated beyond it is malformed too. An event without an
+    ``event_id`` takes :func:`origin_id` of ``origin``, and is malformed without one (a
+    random id would count a redelivered record twice).
     """
     if raw is None:
         raise MalformedEvent("empty message (no value)")
@@ -212,11 +228,11 @@ def decode_event(raw: bytes | None, horizon: Horizon | None = None) -> UsageEven
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise MalformedEvent(f"not JSON: {e}") from e
-    return _validate(data, horizon)
+    return _validate(data, horizon, origin and (origin, None))
 
 
-def decode_events(raw: bytes | None, horizon: Horizon | None = None
-                  ) -> list[UsageEvent | MalformedEvent]:
+def decode_events(raw: bytes | None, horizon: Horizon | None = None,
+                  origin: Origin | None = None) -> list[UsageEvent | MalformedEvent]:
     """Decode a message that holds one event (an object) or a packed record (an array).
 
     Every element gets its own outcome, in order: a bad element is a
@@ -226,7 +242,7 @@ def decode_events(raw: bytes | None, horizon: Horizon | None = None
     """
     if raw is None or raw[:1] != b"[":
         try:
-            return [decode_event(raw, horizon)]
+            return [decode_event(raw, horizon, origin)]
         except MalformedEvent as e:
             return [e]
     if len(raw) > MAX_RECORD_BYTES:
@@ -242,14 +258,15 @@ def decode_events(raw: bytes | None, horizon: Horizon | None = None
     out: list[UsageEvent | MalformedEvent] = []
     for i, item in enumerate(items):
         try:
-            out.append(_validate(item, horizon))
+            out.append(_validate(item, horizon, origin and (origin, i)))
         except MalformedEvent as e:
             out.append(MalformedEvent(f"element {i} of {len(items)}: {e.reason}",
                                       element=orjson.dumps(item)))
     return out
 
 
-def _validate(data: Any, horizon: Horizon | None = None) -> UsageEvent:
+def _validate(data: Any, horizon: Horizon | None = None,
+              origin: tuple[Origin, int | None] | None = None) -> UsageEvent:
     if not isinstance(data, dict):
         raise MalformedEvent(f"not a JSON object but {type(data).__name__}")
     event = _fast(data)
@@ -259,10 +276,16 @@ def _validate(data: Any, horizon: Horizon | None = None) -> UsageEvent:
             raise MalformedEvent(
                 f"unknown schema {schema!r}; this worker reads schema {SCHEMA_VERSION}"
             )
+        anonymous = data.get("event_id") is None
+        if anonymous and origin is not None:
+            data = {**data, "event_id": origin_id(*origin)}
         try:
             event = UsageEvent.model_validate(data)
         except ValidationError as e:
             raise MalformedEvent(_explain(e)) from e
+        if anonymous and origin is None:
+            raise MalformedEvent("event_id: missing, and no record coordinates to derive a "
+                                 "stable one from")
     return event if horizon is None else horizon.check(event)
 
 

@@ -206,7 +206,8 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                 m = ev.message
                 # One event, or a packed record: each element has its own position, so the
                 # state may be committed between two elements of one record.
-                for i, event in enumerate(decode_events(ev.value, horizon)):
+                origin = (m.topic, m.partition, m.offset)
+                for i, event in enumerate(decode_events(ev.value, horizon, origin)):
                     if isinstance(event, MalformedEvent):
                         await dead_letter(ev, event.reason, event.element)
                         continue

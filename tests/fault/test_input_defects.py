@@ -171,3 +171,36 @@ def test_cache_writes_are_priced_at_the_cache_write_rate(broker, redis_url, uid,
     finally:
         stack.close()
     assert worker.proc.returncode == 0, worker.output()
+
+
+def test_an_event_without_an_id_counts_once_when_its_record_is_read_again(
+        broker, redis_url, uid, tmp_path):
+    """Events from a producer that sends no ``event_id`` take their record's coordinates
+    as their id: killed right after counting them (offsets not yet committed: faust commits
+    every 2.8 s), the next worker reads the records again and counts them once."""
+    stack = Stack(broker.bootstrap, broker.url, redis_url, uid, tmp_path, PLAIN_BUDGETS,
+                  partitions=2, extra={"SPENDSTREAM_SESSION_TIMEOUT": "3"})
+    stack.create_topics()
+    keys = stack.redis()
+    n = 200
+    anonymous = [{k: v for k, v in usage("acct-n", cost="0.01").items() if k != "event_id"}
+                 for _ in range(n)]
+    first = stack.worker("w")
+    try:
+        wait_until(lambda: first.status_line(), 60, "the worker up", check=first.alive)
+        stack.publish(message(e) for e in anonymous)
+        wait_until(lambda: keys.events("spend:user:acct-n") > 0, 60, "the first counted",
+                   interval=0.005, check=first.alive)
+        first.kill()
+        second = stack.worker("w")
+        # One more event of the user, behind the others on its partition: once it is
+        # counted, everything read again before it has been counted too.
+        stack.publish([message(usage("acct-n", cost="0.01"))])
+        spend = wait_until(lambda: (v := keys.get("spend:user:acct-n")) and v["events"] > n
+                           and v, 90, "the last event", check=second.alive)
+        status = second.status()
+        print(f"the restarted worker read {status['duplicates']} events again")
+        assert spend["events"] == n + 1, status
+        assert Decimal(spend["spent_usd"]) == Decimal("0.01") * (n + 1)
+    finally:
+        stack.close()

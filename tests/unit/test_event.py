@@ -167,3 +167,21 @@ def test_cache_writes_are_an_optional_field_of_schema_1():
     new = decode_event(raw(input_tokens=5000, cache_write_input_tokens=4000))
     assert new.cache_write_input_tokens == 4000
     assert decode_event(new.to_json()) == new
+
+
+def test_an_event_without_an_id_takes_its_record_coordinates():
+    """Stable across redelivery: the same record decodes to the same id; a packed record's
+    elements get their index; with no coordinates an id-less event is malformed."""
+    anonymous = {k: v for k, v in BASE.items() if k != "event_id"}
+    where = ("spendstream.usage", 3, 1234)
+    one = decode_events(orjson.dumps(anonymous), origin=where)[0]
+    assert one.event_id == "kafka:spendstream.usage/3/1234"
+    assert decode_events(orjson.dumps(anonymous), origin=where)[0] == one
+    assert decode_event(orjson.dumps({**anonymous, "event_id": None}), origin=where) == one
+    packed = decode_events(orjson.dumps([anonymous, BASE, anonymous]), origin=where)
+    assert [e.event_id for e in packed] == ["kafka:spendstream.usage/3/1234/0", "b3f1",
+                                            "kafka:spendstream.usage/3/1234/2"]
+    with pytest.raises(MalformedEvent, match="event_id: missing"):
+        decode_event(orjson.dumps(anonymous))
+    long = decode_events(orjson.dumps(anonymous), origin=("t" * 249, 0, 1))[0]
+    assert long.event_id.startswith("kafka:") and len(long.event_id) == 70
