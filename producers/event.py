@@ -8,6 +8,7 @@ the dead-letter topic.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pydantic import (
     ValidationError,
     field_serializer,
     field_validator,
+    model_validator,
 )
 
 from spendstream.errors import SpendstreamError
@@ -125,7 +127,10 @@ class UsageEvent(BaseModel):
     def _parse_cost(cls, v: Any) -> Decimal | None:
         if v is None:
             return None
-        if isinstance(v, bool) or not isinstance(v, str | int | float | Decimal):
+        if isinstance(v, int | float):  # bool too
+            raise ValueError("must be a decimal string such as \"0.0123\", not a JSON number "
+                             "(a binary float cannot hold every amount exactly)")
+        if not isinstance(v, str | Decimal):
             raise ValueError("must be a decimal string such as \"0.0123\"")
         try:
             d = Decimal(str(v))
@@ -134,6 +139,13 @@ class UsageEvent(BaseModel):
         if not d.is_finite() or d < 0 or d > MAX_COST_PER_EVENT:
             raise ValueError(f"must be between 0 and {MAX_COST_PER_EVENT}")
         return d
+
+    @model_validator(mode="after")
+    def _cache_within_input(self) -> UsageEvent:
+        if self.cached_input_tokens + self.cache_write_input_tokens > self.input_tokens:
+            raise ValueError("cached_input_tokens + cache_write_input_tokens exceed input_tokens "
+                             "(cache reads and writes are part of the input)")
+        return self
 
     @field_serializer("ts")
     def _ser_ts(self, v: datetime) -> str:
@@ -228,6 +240,10 @@ def decode_event(raw: bytes | None, horizon: Horizon | None = None,
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise MalformedEvent(f"not JSON: {e}") from e
+    if type(data) is dict and _may_repeat(raw, len(data)):
+        repeated = _repeated_keys(raw)
+        if repeated and repeated[0]:
+            raise MalformedEvent(_repeated_reason(repeated[0]))
     return _validate(data, horizon, origin and (origin, None))
 
 
@@ -255,9 +271,13 @@ def decode_events(raw: bytes | None, horizon: Horizon | None = None,
     if not items or len(items) > MAX_RECORD_EVENTS:
         return [MalformedEvent(f"packed record holds {len(items)} events; 1 to "
                                f"{MAX_RECORD_EVENTS} are allowed")]
+    keys = sum(len(item) for item in items if type(item) is dict)
+    repeated = _repeated_keys(raw) if _may_repeat(raw, keys) else None
     out: list[UsageEvent | MalformedEvent] = []
     for i, item in enumerate(items):
         try:
+            if repeated and repeated[i]:
+                raise MalformedEvent(_repeated_reason(repeated[i]))
             out.append(_validate(item, horizon, origin and (origin, i)))
         except MalformedEvent as e:
             out.append(MalformedEvent(f"element {i} of {len(items)}: {e.reason}",
@@ -287,6 +307,45 @@ def _validate(data: Any, horizon: Horizon | None = None,
             raise MalformedEvent("event_id: missing, and no record coordinates to derive a "
                                  "stable one from")
     return event if horizon is None else horizon.check(event)
+
+
+def _may_repeat(raw: bytes, keys: int) -> bool:
+    """A cheap screen for a repeated key (orjson keeps the last value silently, so a second
+    ``user_id`` would move the event to another user): in compact JSON every key ends in
+    ``":``, so a text with more of those than the parsed objects have keys may repeat one.
+    Texts the screen cannot judge (escapes, a space before a colon) go to the exact check
+    too; only a text that fails the screen pays for it."""
+    return raw.count(b'":') != keys or b"\\u" in raw or b'" :' in raw
+
+
+class _Pairs(dict[str, Any]):
+    """A JSON object as the exact check reads it, with its first repeated key."""
+
+    repeated: str | None = None
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> _Pairs:
+    obj = _Pairs()
+    for key, value in pairs:
+        if key in obj and obj.repeated is None:
+            obj.repeated = key
+        obj[key] = value
+    return obj
+
+
+def _repeated_keys(raw: bytes) -> list[str | None] | None:
+    """The first repeated top-level key of each event in ``raw`` (one object or an array of
+    them), ``None`` where there is none; the stdlib parser, slow but exact."""
+    try:
+        doc = json.loads(raw, object_pairs_hook=_pairs)
+    except ValueError:
+        return None
+    items = doc if isinstance(doc, list) else [doc]
+    return [item.repeated if isinstance(item, _Pairs) else None for item in items]
+
+
+def _repeated_reason(key: str) -> str:
+    return f"{key}: repeated key (a JSON object must name each field once)"
 
 
 _FIELDS = frozenset(UsageEvent.model_fields)
@@ -324,6 +383,8 @@ def _fast(d: dict[str, Any]) -> UsageEvent | None:
     for n in counts:
         if type(n) is not int or not 0 <= n <= MAX_TOKENS_PER_EVENT:
             return None
+    if counts[2] + counts[3] > counts[0]:
+        return None
     local = g("local_input_tokens")
     if local is not None and (type(local) is not int or not 0 <= local <= MAX_TOKENS_PER_EVENT):
         return None

@@ -23,7 +23,7 @@ from spendstream.streams.stages import (
     window_of_key,
     window_parts,
 )
-from spendstream.streams.state import BatchedState, id_hash
+from spendstream.streams.state import BatchedState, identity_hash
 from spendstream.streams.totals import Contribution, Totals
 from spendstream.streams.windows import (
     Period,
@@ -65,8 +65,9 @@ class UserStage(Stage):
         priced): everything the stage-two windows need, summed before they are touched."""
 
     def process(self, partition: int, offset: int, event: UsageEvent, now: datetime) -> bool:
-        """Fold one decoded event; ``False`` for a duplicate (an ``event_id`` seen before)."""
-        if not self.state.admit(partition, id_hash(event.event_id), offset):
+        """Fold one decoded event; ``False`` for a duplicate (its ``user_id`` and
+        ``event_id`` seen before)."""
+        if not self.state.admit(partition, identity_hash(event.user_id, event.event_id), offset):
             self.counters.duplicates += 1
             return False
         if now is not self._now:  # computed once per batch: this is the hot path

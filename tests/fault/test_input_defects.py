@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import genai_prices
+import orjson
 import pytest
 import yaml
 
@@ -204,3 +205,33 @@ def test_an_event_without_an_id_counts_once_when_its_record_is_read_again(
         assert Decimal(spend["spent_usd"]) == Decimal("0.01") * (n + 1)
     finally:
         stack.close()
+
+
+def test_contract_checks_at_the_worker(broker, redis_url, uid, tmp_path):
+    """Cached input above the input, a second ``user_id`` in one object and ``cost_usd`` as
+    a JSON number go to the DLQ; two users' events that share an ``event_id`` both count."""
+    stack = Stack(broker.bootstrap, broker.url, redis_url, uid, tmp_path, PLAIN_BUDGETS)
+    stack.create_topics()
+    keys = stack.redis()
+    over = usage("acct-v", input_tokens=100, cached_input_tokens=101)
+    number = usage("acct-v", cost=None, cost_usd=0.5)
+    twice = orjson.dumps(usage("acct-v"))[:-1] + b',"user_id":"acct-w"}'
+    shared = [usage(u, event_id="same-id", cost="0.01") for u in ("acct-x", "acct-y")]
+    worker = stack.worker()
+    try:
+        stack.publish([message(over), message(number), (b"acct-w", twice),
+                       *(message(e) for e in shared)])
+        wait_until(lambda: (s := worker.status())["dead_letters"] == 3 and s["events"] == 2,
+                   60, "three dead letters, two events", check=worker.alive)
+        why = sorted(reasons(stack.read(".dlq", 3)))
+        assert len(why) == 3
+        assert any("exceed input_tokens" in r for r in why), why
+        assert any("not a JSON number" in r for r in why), why
+        assert any("user_id: repeated key" in r for r in why), why
+        for user in ("acct-x", "acct-y"):
+            spend = wait_until(lambda u=user: keys.get(f"spend:user:{u}"), 30, user)
+            assert spend["events"] == 1
+        assert keys.get("spend:user:acct-w") is None and keys.get("spend:user:acct-v") is None
+    finally:
+        stack.close()
+    assert worker.proc.returncode == 0, worker.output()

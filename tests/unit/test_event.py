@@ -185,3 +185,29 @@ def test_an_event_without_an_id_takes_its_record_coordinates():
         decode_event(orjson.dumps(anonymous))
     long = decode_events(orjson.dumps(anonymous), origin=("t" * 249, 0, 1))[0]
     assert long.event_id.startswith("kafka:") and len(long.event_id) == 70
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (raw(cached_input_tokens=1201), "exceed input_tokens"),
+    (raw(input_tokens=100, cached_input_tokens=60, cache_write_input_tokens=41),
+     "exceed input_tokens"),
+    (raw(cost_usd=0.0123), "not a JSON number"),
+    (raw(cost_usd=1), "not a JSON number"),
+    (raw()[:-1] + b',"user_id":"acct-8"}', "user_id: repeated key"),
+    (raw()[:-1] + b',"user\\u005fid":"acct-8"}', "user_id: repeated key"),  # escaped
+    (b'{"schema": 1, "user_id": "a", "feature": "f", "model": "m", "user_id" : "b"}',
+     "user_id: repeated key"),
+])
+def test_contract_checks(value, reason):
+    with pytest.raises(MalformedEvent) as e:
+        decode_event(value, origin=("t", 0, 0))
+    assert reason in e.value.reason
+
+
+def test_a_repeated_key_costs_only_its_own_element():
+    dup = raw()[:-1] + b',"user_id":"acct-8"}'
+    out = decode_events(b"[" + raw() + b"," + dup + b"," + raw(event_id="x") + b"]")
+    assert [type(e).__name__ for e in out] == ["UsageEvent", "MalformedEvent", "UsageEvent"]
+    assert "element 1 of 3: user_id: repeated key" in out[1].reason
+    # A repeated key inside a string value is not a repeated key.
+    assert decode_event(raw(finish_reason='"user_id":"x"')).user_id == "acct-7"

@@ -286,3 +286,12 @@ def test_the_spend_key_shows_the_live_window_only():
     assert w.flags.keys["spend:global:day"][0]["spent_usd"] == "0.02"
     w.send(ev(user="u2", tokens=1000, ts=NOW - timedelta(days=1)))  # yesterday: over
     assert "spend:user:u2" not in w.flags.keys
+
+
+def test_dedup_identity_is_user_and_event_id():
+    """Two users' events with one ``event_id`` (two producers that number their own events)
+    are two events; the same user's is a duplicate."""
+    w = World()
+    w.send(ev(user="u1", eid="e-1"), ev(user="u2", eid="e-1"), ev(user="u1", eid="e-1"))
+    assert w.counters.events == 2 and w.counters.duplicates == 1
+    assert w.flags.keys["spend:user:u2"][0]["events"] == 1
