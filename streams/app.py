@@ -160,6 +160,14 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
     users = UserStage(budgets, pricer or Pricer(budgets.prices), ledger.aggregates, flags,
                       dispatcher.submit, grace, counters)
     features = RollupStage(budgets, rollups.aggregates, flags, dispatcher.submit, grace, counters)
+
+    def republish() -> None:
+        """Redis may have lost its data: every live spend key again, from the state."""
+        now = utcnow()
+        log.warning("writing %d user and %d feature/global spend keys again",
+                    users.republish(now), features.republish(now))
+
+    flags.on_recover = republish
     app.spendstream = {"counters": counters, "flags": flags,  # type: ignore[attr-defined]
                        "dispatcher": dispatcher}
 

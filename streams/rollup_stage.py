@@ -80,6 +80,19 @@ class RollupStage(Stage):
                 self._evaluate_drift(parts[1], window_from_key("day", parts[3]), totals, now)
         self._commit()
 
+    def republish(self, now: datetime) -> int:
+        """Schedule every live feature and global spend key again from the state (Redis
+        came back empty); the number of windows read."""
+        n = 0
+        for _, key, value in self.state.scan():
+            parts = split_key(key, 4)
+            if parts[0] in ("f", "g"):
+                window = window_from_key(parts[2], parts[3])  # type: ignore[arg-type]
+                if window.start <= now < window.end:
+                    self._publish_spend(parts, Totals.from_json(value), now)
+                    n += 1
+        return n
+
     def _unpriced(self, model: str, d: Window, totals: Totals, now: datetime) -> None:
         """One alert per model and day whose events had no price."""
         if totals.level != Level.OK or not totals.unpriced:

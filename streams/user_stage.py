@@ -155,6 +155,40 @@ class UserStage(Stage):
         over (Redis would drop the write)."""
         return window.start_epoch <= self._now_epoch < window.end_epoch
 
+    def _publish_spend(self, user: str, window: Window, totals: Totals) -> None:
+        """The user's live spend key (the window open now)."""
+        users = self.budgets.users
+        tier = users.tier_of(user)
+        limit = users.tiers.get(tier)
+        spend: dict[str, Any] = {
+            "scope": "user", "id": user, "tier": tier, "spent_usd": str(totals.usd),
+            "spent_tokens": totals.tokens, "events": totals.events,
+            "unpriced_events": totals.unpriced,
+            "window_start": window.start_text, "window_end": window.end_text}
+        if limit is not None:
+            spend["budget_usd"] = None if limit.usd is None else str(limit.usd)
+            spend["budget_tokens"] = limit.tokens
+            if limit.usd is not None:
+                spend["remaining_usd"] = str(max(limit.usd - totals.usd, Decimal(0)))
+            if limit.tokens is not None:
+                spend["remaining_tokens"] = max(limit.tokens - totals.tokens, 0)
+        self.flags.set(f"spend:user:{user}", spend, window.end_epoch)
+
+    def republish(self, now: datetime) -> int:
+        """Schedule every live user spend key again from the state (Redis came back
+        empty); the number written."""
+        self._now_epoch = now.timestamp()
+        n = 0
+        for _, key, value in self.state.scan():
+            if not key.startswith("u|"):
+                continue
+            _, user, wkey = split_key(key, 3)
+            window = window_from_key("day", wkey)
+            if self._live_spend(window):
+                self._publish_spend(user, window, Totals.from_json(value))
+                n += 1
+        return n
+
     def resend(self, partition: int) -> None:
         """Forward every partial of ``partition`` with the next batch (after a recovery, in
         case the last forward before a crash was lost while its state record was not)."""
@@ -186,19 +220,7 @@ class UserStage(Stage):
         tier = users.tier_of(user)
         limit = users.tiers.get(tier)
         if self._live_spend(window):
-            spend: dict[str, Any] = {
-                "scope": "user", "id": user, "tier": tier, "spent_usd": str(totals.usd),
-                "spent_tokens": totals.tokens, "events": totals.events,
-                "unpriced_events": totals.unpriced,
-                "window_start": window.start_text, "window_end": window.end_text}
-            if limit is not None:
-                spend["budget_usd"] = None if limit.usd is None else str(limit.usd)
-                spend["budget_tokens"] = limit.tokens
-                if limit.usd is not None:
-                    spend["remaining_usd"] = str(max(limit.usd - totals.usd, Decimal(0)))
-                if limit.tokens is not None:
-                    spend["remaining_tokens"] = max(limit.tokens - totals.tokens, 0)
-            self.flags.set(f"spend:user:{user}", spend, window.end_epoch)
+            self._publish_spend(user, window, totals)
         if limit is None or (not totals.level and self._below_first_step(tier, totals)):
             return
         m = measure(totals, limit)

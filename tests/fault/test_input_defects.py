@@ -11,9 +11,10 @@ import orjson
 import pytest
 import yaml
 
+from spendstream.embedded import EmbeddedRedis
 from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import Guard
-from tests.fault.faultkit import Keys, Stack, message, usage
+from tests.fault.faultkit import Keys, Ledger, Stack, message, usage
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -235,3 +236,33 @@ def test_contract_checks_at_the_worker(broker, redis_url, uid, tmp_path):
     finally:
         stack.close()
     assert worker.proc.returncode == 0, worker.output()
+
+
+def test_spend_keys_come_back_after_redis_restarts_empty(broker, uid, tmp_path):
+    """Ten users spend $12.00, then Redis restarts empty while the worker is idle: every
+    user, feature and global spend key comes back, with no new event."""
+    server = EmbeddedRedis(workdir=tmp_path)
+    server.start()
+    try:
+        stack = Stack(broker.bootstrap, broker.url, server.url, uid, tmp_path, PLAIN_BUDGETS,
+                      partitions=2)
+        stack.create_topics()
+        keys = stack.redis()
+        ledger = Ledger()
+        events = [usage(f"acct-{i}", cost="1.20") for i in range(10)]
+        for e in events:
+            ledger.add(e)
+        worker = stack.worker()
+        stack.publish(message(e) for e in events)
+        assert ledger.settle(keys, 60, check=worker.alive) == []
+        server.stop()
+        server.start()  # same port, no persistence: empty
+        assert keys.get("spend:user:acct-0") is None
+        wrong = ledger.settle(keys, 30, check=worker.alive)
+        assert wrong == [], wrong
+        assert sum(Decimal(keys.get(f"spend:user:acct-{i}")["spent_usd"])
+                   for i in range(10)) == Decimal("12.00")
+        stack.close()
+        assert worker.proc.returncode == 0, worker.output()
+    finally:
+        server.stop()
