@@ -110,6 +110,11 @@ class Settings(BaseSettings):
         return f"{self.app_id}-{self.topic}-rollup"
 
     @property
+    def handover_topic(self) -> str:
+        """Internal: alerts a run stopped before delivering, for the next run to deliver."""
+        return f"{self.app_id}-{self.topic}-alert-handover"
+
+    @property
     def emitter_spill_dir(self) -> Path | None:
         """The spill directory of an emitter built from these settings; None: no spilling."""
         if self.spill_max_bytes == 0:

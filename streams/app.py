@@ -16,8 +16,9 @@ import orjson
 from faust.types import TP
 from mode import Service
 
-from spendstream.alerts import AlertDispatcher, Notifier
+from spendstream.alerts import AlertDispatcher, Notifier, handover
 from spendstream.alerts.model import Alert
+from spendstream.kafka_auth import kafka_client_kwargs
 from spendstream.producers.budgets import Budgets
 from spendstream.producers.event import Horizon, MalformedEvent, UsageEvent, decode_events
 from spendstream.producers.pricing import Pricer
@@ -155,6 +156,7 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
         await alert_topic.send(key=alert.key.encode(), value=orjson.dumps(alert.to_dict()))
 
     dispatcher = AlertDispatcher(notifier, publish=publish)
+    kafka = kafka_client_kwargs(settings)
     counters = Counters()
     grace = timedelta(seconds=settings.grace_seconds)
     users = UserStage(budgets, pricer or Pricer(budgets.prices), ledger.aggregates, flags,
@@ -178,9 +180,29 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
         async def on_start(self) -> None:
             flags.start()
             await dispatcher.start()
+            try:
+                undelivered = await handover.take(settings.bootstrap_servers,
+                                                  settings.handover_topic, **kafka)
+            except Exception:
+                log.exception("could not read the alerts the last run left undelivered")
+                return
+            for alert in undelivered:
+                dispatcher.resume(alert)
+            if undelivered:
+                log.warning("%d alert(s) the last run did not deliver: delivering them now",
+                            len(undelivered))
 
         async def on_stop(self) -> None:
             await dispatcher.stop()
+            if dispatcher.abandoned:
+                try:
+                    n = await handover.release(settings.bootstrap_servers,
+                                               settings.handover_topic, dispatcher.abandoned,
+                                               **kafka)
+                    log.warning("%d undelivered alert(s) handed over to the next run", n)
+                except Exception:
+                    log.exception("could not hand %d undelivered alert(s) over to the next "
+                                  "run", len(dispatcher.abandoned))
             await flags.stop()
 
     async def dead_letter(ev: faust.types.EventT, reason: str,
