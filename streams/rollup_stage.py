@@ -160,7 +160,8 @@ class RollupStage(Stage):
                               f"({window.elapsed_fraction(now) * 100:.0f}% of the month gone)"))
         reason = f"{ADJECTIVE[window.period]} {m.unit} budget of feature {feature}"
         advanced = self._advance("feature", feature, totals, m,
-                                 feature_ladder(self.budgets.thresholds), reason, window)
+                                 feature_ladder(self.budgets.thresholds, conf.cutoff), reason,
+                                 window)
         if advanced is None:
             return
         tr, payload = advanced
@@ -173,16 +174,17 @@ class RollupStage(Stage):
     def _evaluate_global(self, window: Window, totals: Totals, now: datetime) -> None:
         g = self.budgets.global_
         if window.period == "hour" and g.hourly_usd_alert is not None:
-            rule = ("spike", totals.usd, g.hourly_usd_alert, "usd",
+            rule = ("spike", "hourly", totals.usd, g.hourly_usd_alert, "usd",
                     "hourly spend above hourly_usd_alert")
         elif window.period == "day" and g.daily_usd is not None:
-            rule = ("daily_cap", totals.usd, g.daily_usd, "usd", "global daily_usd cap")
+            rule = ("daily_cap", "daily", totals.usd, g.daily_usd, "usd",
+                    "global daily_usd cap")
         elif window.period == "minute" and g.tokens_per_minute is not None:
-            rule = ("tpm", Decimal(totals.tokens), Decimal(g.tokens_per_minute), "tokens",
-                    "global tokens_per_minute ceiling")
+            rule = ("tpm", "tpm", Decimal(totals.tokens), Decimal(g.tokens_per_minute),
+                    "tokens", "global tokens_per_minute ceiling")
         else:
             return
-        kind, spent, budget, unit, reason = rule
+        kind, subject, spent, budget, unit, reason = rule
         tr = step(Level(totals.level), spent / budget if budget else Decimal(1), cap_ladder())
         if tr is None:
             return
@@ -195,6 +197,9 @@ class RollupStage(Stage):
             log.warning("global tokens per minute %s over %s: cutoff until %s", spent, budget,
                         window.end.isoformat())
             return
-        self._alert(Alert("global", kind, kind, tr.current, tr.previous, spent, budget, unit,
+        # A spike cuts nothing off: it is announced as a warning.
+        level, previous = (Level.WARN, Level.OK) if kind == "spike" else (tr.current,
+                                                                          tr.previous)
+        self._alert(Alert("global", subject, kind, level, previous, spent, budget, unit,
                           window.start, window.end, now, reason))
 

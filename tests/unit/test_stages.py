@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from spendstream.alerts.format import render
 from spendstream.alerts.model import Level
 from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.event import UsageEvent
@@ -295,3 +296,27 @@ def test_dedup_identity_is_user_and_event_id():
     w.send(ev(user="u1", eid="e-1"), ev(user="u2", eid="e-1"), ev(user="u1", eid="e-1"))
     assert w.counters.events == 2 and w.counters.duplicates == 1
     assert w.flags.keys["spend:user:u2"][0]["events"] == 1
+
+
+def test_an_hourly_spike_is_a_warning_and_reads_once():
+    w = World(parse_budgets({"global": {"hourly_usd_alert": "0.05"},
+                             "prices": {"m": {"input": 10, "output": 10}}}))
+    w.send(*[ev(user=f"u{i}", tokens=1000) for i in range(6)])  # $0.06 in the hour
+    [spike] = [a for a in w.alerts if a.kind == "spike"]
+    assert (spike.level, spike.subject) == (Level.WARN, "hourly")
+    assert "cutoff:global" not in w.flags.keys
+    assert render(spike)[0].startswith("spendstream WARN: global hourly spike at 120.0%")
+
+
+def test_a_feature_without_a_hard_cap_is_never_announced_as_cutoff():
+    w = World(parse_budgets({"features": {"soft": {"usd": "0.10"},
+                                          "hard": {"usd": "0.10", "cutoff": True}},
+                             "prices": {"m": {"input": 10, "output": 10}}}))
+    for i in range(13):  # to 130%
+        w.send(ev(user=f"u{i}", feature="soft", tokens=1000),
+               ev(user=f"v{i}", feature="hard", tokens=1000))
+    soft = [a.level for a in w.alerts if a.subject == "soft" and a.kind == "budget"]
+    hard = [a.level for a in w.alerts if a.subject == "hard" and a.kind == "budget"]
+    assert soft == [Level.WARN, Level.ALERT] and "cutoff:feature:soft" not in w.flags.keys
+    assert hard == [Level.WARN, Level.CUTOFF, Level.ALERT]
+    assert "cutoff:feature:hard" in w.flags.keys
