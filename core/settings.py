@@ -87,8 +87,7 @@ class Settings(BaseSettings):
     @field_validator("kafka_url")
     @classmethod
     def _kafka_scheme(cls, v: str) -> str:
-        if not v:
-            raise ValueError("must not be empty, e.g. kafka://localhost:9092")
+        kafka_bootstrap(v, require_scheme=True)  # ValueError names the problem
         return v
 
     @property
@@ -127,10 +126,27 @@ class Settings(BaseSettings):
         return kafka_bootstrap(self.kafka_url)
 
 
-def kafka_bootstrap(url: str) -> str:
-    """Turn ``kafka://h1:9092;h2:9092`` (faust style) into aiokafka's ``h1:9092,h2:9092``."""
-    hosts = url.split("://", 1)[-1]
-    return ",".join(h.strip().rstrip("/") for h in hosts.replace(";", ",").split(",") if h.strip())
+KAFKA_SCHEMES = ("kafka", "aiokafka")
+
+
+def kafka_bootstrap(url: str, require_scheme: bool = False) -> str:
+    """Turn ``kafka://h1:9092;h2:9092`` (faust style) into aiokafka's ``h1:9092,h2:9092``.
+
+    A bare ``host:port`` list is taken as is unless ``require_scheme``; any scheme other
+    than ``kafka://`` (or faust's ``aiokafka://``) is a :class:`ValueError`: a typo such as
+    ``kafak://`` must not pass silently.
+    """
+    scheme, sep, hosts = url.strip().rpartition("://")
+    if sep and scheme.lower() not in KAFKA_SCHEMES:
+        raise ValueError(f"unknown scheme {scheme + '://'!r} in {url!r}; use "
+                         "kafka://host:9092[,host2:9092]")
+    if not sep and require_scheme:
+        raise ValueError(f"{url!r} has no scheme; use kafka://host:9092[,host2:9092]")
+    servers = ",".join(h.strip().rstrip("/") for h in hosts.replace(";", ",").split(",")
+                       if h.strip())
+    if not servers:
+        raise ValueError("names no broker; use kafka://host:9092[,host2:9092]")
+    return servers
 
 
 def load_settings(settings_file: Path | None = None, **overrides: Any) -> Settings:

@@ -153,7 +153,7 @@ def choose_model(feature: Feature, tier: str, requested: str | None, feature_nam
     model = requested or feature.tier_models.get(tier) or feature.model
     if not model:
         raise ConfigError(f"feature {feature_name!r} has no model in the budgets file and the "
-                          "call gave none: pass model= or set features.{name}.model")
+                          f"call gave none: pass model= or set features.{feature_name}.model")
     return model
 
 

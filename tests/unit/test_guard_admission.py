@@ -146,3 +146,9 @@ def test_tier_comes_from_the_budgets_members() -> None:
     b = parse_budgets({"users": {"tiers": {"free": {"usd": 1}, "pro": {"usd": 5}},
                                  "members": {"acct-9": "pro"}}})
     assert b.users.tier_of("acct-9") == "pro" and b.users.tier_of("acct-1") == "free"
+
+
+def test_a_feature_without_a_model_names_itself_in_the_error():
+    with pytest.raises(ConfigError) as e:
+        choose_model(Feature(), "free", None, "chat")
+    assert "features.chat.model" in str(e.value) and "{name}" not in str(e.value)
