@@ -12,7 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 # .dockerignore keeps the context to what `pip install .` needs (no tests, no .git).
 COPY . .
-RUN pip install . && rm -rf /src
+RUN pip install '.[worker]' && rm -rf /src
 
 # Not root: the worker needs nothing but the network and its own state directory.
 RUN useradd --system --uid 10001 --home-dir /var/lib/spendstream --create-home spendstream

@@ -9,9 +9,9 @@ from __future__ import annotations
 from spendstream.alerts.console import LogNotifier
 from spendstream.alerts.dispatch import AlertDispatcher
 from spendstream.alerts.format import render
-from spendstream.alerts.model import Alert, Level
 from spendstream.alerts.notifier import Notifier, NotifyError
 from spendstream.alerts.slack import DEFAULT_TIMEOUT, SlackBotNotifier, SlackWebhookNotifier
+from spendstream.contract.alert import Alert, Level
 from spendstream.errors import ConfigError
 
 __all__ = [

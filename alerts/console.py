@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from spendstream.alerts.format import render
-from spendstream.alerts.model import Alert
+from spendstream.contract.alert import Alert
 
 logger = logging.getLogger("spendstream.alerts")
 

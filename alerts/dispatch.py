@@ -21,8 +21,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
-from spendstream.alerts.model import Alert
 from spendstream.alerts.notifier import Notifier, NotifyError
+from spendstream.contract.alert import Alert
 
 logger = logging.getLogger("spendstream.alerts")
 
@@ -217,7 +217,7 @@ class AlertDispatcher:
         half so that several workers do not retry in step; never shorter than the
         server's ``retry_after``, which is honoured even above ``max_delay``.
         """
-        delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        delay = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
         delay *= random.uniform(0.5, 1.0)
         return max(delay, retry_after or 0.0)
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from spendstream.alerts.model import Alert, Level
+from spendstream.contract.alert import Alert, Level
 
 # Slack rejects the whole message (400 invalid_blocks) when a text object is too long, and
 # a rejected alert is a lost alert; so user strings are cut before escaping, which can

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from spendstream.alerts.model import Alert
+from spendstream.contract.alert import Alert
 
 log = logging.getLogger("spendstream.alerts")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from spendstream.alerts.model import Alert
+from spendstream.contract.alert import Alert
 from spendstream.errors import SpendstreamError
 
 

@@ -19,8 +19,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from spendstream.alerts.format import render
-from spendstream.alerts.model import Alert
 from spendstream.alerts.notifier import NotifyError
+from spendstream.contract.alert import Alert
 
 DEFAULT_TIMEOUT = 5.0
 """Seconds per request: a slow Slack must not hold the alert queue for long."""

@@ -21,6 +21,8 @@ import redis
 from _kafka import Rate, producer, send
 from _traffic import Traffic
 
+from spendstream.contract.keys import cutoff_user
+
 POLL = 0.005
 
 
@@ -56,7 +58,7 @@ class CutoffWatcher(threading.Thread):
             if users:
                 pipe = self.redis.pipeline(transaction=False)
                 for u in users:
-                    pipe.exists(f"{self.prefix}cutoff:user:{u}")
+                    pipe.exists(self.prefix + cutoff_user(u))
                 found = pipe.execute()
                 now = time.perf_counter()
                 with self._lock:

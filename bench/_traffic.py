@@ -22,7 +22,7 @@ from pathlib import Path
 
 import orjson
 
-from spendstream.producers.pricing import Pricer
+from spendstream.domain.pricing import Pricer
 
 FEATURES = (
     "chat", "search", "summarize", "translate", "classify", "extract", "autocomplete",

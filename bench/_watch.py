@@ -17,6 +17,14 @@ import orjson
 import redis
 from _traffic import Expected, Sums
 
+from spendstream.contract.keys import (
+    SPEND_PATTERN,
+    cutoff_user,
+    spend_feature,
+    spend_global,
+    spend_user,
+)
+
 POLL = 0.05
 PROGRESS_EVERY = 5.0
 STALL = 180.0
@@ -43,7 +51,7 @@ def _get(r: redis.Redis, key: str) -> dict[str, Any] | None:
 
 def global_events(r: redis.Redis, prefix: str) -> int:
     """Events in the global day window so far (0 before the first total)."""
-    day = _get(r, prefix + "spend:global:day")
+    day = _get(r, prefix + spend_global("day"))
     return int(day["events"]) if day else 0
 
 
@@ -52,19 +60,19 @@ def any_spend(r: redis.Redis, prefix: str) -> bool:
 
     Each phase has a Redis database of its own, so the first scan step covers it all.
     """
-    _, keys = r.scan(0, match=prefix + "spend:*", count=1000)
+    _, keys = r.scan(0, match=prefix + SPEND_PATTERN, count=1000)
     return bool(keys)
 
 
 def _features_final(r: redis.Redis, prefix: str, features: dict[str, Sums]) -> bool:
     names = list(features)
-    raws = r.mget([f"{prefix}spend:feature:{f}" for f in names])
+    raws = r.mget([prefix + spend_feature(f) for f in names])
     return all(raw is not None and orjson.loads(raw)["events"] == features[f].events
                for f, raw in zip(names, raws, strict=True))
 
 
 def _flags_final(r: redis.Redis, prefix: str, cutoff: Iterable[str]) -> bool:
-    keys = [f"{prefix}cutoff:user:{u}" for u in cutoff]
+    keys = [prefix + cutoff_user(u) for u in cutoff]
     return not keys or int(r.exists(*keys)) == len(keys)
 
 
@@ -164,7 +172,7 @@ def exact_checks(r: redis.Redis, prefix: str, expected: Expected) -> list[Check]
     ledger = expected.ledger
     total = ledger.total
     checks = []
-    day = _get(r, prefix + "spend:global:day") or {"spent_usd": "NaN", "events": None,
+    day = _get(r, prefix + spend_global("day")) or {"spent_usd": "NaN", "events": None,
                                                   "spent_tokens": None}
     for what, value, sent in (("spend (USD)", Decimal(day["spent_usd"]), total.usd),
                               ("events", day["events"], total.events),
@@ -173,19 +181,19 @@ def exact_checks(r: redis.Redis, prefix: str, expected: Expected) -> list[Check]
                             f"{value} vs published {sent}"))
     # Every bulk event carries one timestamp, so the global hour holds them all too; its key
     # expires at the hour's end (the minute's, long gone, is not checked).
-    hour = _get(r, prefix + "spend:global:hour")
+    hour = _get(r, prefix + spend_global("hour"))
     if hour is not None or time.time() < expected.hour_end:
         checks.append(_check_group("global hour", [("global hour", hour, total)]))
     else:
         checks.append(Check("global hour", None, "the hour ended during the run and its key "
                                                  "expired, as documented"))
     names = sorted(ledger.features)
-    got = _mget_json(r, [f"{prefix}spend:feature:{f}" for f in names])
+    got = _mget_json(r, [prefix + spend_feature(f) for f in names])
     checks.append(_check_group(f"feature totals ({len(names)})", [
         (f"feature {f}", g, ledger.features[f]) for f, g in zip(names, got, strict=True)]))
     if ledger.users is not None:
         users = sorted(ledger.users)
-        got = _mget_json(r, [f"{prefix}spend:user:{u}" for u in users])
+        got = _mget_json(r, [prefix + spend_user(u) for u in users])
         checks.append(_check_group(f"user totals ({len(users):,})", [
             (f"user {u}", g, ledger.users[u]) for u, g in zip(users, got, strict=True)]))
     for level, want in (("cutoff", expected.cutoff), ("warn", expected.warn)):  # exact sets

@@ -29,11 +29,12 @@ from typing import Any
 import orjson
 import redis
 
+from spendstream.contract.event import UsageEvent
+from spendstream.contract.keys import spend_user, warn_feature
+from spendstream.domain.budgets import parse_budgets
 from spendstream.embedded import EmbeddedBroker, EmbeddedRedis
 from spendstream.producers import SyncEmitter
-from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.emitter import DEFAULT_TOPIC, Emitter
-from spendstream.producers.event import UsageEvent
 from spendstream.producers.guard import Admission, Guard
 from spendstream.producers.tokens import count_messages
 from spendstream.streams.topics import ensure_topics
@@ -121,10 +122,10 @@ def seed_flags(r: redis.Redis, prefix: str) -> None:
     end = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     pipe = r.pipeline(transaction=False)
     for u in [*(f"u-{i}" for i in range(USERS)), "u-cached", "u-pro"]:
-        pipe.set(f"{prefix}spend:user:{u}", orjson.dumps(
+        pipe.set(prefix + spend_user(u), orjson.dumps(
             {"spent_usd": "0.31", "budget_usd": "1", "remaining_usd": "0.69",
              "window_end": end}))
-    pipe.set(f"{prefix}warn:feature:{FEATURE}", orjson.dumps(
+    pipe.set(prefix + warn_feature(FEATURE), orjson.dumps(
         {"scope": "feature", "id": FEATURE, "reason": "feature chat at 80% of its budget",
          "spent": "401", "budget": "500", "unit": "usd", "window_end": end}))
     pipe.execute()

@@ -32,6 +32,7 @@ Start here:
   spendstream check           validate budgets.yaml and print what it means
   spendstream worker          production: run against SPENDSTREAM_KAFKA_URL / _REDIS_URL
   spendstream flags           list active cutoff and warn flags in Redis
+  spendstream health          is the worker on this host counting? (for health checks)
   spendstream disable FEATURE kill switch: guards refuse the feature (enable undoes it)
   spendstream audit           does a provider count more prompt tokens than it was sent?
   spendstream estimate        monthly cost of a feature from calls/day and tokens/call
@@ -44,11 +45,24 @@ SLACK_BOT_TOKEN, SLACK_CHANNEL, SLACK_API_URL) or a file given with --settings.
 T = TypeVar("T")
 
 
+def _version() -> str:
+    """The installed distribution's version (the package's own when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("spendstream")
+    except PackageNotFoundError:
+        from spendstream import __version__
+
+        return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spendstream", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", type=Path, metavar="FILE",
                    help="a KEY=value env file read before the environment (e.g. .env)")
+    p.add_argument("--version", action="version", version=f"spendstream {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     w = sub.add_parser("worker", help="run the stream workers against the configured Kafka/Redis",
@@ -82,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
                        "exit 2 naming each bad key otherwise.")
     c.add_argument("path", nargs="?", type=Path, help="defaults to SPENDSTREAM_BUDGETS")
 
+    h = sub.add_parser("health", help="is the local worker counting? (exit 0 ready, 1 not)",
+                       description="Ask the worker on this host (its /healthz on "
+                       "SPENDSTREAM_METRICS_PORT) whether it holds partitions, has recovered "
+                       "its state and is counting. For container health checks: exit 0 when "
+                       "ready, 1 when not, with the reason.")
+    h.add_argument("--host", default="127.0.0.1", help="where the worker listens "
+                   "(default: %(default)s)")
+    h.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
     sub.add_parser("flags", help="list active cutoff and warn flags in Redis",
                    description="Scan SPENDSTREAM_REDIS_URL for cutoff/warn keys and print "
                    "each with its reason, spend and time to live.")
@@ -220,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from spendstream.producers.budgets import load_budgets
+    from spendstream.domain.budgets import load_budgets
+    from spendstream.extras import require
+
+    require("worker", "worker")
     from spendstream.runner import run_worker
 
     budgets = load_budgets(settings.budgets)
@@ -228,8 +253,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _budgets_for_up(settings: Settings) -> Path:
+    from spendstream.domain.budgets import load_budgets
     from spendstream.examples import EXAMPLE_BUDGETS
-    from spendstream.producers.budgets import load_budgets
     from spendstream.stack import say
 
     path = Path(settings.budgets)
@@ -244,6 +269,9 @@ def _budgets_for_up(settings: Settings) -> Path:
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("local", "up")
     from spendstream.stack import Stack, say
 
     stack = Stack(settings, _budgets_for_up(settings), args.log_level)
@@ -260,6 +288,9 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("local", "demo")
     from spendstream.demo import run_demo
 
     return run_demo(settings, keep_running=args.keep_running, timeout=args.timeout)
@@ -277,7 +308,7 @@ def _init(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
-    from spendstream.producers.budgets import load_budgets
+    from spendstream.domain.budgets import load_budgets
 
     path = args.path or settings.budgets
     b = load_budgets(path)
@@ -295,9 +326,11 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _flags(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.contract import keys
+
     def active(client: Redis) -> list[str]:
         lines = []
-        for pattern in ("cutoff:*", "warn:*"):
+        for pattern in keys.FLAG_PATTERNS:
             for key in sorted(client.scan_iter(settings.redis_prefix + pattern, count=1000)):
                 value, ttl = client.get(key), client.ttl(key)
                 text = value.decode() if isinstance(value, bytes) else (value or "")
@@ -307,6 +340,26 @@ def _flags(args: argparse.Namespace, settings: Settings) -> int:
     lines = _redis_call(settings, active)
     print("\n".join(lines) if lines else "no active flags")
     return 0
+
+
+def _health(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = f"http://{args.host}:{settings.metrics_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as r:
+            body = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        body = json.loads(e.read() or b"{}")
+    except (OSError, ValueError) as e:
+        print(f"not ready: no worker answers at {url} ({e})")
+        return 1
+    partitions = ", ".join(map(str, body.get("partitions", []))) or "none"
+    print(f"{'ready' if body.get('ready') else 'not ready'}: {body.get('reason')} "
+          f"(partitions: {partitions})")
+    return 0 if body.get("ready") else 1
 
 
 def _redis_call(settings: Settings, action: Callable[[Redis], T]) -> T:
@@ -342,25 +395,28 @@ def _redis_call(settings: Settings, action: Callable[[Redis], T]) -> T:
 
 
 def _disable(args: argparse.Namespace, settings: Settings) -> int:
-    import json
     from datetime import UTC, datetime, timedelta
+
+    from spendstream.contract import keys
 
     now = datetime.now(UTC)
     end = now + timedelta(seconds=args.ttl) if args.ttl else None
     stamp = "%Y-%m-%dT%H:%M:%SZ"
     # The worker's flag shape, so `flags`, the guard and other languages read one format.
-    value = {"scope": "feature", "id": args.feature, "reason": args.reason, "level": "cutoff",
-             "spent": "0", "budget": "0", "unit": "switch", "window_start": now.strftime(stamp),
-             "window_end": end.strftime(stamp) if end else None}
-    key = f"{settings.redis_prefix}cutoff:feature:{args.feature}"
-    _redis_call(settings, lambda r: r.set(key, json.dumps(value), ex=args.ttl))
+    value = keys.flag_value("feature", args.feature, args.reason, "cutoff", Decimal(0),
+                            Decimal(0), "switch", now.strftime(stamp),
+                            end.strftime(stamp) if end else None)
+    key = settings.redis_prefix + keys.cutoff_feature(args.feature)
+    _redis_call(settings, lambda r: r.set(key, keys.encode(value), ex=args.ttl))
     until = f"until {value['window_end']}" if end else "until `spendstream enable`"
     print(f"disabled {args.feature} {until}: guards refuse its calls within their cache time")
     return 0
 
 
 def _enable(args: argparse.Namespace, settings: Settings) -> int:
-    key = f"{settings.redis_prefix}cutoff:feature:{args.feature}"
+    from spendstream.contract import keys
+
+    key = settings.redis_prefix + keys.cutoff_feature(args.feature)
     removed = _redis_call(settings, lambda r: r.delete(key))
     print(f"enabled {args.feature}" if removed else f"{args.feature} was not disabled")
     return 0
@@ -387,7 +443,7 @@ def _estimate(args: argparse.Namespace, settings: Settings) -> int:
     from spendstream.estimate import Usage, run_estimate
 
     # The pricer's "unpriced" warning speaks of events; this command's own error says it better.
-    logging.getLogger("spendstream.producers.pricing").setLevel(logging.ERROR)
+    logging.getLogger("spendstream.domain.pricing").setLevel(logging.ERROR)
 
     usage = Usage(args.calls_per_day, args.input_tokens, args.output_tokens,
                   args.cached_fraction)
@@ -398,4 +454,5 @@ def _estimate(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "worker": _worker, "up": _up, "demo": _demo, "init": _init, "check": _check, "flags": _flags,
     "disable": _disable, "enable": _enable, "audit": _audit, "estimate": _estimate,
+    "health": _health,
 }

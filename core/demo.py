@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from spendstream.contract import keys
 from spendstream.examples import DEMO_BUDGETS
 from spendstream.settings import Settings, kafka_bootstrap
 from spendstream.stack import Stack, say
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
     from aiokafka import AIOKafkaConsumer
 
-    from spendstream.producers.event import UsageEvent
+    from spendstream.contract.event import UsageEvent
 
 DEMO_PREFIX = "spendstream-demo:"
 HEAVY_USER = "acct-7"
@@ -32,7 +33,7 @@ LIGHT_USERS = [f"acct-{i}" for i in range(1, 21) if i != 7]
 
 
 def _event(user: str, feature: str, model: str, tin: int, tout: int) -> UsageEvent:
-    from spendstream.producers.event import UsageEvent
+    from spendstream.contract.event import UsageEvent
 
     return UsageEvent(user_id=user, feature=feature, model=model, provider="openai",
                       input_tokens=tin, output_tokens=tout, finish_reason="stop")
@@ -66,11 +67,11 @@ async def _drive(stack: Stack, settings: Settings, timeout: float) -> bool:
             for _ in range(2):  # a feature running hot: ~$0.02 a call against $0.50 a day
                 emitter.emit(_event(rng.choice(LIGHT_USERS), HOT_FEATURE, "gpt-4o", 4000, 1000))
             if not warmed_up:  # start the heavy user once the worker is counting
-                warmed_up = bool(await r.exists(f"{prefix}spend:global:day"))
+                warmed_up = bool(await r.exists(prefix + keys.spend_global("day")))
                 if warmed_up:
                     say(f"worker is counting; {HEAVY_USER} starts making $0.02 calls")
             # The heavy user's app checks its cutoff flag before calling the model.
-            elif await r.exists(f"{prefix}cutoff:user:{HEAVY_USER}"):
+            elif await r.exists(prefix + keys.cutoff_user(HEAVY_USER)):
                 refused += 1
                 if refused == 1:
                     say(f"app: {HEAVY_USER}'s next call refused (cutoff flag set): no more spend")
@@ -80,7 +81,7 @@ async def _drive(stack: Stack, settings: Settings, timeout: float) -> bool:
             await _watch_alerts(alerts, seen)
             if time.monotonic() > next_status:
                 next_status += 5
-                spend = await r.get(f"{prefix}spend:user:{HEAVY_USER}")
+                spend = await r.get(prefix + keys.spend_user(HEAVY_USER))
                 live = orjson.loads(spend) if spend else {}
                 say(f"[{time.monotonic() - started:4.0f}s] events sent {emitter.stats.sent}; "
                     f"{HEAVY_USER} spent ${live.get('spent_usd', '0')} of "
@@ -95,8 +96,8 @@ async def _drive(stack: Stack, settings: Settings, timeout: float) -> bool:
 
 
 async def _watch_flags(r: aioredis.Redis, prefix: str, seen: dict[str, str]) -> None:
-    for name, key in (("warning", f"warn:user:{HEAVY_USER}"),
-                      ("cutoff", f"cutoff:user:{HEAVY_USER}")):
+    for name, key in (("warning", keys.warn_user(HEAVY_USER)),
+                      ("cutoff", keys.cutoff_user(HEAVY_USER))):
         if name in seen:
             continue
         raw = await r.get(prefix + key)

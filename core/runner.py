@@ -7,8 +7,8 @@ import gc
 import logging
 from typing import TYPE_CHECKING
 
-from spendstream.kafka_auth import faust_credentials, kafka_client_kwargs
-from spendstream.producers.budgets import Budgets
+from spendstream.domain.budgets import Budgets
+from spendstream.kafka_auth import kafka_client_kwargs
 from spendstream.settings import Settings
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ def run_worker(settings: Settings, budgets: Budgets, loglevel: str = "info") -> 
     import faust
 
     from spendstream.streams.app import build_app
+    from spendstream.streams.credentials import faust_credentials
     from spendstream.streams.topics import ensure_topics
 
     notifier = build_notifier_from(settings)

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     """How long the worker remembers event ids; a redelivery later than this counts again."""
     flush_interval: float = Field(default=0.25, gt=0)
     status_interval: float = Field(default=10.0, gt=0)
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    """Where the worker serves /metrics, /healthz and /livez; 0 turns them off."""
     state_dir: Path = Path(tempfile.gettempdir()) / "spendstream"
     session_timeout: float = Field(default=10.0, ge=3.0)
     """Seconds before a silent worker's partitions move to the others (after a crash)."""
@@ -61,9 +63,14 @@ class Settings(BaseSettings):
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
         "PLAINTEXT")
     """How every Kafka client (emitter, topic set-up, worker) connects: see kafka_auth."""
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] = (
+        "PLAIN")
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_oauth_token_provider: str | None = None
+    """``package.module:name`` of an aiokafka ``AbstractTokenProvider`` subclass (or a
+    callable returning one), for ``OAUTHBEARER``: managed Kafka services hand out tokens
+    through their own client library, so the provider is the user's code."""
     kafka_ssl_cafile: Path | None = None
     """CA bundle that signed the brokers' certificates; the system's CAs when unset."""
     kafka_ssl_certfile: Path | None = None

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from spendstream.embedded import EmbeddedBroker, EmbeddedRedis
+from spendstream.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from spendstream.errors import ServiceUnavailable
 from spendstream.redact import redact_url
 from spendstream.settings import Settings
@@ -86,11 +86,18 @@ class Stack:
             say(f"starting an embedded Redis-compatible server on 127.0.0.1:{self.redis.port}")
             self.redis.start()
             self.redis_url = self.redis.url
+        port = self.settings.metrics_port
+        if port and not _port_free(port):
+            port = free_port()
         env = dict(os.environ, SPENDSTREAM_KAFKA_URL=self.kafka_url,
                    SPENDSTREAM_REDIS_URL=self.redis_url,
                    SPENDSTREAM_BUDGETS=str(self.budgets_path),
-                   SPENDSTREAM_REDIS_PREFIX=self.settings.redis_prefix)
+                   SPENDSTREAM_REDIS_PREFIX=self.settings.redis_prefix,
+                   SPENDSTREAM_METRICS_PORT=str(port))
         say(f"starting the worker (budgets: {self.budgets_path})")
+        if port:
+            say(f"worker metrics: http://127.0.0.1:{port}/metrics, health: "
+                f"http://127.0.0.1:{port}/healthz")
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "spendstream", "worker", "--log-level", self.worker_log_level],
             env=env)

@@ -1,4 +1,4 @@
-"""What applications install: the usage event, budgets, pricing and the emitter.
+"""What applications install: the usage event, budgets and the emitter.
 
 The emitters are imported on first use, so ``import spendstream.producers`` (and the
 worker, which only needs the event model) does not pay for loading the Kafka client.
@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from spendstream.producers.event import MalformedEvent, UsageEvent, decode_event
+from spendstream.contract.event import MalformedEvent, UsageEvent, decode_event
+from spendstream.domain.budgets import Budgets, load_budgets, parse_budgets
 
 if TYPE_CHECKING:
-    from spendstream.producers.emitter import Emitter, EmitterStats
+    from spendstream.producers._delivery import EmitterStats
+    from spendstream.producers.emitter import Emitter
     from spendstream.producers.sync import SyncEmitter
 
-__all__ = ["Emitter", "EmitterStats", "MalformedEvent", "SyncEmitter", "UsageEvent",
-           "decode_event"]
+__all__ = ["Budgets", "Emitter", "EmitterStats", "MalformedEvent", "SyncEmitter", "UsageEvent",
+           "decode_event", "load_budgets", "parse_budgets"]
 
 _LAZY = {
     "Emitter": "spendstream.producers.emitter",
-    "EmitterStats": "spendstream.producers.emitter",
+    "EmitterStats": "spendstream.producers._delivery",
     "SyncEmitter": "spendstream.producers.sync",
 }
 

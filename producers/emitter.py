@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
+from spendstream.contract.event import UsageEvent
 from spendstream.errors import ConfigError
 from spendstream.producers._delivery import (
     BACKOFF_MAX,
@@ -46,7 +47,6 @@ from spendstream.producers._delivery import (
 )
 from spendstream.producers._packing import PACK_MAX_BYTES, Message, Packed, pack, singles, split
 from spendstream.producers._spill import SpillFile
-from spendstream.producers.event import UsageEvent
 from spendstream.settings import kafka_bootstrap
 
 if TYPE_CHECKING:

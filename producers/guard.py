@@ -32,16 +32,16 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError
 from redis.retry import Retry
 
-from spendstream.errors import ServiceUnavailable, Throttled
-from spendstream.producers.admission import (
+from spendstream.contract.event import UsageEvent
+from spendstream.contract.keys import guard_keys, parse_flag
+from spendstream.domain.admission import (
     FlagSnapshot,
     choose_max_tokens,
     choose_model,
-    flag_keys,
     refusal,
 )
-from spendstream.producers.budgets import Budgets, Feature
-from spendstream.producers.event import UsageEvent
+from spendstream.domain.budgets import Budgets, Feature
+from spendstream.errors import ServiceUnavailable, Throttled
 from spendstream.producers.ratelimit import SCRIPT, RateDecision, rate_key, script_args
 from spendstream.producers.trim import Fitted, fit
 
@@ -310,7 +310,7 @@ class Guard(_GuardBase):
         if self._redis_skipped():
             self._redis_failed(None)
             return self._stale(user_id, feature), True, None
-        keys = flag_keys(self.prefix, user_id, feature)
+        keys = guard_keys(self.prefix, user_id, feature)
         try:
             if limited:
                 pipe = self.redis.pipeline(transaction=False)
@@ -324,7 +324,7 @@ class Guard(_GuardBase):
             self._redis_failed(e)
             return self._stale(user_id, feature), True, None
         self._redis_ok()
-        snapshot = FlagSnapshot.from_values(list(values))
+        snapshot = FlagSnapshot(*map(parse_flag, values))
         self._remember(user_id, feature, snapshot)
         return snapshot, False, rated
 
@@ -397,7 +397,7 @@ class AsyncGuard(_GuardBase):
         if self._redis_skipped():
             self._redis_failed(None)
             return self._stale(user_id, feature), True, None
-        keys = flag_keys(self.prefix, user_id, feature)
+        keys = guard_keys(self.prefix, user_id, feature)
         try:
             if limited:
                 pipe = self.redis.pipeline(transaction=False)
@@ -412,7 +412,7 @@ class AsyncGuard(_GuardBase):
             self._redis_failed(e)
             return self._stale(user_id, feature), True, None
         self._redis_ok()
-        snapshot = FlagSnapshot.from_values(list(values))
+        snapshot = FlagSnapshot(*map(parse_flag, values))
         self._remember(user_id, feature, snapshot)
         return snapshot, False, rated
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from spendstream.contract import keys
+
 SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -34,7 +36,7 @@ Returns {admitted, count, µs until a slot frees, Redis's now in µs}."""
 
 def rate_key(prefix: str, user_id: str) -> str:
     """The sorted set holding a user's recent requests."""
-    return f"{prefix}rate:user:{user_id}"
+    return prefix + keys.rate_user(user_id)
 
 
 def script_args(limit: int, window_seconds: float) -> list[Any]:

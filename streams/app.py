@@ -7,25 +7,27 @@ Wiring only: the logic lives in ``stages.py`` over ports; here faust tables beco
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import faust
-import orjson
 from faust.types import TP
 from mode import Service
 
 from spendstream.alerts import AlertDispatcher, Notifier, handover
-from spendstream.alerts.model import Alert
+from spendstream.contract.alert import Alert
+from spendstream.domain.budgets import Budgets
+from spendstream.domain.pricing import Pricer
 from spendstream.kafka_auth import kafka_client_kwargs
-from spendstream.producers.budgets import Budgets
-from spendstream.producers.event import Horizon, MalformedEvent, UsageEvent, decode_events
-from spendstream.producers.pricing import Pricer
 from spendstream.settings import Settings
+from spendstream.streams.batches import Record, RollupBatches, UserBatches, recover
 from spendstream.streams.consumer import WorkerApp
 from spendstream.streams.flags import RedisFlagSink
 from spendstream.streams.memory import trim as trim_memory
+from spendstream.streams.observe import BatchTimer, Health, ObservabilityServer, Sources
 from spendstream.streams.rollup_stage import RollupStage
 from spendstream.streams.stages import Counters
 from spendstream.streams.state import BatchedState
@@ -35,17 +37,10 @@ log = logging.getLogger("spendstream.worker")
 
 BATCH = 2000
 """Kafka records per batch (a packed record holds up to 500 events from the SDK)."""
-POSITIONS = 1 << 16
-"""An event's position is ``offset * POSITIONS + index in its record``: stage two's version
-of a partial, increasing even between two commits inside one packed record."""
-COMMIT_BYTES = 512 * 1024
-"""Bound of what one changelog record of the user stage may carry (estimated per event by
-:func:`changelog_weight`): a commit happens before it is reached, so every record stays
-within Kafka's default 1 MiB message limit whatever a batch holds."""
 SWEEP_EVERY = 300.0
 
 
-class LogTable(faust.Table):  # type: ignore[misc]
+class LogTable(faust.Table):  # type: ignore[type-arg]
     """A faust table used only as the changelog of a :class:`BatchedState`.
 
     faust still owns what it is good at (the changelog topic, recovery on assignment,
@@ -69,9 +64,9 @@ class LogTable(faust.Table):  # type: ignore[misc]
         """Send one changelog record (``None``: tombstone) to ``partition``."""
         self.send_changelog(partition, key, value)
 
-    def apply_changelog_batch(self, batch: Iterable[faust.types.EventT]) -> None:
-        for ev in batch:
-            self.aggregates.apply(ev.message.partition, ev.message.key, ev.message.value)
+    def apply_changelog_batch(self, batch: Iterable[faust.types.EventT[bytes]]) -> None:
+        recover(self.aggregates, ((ev.message.partition, ev.message.key, ev.message.value)
+                                  for ev in batch))
 
     async def on_rebalance(self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP],
                            generation_id: int = 0) -> None:
@@ -92,10 +87,9 @@ def _log_table(app: faust.App, name: str, partitions: int, state_factory: Any,
     return table.bind(state_factory(table), source_topic)
 
 
-def changelog_weight(event: UsageEvent) -> int:
-    """At most what one event adds to a changelog record: its id digest, its user's window
-    and the feature, audit and unpriced windows it may create (keys and values)."""
-    return 240 + len(event.user_id) + len(event.feature) + 2 * len(event.model)
+def records(events: Iterable[faust.types.EventT[bytes]]) -> list[Record]:
+    """A faust batch as :class:`Record` s (each keeps its event, for the DLQ)."""
+    return [Record(ev.message.partition, ev.message.offset, ev.value, ev) for ev in events]
 
 
 def utcnow() -> datetime:
@@ -103,23 +97,54 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
-              pricer: Pricer | None = None, partitions: dict[str, int] | None = None,
-              **faust_options: Any) -> faust.App:
-    """A configured faust app running both stages; start it with a faust ``Worker``.
+def consumer_lag(app: faust.App, topic: str) -> dict[int, int]:
+    """Records of ``topic`` behind each assigned partition's high watermark (as the last
+    fetch response reported it) that the worker has not read yet."""
+    consumer = app.consumer
+    lag: dict[int, int] = {}
+    for tp in consumer.assignment():
+        if tp.topic != topic:
+            continue
+        high = consumer.highwater(tp)
+        # faust: the last offset handed to the agent (not on its ConsumerT interface)
+        read = consumer._read_offset.get(tp)  # type: ignore[attr-defined]
+        if high is not None:
+            lag[tp.partition] = max(0, high - (read + 1 if read is not None else 0))
+    return lag
 
-    ``partitions`` gives the actual partition counts of the usage and rollup topics (as
-    found by :func:`ensure_topics`): each table's changelog must match its source topic.
-    """
-    counts = partitions or {}
-    n = counts.get(settings.topic) or settings.partitions
-    n_rollup = counts.get(settings.rollup_topic) or n
+
+def worker_health(app: faust.App, topic: str) -> Health:
+    """Ready while partitions of ``topic`` are assigned, recovered and not rebalancing."""
+    try:
+        consumer = app.consumer
+    except Exception:  # before faust built its consumer
+        return Health(False, "starting")
+    partitions = tuple(sorted(tp.partition for tp in consumer.assignment() if tp.topic == topic))
+    if app.rebalancing:
+        return Health(False, "rebalancing", partitions)
+    if not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+        return Health(False, "recovering state", partitions)
+    if not partitions:
+        return Health(False, f"no partition of {topic} assigned (more workers than "
+                      "partitions?)", partitions)
+    return Health(True, "counting", partitions)
+
+
+def current_spend(live: Mapping[str, tuple[Decimal, Decimal | None, int]]
+                  ) -> dict[str, tuple[Decimal, Decimal | None]]:
+    """Each feature's spend and budget in its period, if that period has not ended."""
+    now = time.time()
+    return {f: (usd, budget) for f, (usd, budget, end) in live.items() if end > now}
+
+
+def _worker_app(settings: Settings, partitions: int, **faust_options: Any) -> WorkerApp:
+    """The faust app with the worker's settings (in-memory tables, acks=all, ...)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)  # faust's datadir lives here
-    app = WorkerApp(
+    return WorkerApp(
         settings.app_id,
         broker=settings.kafka_url,
         store="memory://",
-        topic_partitions=n,
+        topic_partitions=partitions,
         topic_replication_factor=settings.replication_factor,
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
@@ -137,6 +162,20 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
         producer_max_request_size=1_048_576 + 1024,
         **faust_options,
     )
+
+
+def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
+              pricer: Pricer | None = None, partitions: dict[str, int] | None = None,
+              **faust_options: Any) -> faust.App:
+    """A configured faust app running both stages; start it with a faust ``Worker``.
+
+    ``partitions`` gives the actual partition counts of the usage and rollup topics (as
+    found by :func:`ensure_topics`): each table's changelog must match its source topic.
+    """
+    counts = partitions or {}
+    n = counts.get(settings.topic) or settings.partitions
+    n_rollup = counts.get(settings.rollup_topic) or n
+    app = _worker_app(settings, n, **faust_options)
     usage = app.topic(settings.topic, key_serializer="raw", value_serializer="raw",
                       partitions=n)
     rollup = app.topic(settings.rollup_topic, key_serializer="raw", value_serializer="raw",
@@ -153,7 +192,7 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                           settings.flush_interval)
 
     async def publish(alert: Alert) -> None:
-        await alert_topic.send(key=alert.key.encode(), value=orjson.dumps(alert.to_dict()))
+        await alert_topic.send(key=alert.key.encode(), value=alert.encode())
 
     dispatcher = AlertDispatcher(notifier, publish=publish)
     kafka = kafka_client_kwargs(settings)
@@ -173,13 +212,21 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
     app.spendstream = {"counters": counters, "flags": flags,  # type: ignore[attr-defined]
                        "dispatcher": dispatcher}
 
+    batches = BatchTimer()
+    observed = ObservabilityServer(Sources(
+        counters, flags, dispatcher, batches, lag=lambda: consumer_lag(app, settings.topic),
+        feature_spend=lambda: current_spend(features.live),
+        health=lambda: worker_health(app, settings.topic)), settings.metrics_port)
+
     @app.service
     class Sinks(Service):
-        """Starts the Redis flag sink and the alert dispatcher with the worker."""
+        """Starts the Redis flag sink, the alert dispatcher and /metrics with the worker."""
 
         async def on_start(self) -> None:
             flags.start()
             await dispatcher.start()
+            if settings.metrics_port:
+                await observed.start()
             try:
                 undelivered = await handover.take(settings.bootstrap_servers,
                                                   settings.handover_topic, **kafka)
@@ -193,6 +240,7 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                             len(undelivered))
 
         async def on_stop(self) -> None:
+            await observed.stop()
             await dispatcher.stop()
             if dispatcher.abandoned:
                 try:
@@ -205,11 +253,11 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                                   "run", len(dispatcher.abandoned))
             await flags.stop()
 
-    async def dead_letter(ev: faust.types.EventT, reason: str,
-                          element: bytes | None = None) -> None:
+    async def dead_letter(record: Record, reason: str, element: bytes | None = None) -> None:
         """The original key and bytes to the DLQ, with why and where they came from (a bad
         element of a packed record goes alone, its good neighbours are counted)."""
         counters.dead_letters += 1
+        ev: faust.types.EventT[bytes] = record.source
         m = ev.message
         source = f"{m.topic}/{m.partition}/{m.offset}"
         try:
@@ -220,59 +268,31 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
             log.exception("could not dead-letter %s (%s); it is still at that offset",
                           source, reason)
 
+    async def forward(key: bytes, value: bytes) -> None:
+        await rollup.send(key=key, value=value)
+
+    user_batches = UserBatches(users, ledger.aggregates, ledger.fresh, forward, dead_letter,
+                               flags.kick, topic=settings.topic,
+                               max_future_seconds=settings.max_future_seconds)
+    rollup_batches = RollupBatches(features, dead_letter, flags.kick)
+
     @app.agent(usage, name="users")
-    async def user_agent(stream: faust.StreamT) -> None:
+    async def user_agent(stream: faust.StreamT[bytes]) -> None:
         # take_events exists on faust's Stream but is missing from its StreamT interface.
         async for events in stream.take_events(  # type: ignore[attr-defined]
                 BATCH, within=settings.flush_interval):
-            now = utcnow()
-            horizon = Horizon(now, settings.max_future_seconds)
-            if ledger.fresh:
-                for p in {ev.message.partition for ev in events} & ledger.fresh:
-                    users.resend(p)
-                    ledger.fresh.discard(p)
-            weight = 0
-            for ev in events:
-                m = ev.message
-                # One event, or a packed record: each element has its own position, so the
-                # state may be committed between two elements of one record.
-                origin = (m.topic, m.partition, m.offset)
-                for i, event in enumerate(decode_events(ev.value, horizon, origin)):
-                    if isinstance(event, MalformedEvent):
-                        await dead_letter(ev, event.reason, event.element)
-                        continue
-                    users.process(m.partition, m.offset * POSITIONS + i, event, now)
-                    weight += changelog_weight(event)
-                    if weight >= COMMIT_BYTES:
-                        await finish_users(now)
-                        weight = 0
-            await finish_users(now)
-
-    async def finish_users(now: datetime) -> None:
-        """Judge, log the state and forward the partials of what was folded so far."""
-        for (p, key), parts in users.finish(now).items():
-            await rollup.send(key=key.encode(), value=orjson.dumps(
-                {"p": p, "v": ledger.aggregates.offset(p), "parts": parts}))
-        flags.kick()
+            started = time.perf_counter()
+            await user_batches.process(records(events), utcnow())
+            batches.observe(time.perf_counter() - started)
 
     @app.agent(rollup, name="rollup")
-    async def rollup_agent(stream: faust.StreamT) -> None:
+    async def rollup_agent(stream: faust.StreamT[bytes]) -> None:
         # take_events exists on faust's Stream but is missing from its StreamT interface.
         async for events in stream.take_events(  # type: ignore[attr-defined]
                 BATCH, within=settings.flush_interval):
-            now = utcnow()
-            for ev in events:
-                try:  # internal topic, but a stray producer must not crash-loop the agent
-                    body = orjson.loads(ev.value)
-                    source, version, parts = int(body["p"]), int(body["v"]), body["parts"]
-                    features.process(ev.message.partition, source, version, parts)
-                except (AttributeError, ValueError, TypeError, KeyError, ArithmeticError) as e:
-                    await dead_letter(ev, f"malformed rollup message: {e!r}")
-                    continue
-            features.finish(now)
-            flags.kick()
+            await rollup_batches.process(records(events), utcnow())
 
-    @app.timer(settings.status_interval)
+    @app.timer(settings.status_interval)  # type: ignore[untyped-decorator]
     async def status() -> None:
         trim_memory()  # batches' buffers are freed, but glibc keeps the pages without this
         c = counters
@@ -282,7 +302,7 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                  dispatcher.sent, dispatcher.failed, flags.stats.written, flags.pending,
                  "" if flags.healthy else ", REDIS DOWN")
 
-    @app.timer(SWEEP_EVERY)
+    @app.timer(SWEEP_EVERY)  # type: ignore[untyped-decorator]
     async def sweep() -> None:
         now = utcnow()
         users.sweep(now)

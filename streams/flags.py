@@ -21,6 +21,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from spendstream.contract import keys
+
 log = logging.getLogger("spendstream.flags")
 
 SET_MANY = """
@@ -92,7 +94,7 @@ class RedisFlagSink:
             self._expiry[full] = expire_at
         entry = (orjson.dumps(value), expire_at)
         self._pending[full] = entry
-        if not key.startswith("spend:"):
+        if not keys.is_spend(key):
             self._flags[full] = entry
 
     def delete(self, key: str) -> None:

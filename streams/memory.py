@@ -18,7 +18,8 @@ from collections.abc import Callable
 def _malloc_trim() -> Callable[[int], int] | None:
     name = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim  # type: ignore[no-any-return]
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+        return trim
     except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to do
         return None
 

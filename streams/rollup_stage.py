@@ -7,12 +7,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from spendstream.alerts.model import Alert, Level
-from spendstream.alerts.state import step
-from spendstream.streams.policy import cap_ladder, feature_ladder, measure, pace_exceeded
-from spendstream.streams.stages import ADJECTIVE, Stage, flag_payload, split_key, window_of_key
-from spendstream.streams.totals import Totals
-from spendstream.streams.windows import Window, window_from_key
+from spendstream.contract import keys
+from spendstream.contract.alert import Alert, Level
+from spendstream.contract.rollup import split_key, window_of_key
+from spendstream.domain.ladder import step
+from spendstream.domain.policy import cap_ladder, feature_ladder, measure, pace_exceeded
+from spendstream.domain.totals import Totals
+from spendstream.domain.windows import Window, window_from_key
+from spendstream.streams.stages import ADJECTIVE, Stage, flag_payload
 
 log = logging.getLogger("spendstream.worker")
 
@@ -28,9 +30,14 @@ class RollupStage(Stage):
     a replayed or reordered forward cannot count anything twice.
     """
 
+    live: dict[str, tuple[Decimal, Decimal | None, int]]
+    """Each feature's spend in its newest period, its USD budget and that period's end
+    (epoch seconds): what /metrics shows."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._parts: dict[tuple[int, str], dict[str, list[Any]]] = {}
+        self.live = {}
 
     def process(self, partition: int, source: int, version: int,
                 parts: dict[str, dict[str, Any]]) -> None:
@@ -72,10 +79,10 @@ class RollupStage(Stage):
                 self._publish_spend(parts, totals, now)
             if parts[0] == "f":
                 self._evaluate_feature(parts[1], window_from_key(parts[2], parts[3]), totals,
-                                       now)  # type: ignore[arg-type]
+                                       now)
             elif parts[0] == "g":
                 self._evaluate_global(window_from_key(parts[2], parts[3]), totals,
-                                      now)  # type: ignore[arg-type]
+                                      now)
             elif parts[0] == "drift":
                 self._evaluate_drift(parts[1], window_from_key("day", parts[3]), totals, now)
         self._commit()
@@ -87,7 +94,7 @@ class RollupStage(Stage):
         for _, key, value in self.state.scan():
             parts = split_key(key, 4)
             if parts[0] in ("f", "g"):
-                window = window_from_key(parts[2], parts[3])  # type: ignore[arg-type]
+                window = window_from_key(parts[2], parts[3])
                 if window.start <= now < window.end:
                     self._publish_spend(parts, Totals.from_json(value), now)
                     n += 1
@@ -127,10 +134,10 @@ class RollupStage(Stage):
         """Live spend of a feature's current period or a global window, for dashboards
         (never a window that has not started: the keys show the current one)."""
         kind, subject, period, wkey = parts
-        window = window_from_key(period, wkey)  # type: ignore[arg-type]
+        window = window_from_key(period, wkey)
         if window.start > now:
             return
-        name = f"spend:feature:{subject}" if kind == "f" else f"spend:global:{period}"
+        name = keys.spend_feature(subject) if kind == "f" else keys.spend_global(period)
         value: dict[str, Any] = {
             "scope": "feature" if kind == "f" else "global", "id": subject, "period": period,
             "spent_usd": str(totals.usd), "spent_tokens": totals.tokens, "events": totals.events,
@@ -141,6 +148,9 @@ class RollupStage(Stage):
         conf = self.budgets.features.get(subject) if kind == "f" else None
         if conf is not None and conf.usd is not None:
             value["budget_usd"] = str(conf.usd)
+        newest = self.live.get(subject)
+        if kind == "f" and (newest is None or window.end_epoch >= newest[2]):
+            self.live[subject] = (totals.usd, conf.usd if conf else None, window.end_epoch)
         self.flags.set(name, value, window.end_epoch, extend_only=True)
 
     def _evaluate_feature(self, feature: str, window: Window, totals: Totals, now: datetime
@@ -166,7 +176,7 @@ class RollupStage(Stage):
             return
         tr, payload = advanced
         if tr.current >= Level.CUTOFF and conf.cutoff:
-            self.flags.set(f"cutoff:feature:{feature}", payload, window.end_epoch,
+            self.flags.set(keys.cutoff_feature(feature), payload, window.end_epoch,
                            extend_only=True)
         self._alert(Alert("feature", feature, "budget", tr.current, tr.previous, m.spent,
                           m.budget, m.unit, window.start, window.end, now, reason))
@@ -191,7 +201,7 @@ class RollupStage(Stage):
         totals.level = tr.current
         if kind in ("daily_cap", "tpm"):
             payload = flag_payload("global", kind, reason, tr.current, spent, budget, unit, window)
-            self.flags.set("cutoff:global", payload, window.end_epoch, extend_only=True)
+            self.flags.set(keys.CUTOFF_GLOBAL, payload, window.end_epoch, extend_only=True)
         if kind == "tpm":
             # A per-minute ceiling can trip every minute: flag and log, never a Slack message.
             log.warning("global tokens per minute %s over %s: cutoff until %s", spent, budget,

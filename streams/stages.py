@@ -17,15 +17,15 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-from spendstream.alerts.model import Alert, Level
-from spendstream.alerts.state import Ladder, Transition, step
-from spendstream.producers.budgets import Budgets
+from spendstream.contract import keys
+from spendstream.contract.alert import Alert, Level
+from spendstream.domain.budgets import Budgets
+from spendstream.domain.ladder import Ladder, Transition, step
+from spendstream.domain.policy import Measure
+from spendstream.domain.totals import Contribution, Totals
+from spendstream.domain.windows import Window
 from spendstream.streams.flags import FlagStore
-from spendstream.streams.policy import Measure
-from spendstream.streams.totals import Contribution, Totals
-from spendstream.streams.windows import Window, window_from_key
 
-GLOBAL = "*"
 ADJECTIVE = {"minute": "per-minute", "hour": "hourly", "day": "daily", "month": "monthly"}
 RETENTION = timedelta(days=1)
 
@@ -62,34 +62,11 @@ class Counters:
     swept: int = 0
 
 
-def flag_payload(scope: str, subject: str, reason: str, level: Level, spent: Decimal,
+def flag_payload(scope: keys.Scope, subject: str, reason: str, level: Level, spent: Decimal,
                  budget: Decimal, unit: str, window: Window) -> dict[str, Any]:
-    """The JSON value of a cutoff/warn key, as documented in the README."""
-    return {"scope": scope, "id": subject, "reason": reason, "level": level.name.lower(),
-            "spent": str(spent), "budget": str(budget), "unit": unit,
-            "window_start": window.start_text,
-            "window_end": window.end_text}
-
-
-def split_key(key: str, n: int) -> list[str]:
-    """Split ``kind|id|...`` into ``n`` parts; only the id may contain ``|``."""
-    kind, rest = key.split("|", 1)
-    return [kind, *rest.rsplit("|", n - 2)]
-
-
-LATE = "late|"
-"""Prefix of the twin of a window that holds its events beyond the grace period."""
-
-
-def window_parts(key: str) -> list[str]:
-    """``kind, id, period, window key`` of a stage-two key (``late|`` twins included)."""
-    return split_key(key.removeprefix(LATE), 4)
-
-
-def window_of_key(key: str) -> Window:
-    """The window a stage-two key (or its ``late|`` twin) names."""
-    _, _, period, wkey = window_parts(key)
-    return window_from_key(period, wkey)  # type: ignore[arg-type]
+    """The JSON value of a cutoff/warn key (:func:`spendstream.contract.keys.flag_value`)."""
+    return keys.flag_value(scope, subject, reason, level.name.lower(), spent, budget, unit,
+                           window.start_text, window.end_text)
 
 
 class Stage:
@@ -129,7 +106,7 @@ class Stage:
         self.counters.alerts += 1
         self.alerts(alert)
 
-    def _advance(self, scope: str, subject: str, totals: Totals, m: Measure, ladder: Ladder,
+    def _advance(self, scope: keys.Scope, subject: str, totals: Totals, m: Measure, ladder: Ladder,
                  reason: str, window: Window) -> tuple[Transition, dict[str, Any]] | None:
         """Step the window's state machine; on a rise, store the level and set the warn flag.
 
@@ -142,7 +119,7 @@ class Stage:
         totals.level = tr.current
         payload = flag_payload(scope, subject, reason, tr.current, m.spent, m.budget, m.unit,
                                window)
-        self.flags.set(f"warn:{scope}:{subject}", payload, window.end_epoch)
+        self.flags.set(keys.warn(scope, subject), payload, window.end_epoch)
         return tr, payload
 
     def _commit(self) -> None:

@@ -45,7 +45,7 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int,
     """
     names = list(names)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000,
-                                **client_kwargs)  # type: ignore[arg-type]
+                                **client_kwargs)
     deadline = asyncio.get_running_loop().time() + timeout
     with _quiet_connects():
         while True:

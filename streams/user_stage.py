@@ -7,31 +7,35 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from spendstream.alerts.model import Alert, Level
-from spendstream.producers.budgets import Budgets
-from spendstream.producers.event import UsageEvent
-from spendstream.producers.pricing import Pricer
-from spendstream.streams.flags import FlagStore
-from spendstream.streams.policy import measure, user_ladder
-from spendstream.streams.stages import (
+from spendstream.contract import keys
+from spendstream.contract.alert import Alert, Level
+from spendstream.contract.event import UsageEvent
+from spendstream.contract.rollup import (
     GLOBAL,
     LATE,
-    AlertSink,
-    Counters,
-    Stage,
+    message_key,
     split_key,
+    window_key,
     window_of_key,
-    window_parts,
 )
-from spendstream.streams.state import BatchedState, identity_hash
-from spendstream.streams.totals import Contribution, Totals
-from spendstream.streams.windows import (
+from spendstream.domain.budgets import Budgets
+from spendstream.domain.policy import measure, user_ladder
+from spendstream.domain.pricing import Pricer
+from spendstream.domain.totals import Contribution, Totals
+from spendstream.domain.windows import (
     Period,
     Window,
     late_cutoff,
     window_from_key,
     window_of,
 )
+from spendstream.streams.flags import FlagStore
+from spendstream.streams.stages import (
+    AlertSink,
+    Counters,
+    Stage,
+)
+from spendstream.streams.state import BatchedState, identity_hash
 
 PART = "r|"
 """Prefix of the partial sums stage one keeps for stage two's windows."""
@@ -112,16 +116,16 @@ class UserStage(Stage):
             conf = self.budgets.features.get(feature)
             period: Period = conf.period if conf else "month"
             w = window_of(period, ts)
-            self._part(partition, f"f|{feature}|{period}|{w.key}", w, sums)
+            self._part(partition, window_key("f", feature, period, w.key), w, sums)
             day = window_of("day", ts)
             for period in GLOBAL_PERIODS:
                 w = day if period == "day" else window_of(period, ts)
-                self._part(partition, f"g|*|{period}|{w.key}", w, sums)
+                self._part(partition, window_key("g", GLOBAL, period, w.key), w, sums)
             if audited:
-                self._part(partition, f"drift|{provider or '?'}/{model}|day|{day.key}", day,
-                           sums, audit=True)
+                self._part(partition, window_key("drift", f"{provider or '?'}/{model}", "day",
+                                                 day.key), day, sums, audit=True)
             if not priced:
-                self._part(partition, f"unp|{model}|day|{day.key}", day, sums)
+                self._part(partition, window_key("unp", model, "day", day.key), day, sums)
         self._minutes.clear()
 
     def _part(self, partition: int, key: str, window: Window, sums: Totals,
@@ -172,7 +176,7 @@ class UserStage(Stage):
                 spend["remaining_usd"] = str(max(limit.usd - totals.usd, Decimal(0)))
             if limit.tokens is not None:
                 spend["remaining_tokens"] = max(limit.tokens - totals.tokens, 0)
-        self.flags.set(f"spend:user:{user}", spend, window.end_epoch)
+        self.flags.set(keys.spend_user(user), spend, window.end_epoch)
 
     def republish(self, now: datetime) -> int:
         """Schedule every live user spend key again from the state (Redis came back
@@ -206,7 +210,7 @@ class UserStage(Stage):
         for (partition, key), totals in self._dirty.items():
             if key.startswith(PART):
                 name = key[len(PART):]
-                forward[(partition, rollup_key(name))][name] = totals.sums()
+                forward[(partition, message_key(name))][name] = totals.sums()
             elif key.startswith("u|"):
                 self._judge(partition, key, totals, ladder, now)
         self._commit()
@@ -230,12 +234,6 @@ class UserStage(Stage):
             return
         tr, payload = advanced
         if tr.current >= Level.CUTOFF:
-            self.flags.set(f"cutoff:user:{user}", payload, window.end_epoch)
+            self.flags.set(keys.cutoff_user(user), payload, window.end_epoch)
             self._alert(Alert("user", user, "budget", tr.current, tr.previous, m.spent,
                               m.budget, m.unit, window.start, window.end, now, reason))
-
-
-def rollup_key(name: str) -> str:
-    """The rollup topic's message key for a stage-two window: its feature, or ``*``."""
-    kind, subject, _, _ = window_parts(name)
-    return subject if kind == "f" else GLOBAL

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from spendstream.producers.event import UsageEvent
+from spendstream.contract.event import UsageEvent
 from spendstream.producers.guard import Admission
 from spendstream.producers.tokens import count_messages
 

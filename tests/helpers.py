@@ -78,15 +78,51 @@ def record_events(record: Any) -> list[bytes]:
     return [orjson.dumps(e) for e in elements]
 
 
+def worker_env(env: dict[str, str]) -> dict[str, str]:
+    """A worker's environment: the process's, a free metrics port (tests run several
+    workers at once), then ``env``."""
+    from spendstream.embedded import free_port
+
+    return {**os.environ, "SPENDSTREAM_METRICS_PORT": str(free_port()), **env}
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    """GET ``path`` from a worker's metrics port: (status, body); (0, "") when nothing
+    answers yet."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in Prometheus text, or None when it is absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
 class WorkerProcess:
     """``spendstream worker`` as a child process, the way an operator runs it."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.log = log
         self._out = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.env = worker_env(env)
+        self.metrics_port = int(self.env["SPENDSTREAM_METRICS_PORT"])
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "spendstream", "worker", "--log-level", "warning"],
-            env={**os.environ, **env}, stdout=self._out, stderr=subprocess.STDOUT)
+            env=self.env, stdout=self._out, stderr=subprocess.STDOUT)
 
     def alive(self) -> None:
         """Raise with the worker's log when it has exited."""

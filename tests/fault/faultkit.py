@@ -10,7 +10,6 @@ state directory and key prefix are its own.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
 import sys
@@ -27,8 +26,9 @@ from typing import Any
 import orjson
 import redis
 
+from spendstream.contract.keys import spend
 from spendstream.streams.topics import ensure_topics
-from tests.helpers import WorkerProcess, read_topic, send_in_order
+from tests.helpers import WorkerProcess, read_topic, send_in_order, worker_env
 
 Message = tuple[bytes | None, bytes | None]
 KINDS = ("global", "feature", "user")
@@ -46,9 +46,11 @@ class Worker(WorkerProcess):
     def __init__(self, env: dict[str, str], log: Path, log_level: str = "info") -> None:
         self.log = log
         self._out = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.env = worker_env(env)
+        self.metrics_port = int(self.env["SPENDSTREAM_METRICS_PORT"])
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "spendstream", "worker", "--log-level", log_level],
-            env={**os.environ, **env}, stdout=self._out, stderr=subprocess.STDOUT)
+            env=self.env, stdout=self._out, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         """Everything the worker printed so far (also after :meth:`stop`)."""
@@ -243,7 +245,7 @@ class Ledger:
         (Decimal) and tokens."""
         wrong = []
         for scope in self._scopes(kinds):
-            value = keys.get(f"spend:{scope[0]}:{scope[1]}")
+            value = keys.get(spend(*scope))
             want = (self.n[scope], self.usd[scope], self.tokens[scope])
             got = None if value is None else (
                 value["events"], Decimal(value["spent_usd"]), value["spent_tokens"])
@@ -265,5 +267,5 @@ class Ledger:
 
     def counted(self, keys: Keys, kinds: Iterable[str] = KINDS) -> bool:
         """True once every spend key shows at least the events published (for wait_until)."""
-        return all(keys.events(f"spend:{s}:{k}") >= self.n[(s, k)]
+        return all(keys.events(spend(s, k)) >= self.n[(s, k)]
                    for s, k in self._scopes(kinds))

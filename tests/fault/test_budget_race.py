@@ -27,9 +27,10 @@ from decimal import Decimal
 import pytest
 import yaml
 
+from spendstream.contract.keys import cutoff_user, spend_user
+from spendstream.domain.budgets import parse_budgets
 from spendstream.errors import BudgetExceeded
 from spendstream.producers import SyncEmitter
-from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import Guard
 from tests.fault.faultkit import Stack, message, usage
 from tests.helpers import wait_until
@@ -83,13 +84,13 @@ def test_concurrent_calls_overshoot_the_budget_within_the_design_bound(broker, r
     stop = threading.Event()
     try:
         stack.publish([message(usage(USER, cost=str(PREFILL)))])
-        wait_until(lambda: keys.events(f"spend:user:{USER}") == 1, 60, "the prefill",
+        wait_until(lambda: keys.events(spend_user(USER)) == 1, 60, "the prefill",
                    check=worker.alive)
         max_cost = cost(guard.admit(USER, "chat", MESSAGES).input_tokens_local, 1000)
 
         def watch_flag() -> None:
             while not stop.is_set() and not flag_seen:
-                if keys.client.exists(f"{stack.prefix}cutoff:user:{USER}"):
+                if keys.client.exists(stack.prefix + cutoff_user(USER)):
                     flag_seen.append(time.monotonic())
                 time.sleep(0.005)
 
@@ -122,7 +123,7 @@ def test_concurrent_calls_overshoot_the_budget_within_the_design_bound(broker, r
         for t in threads:
             t.join(10)
         assert emitter.flush(10)
-        spend = wait_until(lambda: (s := keys.get(f"spend:user:{USER}")) and s["events"]
+        spend = wait_until(lambda: (s := keys.get(spend_user(USER))) and s["events"]
                            == 1 + len(calls) and s, 30, "every recorded call counted")
     finally:
         stop.set()

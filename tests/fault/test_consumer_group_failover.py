@@ -15,6 +15,7 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from spendstream.contract.keys import cutoff_user
 from tests.fault.faultkit import Ledger, Stack, message, usage
 from tests.helpers import wait_until
 
@@ -89,7 +90,7 @@ def test_sigkill_one_of_two_workers_moves_its_partitions_without_loss(broker, re
     assert wrong == []  # global, per feature, per user: events, USD (Decimal) and tokens
     over = [u for u in ledger.users() if ledger.usd[("user", u)] >= Decimal("0.05")]
     assert heavy in over and len(over) == 7
-    lost = [u for u in over if keys.get(f"cutoff:user:{u}") is None]
+    lost = [u for u in over if keys.get(cutoff_user(u)) is None]
     assert lost == [], f"cutoff flags lost in the failover: {lost}"
     # One alert per transition, whichever worker raised it (README: "Alerts").
     alerts = [orjson.loads(m.value) for m in stack.read(".alerts", len(over) + 20, timeout=3)]

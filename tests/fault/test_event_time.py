@@ -18,6 +18,7 @@ from decimal import Decimal
 
 import pytest
 
+from spendstream.contract.keys import spend_feature
 from tests.fault.faultkit import Ledger, Stack, message, usage
 from tests.helpers import wait_until
 
@@ -80,7 +81,7 @@ def test_duplicates_once_out_of_order_in_their_window_late_counted_as_late(
         # The month: today's, yesterday's and the day before's (when in this month).
         month = [e for e in today + yesterday + closed if e["ts"][:7] == at(now)[:7]]
         want = sum((Decimal(e["cost_usd"]) for e in month), Decimal(0))
-        feature = wait_until(lambda: (f := keys.get("spend:feature:chat")) and f["events"]
+        feature = wait_until(lambda: (f := keys.get(spend_feature("chat"))) and f["events"]
                              == len(month) and f, 30, "the feature's month total")
         assert Decimal(feature["spent_usd"]) == want
     finally:

@@ -4,7 +4,7 @@
 objects with wrong types, huge or negative numbers, unknown schema versions, unicode and
 control characters in ids, messages just over the 64 KiB limit), each followed by a good
 event. Whether a generated message is valid is decided by
-:func:`spendstream.producers.event.decode_event`, the worker's own decoder: some unicode
+:func:`spendstream.contract.event.decode_event`, the worker's own decoder: some unicode
 ids are valid events and must be counted. Every invalid one must land in ``<topic>.dlq``
 unchanged, with the decoder's reason in ``x-spendstream-reason``; the worker stays up; the
 good events are counted to the cent. The run prints its hypothesis seed; ``FAULT_SEED``
@@ -28,12 +28,13 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from spendstream.producers.event import (
+from spendstream.contract.event import (
     MAX_EVENT_BYTES,
     MalformedEvent,
     decode_event,
     decode_events,
 )
+from spendstream.contract.keys import spend_feature
 from tests.fault.faultkit import Ledger, Message, Stack, message, usage
 from tests.helpers import wait_until
 
@@ -211,8 +212,8 @@ def test_a_feature_named_star_keeps_its_own_total(broker, redis_url, uid, tmp_pa
         stack.publish(message(e) for e in events)
         wait_until(lambda: ledger.counted(keys, ("global", "user")), 60, "the events",
                    check=worker.alive)
-        wait_until(lambda: keys.events("spend:feature:chat") == 1, 10, "the chat total")
-        star = keys.get("spend:feature:*")
+        wait_until(lambda: keys.events(spend_feature("chat")) == 1, 10, "the chat total")
+        star = keys.get(spend_feature("*"))
     finally:
         stack.close()
     assert ledger.mismatches(keys, ("global", "user")) == []

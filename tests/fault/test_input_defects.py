@@ -11,8 +11,8 @@ import orjson
 import pytest
 import yaml
 
+from spendstream.domain.budgets import parse_budgets
 from spendstream.embedded import EmbeddedRedis
-from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import Guard
 from tests.fault.faultkit import Keys, Ledger, Stack, message, usage
 from tests.helpers import wait_until

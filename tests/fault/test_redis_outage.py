@@ -20,6 +20,7 @@ from functools import partial
 import orjson
 import pytest
 
+from spendstream.contract.keys import cutoff_user, spend
 from spendstream.embedded import EmbeddedRedis
 from tests.fault.faultkit import Ledger, Stack, send_usage
 from tests.helpers import wait_until
@@ -66,7 +67,7 @@ def test_worker_rides_out_a_frozen_then_emptied_redis_and_logs_no_secret(
         send("restarted", 6, "0.0061")
         send("bystander", 3, "0.0007")
         wait_until(lambda: ledger.counted(keys), 60, "the first events", check=worker.alive)
-        assert keys.get("cutoff:user:frozen") is None
+        assert keys.get(cutoff_user("frozen")) is None
 
         # 1. Frozen Redis: the worker's writes hang until its socket timeout.
         own_redis.pause()
@@ -79,7 +80,7 @@ def test_worker_rides_out_a_frozen_then_emptied_redis_and_logs_no_secret(
             assert [orjson.loads(a.value)["subject"] for a in alerts] == ["frozen"]
         finally:
             own_redis.resume()
-        wait_until(lambda: keys.get("cutoff:user:frozen"), 30, "the cutoff flag after the freeze",
+        wait_until(lambda: keys.get(cutoff_user("frozen")), 30, "the cutoff flag after the freeze",
                    check=worker.alive)
         wait_until(lambda: not ledger.mismatches(keys), 30, "exact spend after the freeze")
 
@@ -91,13 +92,13 @@ def test_worker_rides_out_a_frozen_then_emptied_redis_and_logs_no_secret(
                    and "REDIS DOWN" in worker.status_line(), 30,
                    "the worker counting with Redis gone", check=worker.alive)
         own_redis.start()
-        flag = wait_until(lambda: keys.get("cutoff:user:restarted"), 30,
+        flag = wait_until(lambda: keys.get(cutoff_user("restarted")), 30,
                           "the cutoff flag after the restart", check=worker.alive)
         assert Decimal(flag["spent"]) == Decimal("0.0610") and Decimal(flag["budget"]) == BUDGET
         # Keys touched during the outage are exact; "frozen" was not touched, and the
         # restart lost what Redis held, so it is checked apart.
         wait_until(lambda: all(
-            keys.get(f"spend:{s}:{k}") and Decimal(keys.get(f"spend:{s}:{k}")["spent_usd"])
+            keys.get(spend(s, k)) and Decimal(keys.get(spend(s, k))["spent_usd"])
             == ledger.usd[(s, k)] for s, k in [("user", "restarted"), ("user", "bystander"),
                                               ("feature", "chat"), ("global", "day")]),
             30, "exact spend after the restart", check=worker.alive)
@@ -109,7 +110,7 @@ def test_worker_rides_out_a_frozen_then_emptied_redis_and_logs_no_secret(
                    check=worker.alive)
         status = wait_until(lambda: (st := worker.status())["events"] == ledger.total and st,
                             10, "the status line", check=worker.alive)
-        frozen_flag = keys.get("cutoff:user:frozen")
+        frozen_flag = keys.get(cutoff_user("frozen"))
         assert slack.requests, "Slack was never tried"
     finally:
         stack.close()

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from spendstream.alerts import DEFAULT_TIMEOUT
+from spendstream.contract.keys import spend_feature
 from tests.fault.faultkit import Ledger, Stack, send_usage
 from tests.helpers import wait_until
 from tests.slack_fake import Reply, SlackFake
@@ -72,7 +73,7 @@ def test_alerts_survive_429_500_and_timeouts_exactly_once_without_stalling(
             counted_at = time.monotonic()
             assert not slack.delivered, "Slack recovered before the totals: no fault seen"
             assert ledger.mismatches(keys) == []
-            spend = keys.get("spend:feature:chat")
+            spend = keys.get(spend_feature("chat"))
             assert Decimal(spend["spent_usd"]) == Decimal("0.42")
 
             # Every alert the worker raised is delivered once Slack recovers.

@@ -9,6 +9,8 @@ import sys
 import pytest
 import redis
 
+from spendstream.contract.keys import DEFAULT_PREFIX, cutoff_user
+
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
@@ -24,6 +26,6 @@ def test_demo_shows_warning_cutoff_and_alert_then_cleans_up(redis_server, tmp_pa
         assert seen in text, (seen, text)
     assert out.stdout.rstrip().endswith("spendstream | stopped")
     r = redis.Redis.from_url(redis_server.url)
-    cutoff = r.get("spendstream-demo:cutoff:user:acct-7")
-    assert cutoff is not None and r.ttl("spendstream-demo:cutoff:user:acct-7") > 0
-    assert r.get("spendstream:cutoff:user:acct-7") is None  # the demo kept to its prefix
+    cutoff = r.get("spendstream-demo:" + cutoff_user("acct-7"))
+    assert cutoff is not None and r.ttl("spendstream-demo:" + cutoff_user("acct-7")) > 0
+    assert r.get(DEFAULT_PREFIX + cutoff_user("acct-7")) is None  # the demo kept to its prefix

@@ -14,6 +14,7 @@ import orjson
 import pytest
 import redis
 
+from spendstream.contract.keys import cutoff_user, spend_user
 from spendstream.settings import load_settings
 from spendstream.streams.topics import ensure_topics
 from tests.helpers import WorkerProcess, read_topic, send_in_order, wait_until
@@ -79,19 +80,19 @@ def test_raw_events_to_cutoff_flag_slack_dlq_and_dedup(broker, redis_server, uid
             asyncio.run(publish(broker.bootstrap, rollup, [(b"chat", b"junk")]))
 
             r = redis.Redis.from_url(redis_server.url)
-            cutoff = wait_until(lambda: r.get(f"{prefix}cutoff:user:acct-7"), 90,
+            cutoff = wait_until(lambda: r.get(prefix + cutoff_user("acct-7")), 90,
                                 "the cutoff flag", check=worker.alive)
             flag = orjson.loads(cutoff)
             assert flag["scope"] == "user" and flag["id"] == "acct-7"
             assert flag["budget"] == "0.13" and flag["unit"] == "usd"
-            ttl = r.ttl(f"{prefix}cutoff:user:acct-7")
+            ttl = r.ttl(prefix + cutoff_user("acct-7"))
             now = datetime.now(UTC)
             to_midnight = (now.replace(hour=0, minute=0, second=0, microsecond=0)
                            + timedelta(days=1) - now).total_seconds()
             assert to_midnight - 60 <= ttl <= to_midnight + 1
 
             spend = wait_until(
-                lambda: (s := r.get(f"{prefix}spend:user:acct-7")) and
+                lambda: (s := r.get(prefix + spend_user("acct-7"))) and
                 orjson.loads(s)["events"] == 7 and orjson.loads(s), 30, "all 7 events counted")
             assert spend["spent_usd"] == "0.14"  # the duplicate was counted once
 

@@ -7,6 +7,7 @@ import time
 import pytest
 import redis
 
+from spendstream.contract.keys import CUTOFF_GLOBAL, cutoff_user, spend_user
 from spendstream.embedded import EmbeddedRedis
 from spendstream.streams.flags import RedisFlagSink
 
@@ -19,16 +20,16 @@ async def test_writes_are_kept_through_an_outage_and_converge(tmp_path):
     sink = RedisFlagSink(server.url, prefix="t:", interval=0.05)
     expire = int(time.time()) + 3600
     try:
-        sink.set("cutoff:user:a", {"v": 1}, expire)
+        sink.set(cutoff_user("a"), {"v": 1}, expire)
         assert await sink.flush()
         client = redis.Redis.from_url(server.url)
-        assert client.get("t:cutoff:user:a") == b'{"v":1}'
-        assert 3500 < client.ttl("t:cutoff:user:a") <= 3600
+        assert client.get("t:" + cutoff_user("a")) == b'{"v":1}'
+        assert 3500 < client.ttl("t:" + cutoff_user("a")) <= 3600
 
         server.stop()
-        sink.set("cutoff:user:b", {"v": 2}, expire)
-        sink.set("spend:user:b", {"usd": "0.01"}, expire)
-        sink.set("spend:user:b", {"usd": "0.02"}, expire)  # coalesced: newest wins
+        sink.set(cutoff_user("b"), {"v": 2}, expire)
+        sink.set(spend_user("b"), {"usd": "0.01"}, expire)
+        sink.set(spend_user("b"), {"usd": "0.02"}, expire)  # coalesced: newest wins
         assert not await sink.flush()
         assert not sink.healthy and sink.pending == 2 and sink.stats.errors == 1
 
@@ -38,8 +39,8 @@ async def test_writes_are_kept_through_an_outage_and_converge(tmp_path):
         while not await sink.flush():
             assert time.monotonic() < deadline, "the sink never reconnected"
         client = redis.Redis.from_url(server.url)
-        assert client.get("t:cutoff:user:b") == b'{"v":2}'
-        assert client.get("t:spend:user:b") == b'{"usd":"0.02"}'
+        assert client.get("t:" + cutoff_user("b")) == b'{"v":2}'
+        assert client.get("t:" + spend_user("b")) == b'{"usd":"0.02"}'
         assert sink.healthy and sink.pending == 0
     finally:
         await sink.stop()
@@ -52,12 +53,12 @@ async def test_extend_only_never_shortens_a_live_flag_and_expired_writes_are_ski
     client = redis.Redis.from_url(redis_url)
     try:
         now = int(time.time())
-        sink.set("cutoff:global", {"id": "daily_cap"}, now + 3600, extend_only=True)
-        sink.set("cutoff:global", {"id": "tpm"}, now + 60, extend_only=True)
-        sink.set("spend:user:old", {"x": 1}, now - 1)
+        sink.set(CUTOFF_GLOBAL, {"id": "daily_cap"}, now + 3600, extend_only=True)
+        sink.set(CUTOFF_GLOBAL, {"id": "tpm"}, now + 60, extend_only=True)
+        sink.set(spend_user("old"), {"x": 1}, now - 1)
         assert await sink.flush()
-        assert client.get(f"{uid}:cutoff:global") == b'{"id":"daily_cap"}'
-        assert client.get(f"{uid}:spend:user:old") is None
+        assert client.get(f"{uid}:" + CUTOFF_GLOBAL) == b'{"id":"daily_cap"}'
+        assert client.get(f"{uid}:" + spend_user("old")) is None
         assert sink.stats.skipped_expired == 1
     finally:
         await sink.stop()

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import redis
 
+from spendstream.contract.keys import cutoff_feature
+from spendstream.domain.budgets import parse_budgets
 from spendstream.errors import FeatureDisabled
-from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import Guard
 
 pytestmark = pytest.mark.integration
@@ -63,13 +64,13 @@ def test_disable_then_enable_through_the_cli(redis_url: str, uid: str) -> None:
     assert e.value.reason == "incident 42" and e.value.resets_at is None
     assert guard.admit("acct-1", "search", HELLO)  # other features are untouched
 
-    value = json.loads(redis.Redis.from_url(redis_url).get(f"{prefix}cutoff:feature:chat") or "")
+    value = json.loads(redis.Redis.from_url(redis_url).get(prefix + cutoff_feature("chat")) or "")
     assert set(value) == {"scope", "id", "reason", "level", "spent", "budget", "unit",
                           "window_start", "window_end"}
     assert (value["scope"], value["id"], value["level"]) == ("feature", "chat", "cutoff")
 
     listed = cli(redis_url, prefix, "flags")
-    assert f"{prefix}cutoff:feature:chat" in listed.stdout and "incident 42" in listed.stdout
+    assert prefix + cutoff_feature("chat") in listed.stdout and "incident 42" in listed.stdout
 
     done = cli(redis_url, prefix, "enable", "chat")
     assert done.returncode == 0 and "enabled chat" in done.stdout
@@ -83,7 +84,7 @@ def test_disable_with_ttl_expires_on_its_own(redis_url: str, uid: str) -> None:
     r = redis.Redis.from_url(redis_url)
     done = cli(redis_url, prefix, "disable", "chat", "--ttl", "2m")
     assert done.returncode == 0, done.stderr
-    assert 100 < r.ttl(f"{prefix}cutoff:feature:chat") <= 120
+    assert 100 < r.ttl(prefix + cutoff_feature("chat")) <= 120
     guard = Guard(redis_url, BUDGETS, prefix=prefix, cache_ttl=0)
     with pytest.raises(FeatureDisabled) as e:
         guard.admit("acct-1", "chat", HELLO)

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from spendstream.contract.keys import cutoff_user
+from spendstream.domain.budgets import parse_budgets
 from spendstream.embedded import EmbeddedRedis
 from spendstream.errors import BudgetExceeded, ServiceUnavailable
-from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import AsyncGuard, Guard
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -43,7 +44,7 @@ def test_fail_open_lets_calls_through_warns_once_and_counts(
         own_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture, uid: str) -> None:
     g = Guard(own_redis.url, BUDGETS, prefix=uid, cache_ttl=0.0, rate_limit_per_minute=100,
               retry_interval=0.05)
-    redis.Redis.from_url(own_redis.url).set(f"{uid}cutoff:user:blocked", CUTOFF)
+    redis.Redis.from_url(own_redis.url).set(uid + cutoff_user("blocked"), CUTOFF)
     g.admit("u1", "chat", HELLO)
     with pytest.raises(BudgetExceeded):
         g.admit("blocked", "chat", HELLO)
@@ -76,7 +77,7 @@ def test_fail_open_recovers_when_redis_returns(uid: str, caplog: pytest.LogCaptu
     server = EmbeddedRedis(port=port)
     server.start()
     try:
-        redis.Redis.from_url(server.url).set(f"{uid}cutoff:user:u1",
+        redis.Redis.from_url(server.url).set(uid + cutoff_user("u1"),
                                               CUTOFF.replace(b"blocked", b"u1"))
         with pytest.raises(BudgetExceeded):
             g.admit("u1", "chat", HELLO)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from spendstream.domain.budgets import parse_budgets
 from spendstream.errors import Throttled
-from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import AsyncGuard, Guard
 
 pytestmark = pytest.mark.integration

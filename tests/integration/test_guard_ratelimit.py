@@ -18,7 +18,7 @@ ATTEMPTS = 40
 CHILD = textwrap.dedent("""
     import json, os, sys, time
     from spendstream.errors import Throttled
-    from spendstream.producers.budgets import parse_budgets
+    from spendstream.domain.budgets import parse_budgets
     from spendstream.producers.guard import Guard
 
     url, prefix, limit, attempts, go = sys.argv[1:6]

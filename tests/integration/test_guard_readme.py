@@ -1,26 +1,28 @@
-"""The README's Guard example, run as written against a real Redis."""
+"""The guard example (README's front page and docs/sdk.md), run as written against a real
+Redis."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from spendstream.contract.keys import cutoff_user
 from spendstream.embedded import free_port
+from tests.docs import ROOT, block_under
 
 pytestmark = pytest.mark.integration
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = ROOT / "README.md"
 
 
 def guard_example() -> str:
-    section = README.read_text().split("\n## Guard\n", 1)[1].split("\n## ", 1)[0]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "the README's Guard section has no python example"
-    return match.group(1)
+    """The README's example, which must be the SDK guide's too (one example, one test)."""
+    front = block_under(README, "## At the call site")
+    assert front == block_under(ROOT / "docs" / "sdk.md", "## Guard")
+    return front
 
 
 def test_readme_guard_example(redis_url: str, uid: str, tmp_path: Path,
@@ -47,7 +49,7 @@ def test_readme_guard_example(redis_url: str, uid: str, tmp_path: Path,
         assert namespace["emitter"].stats.emitted == 1
         assert namespace["guard"].stats.emitted == 1
         redis.Redis.from_url(redis_url).set(
-            f"rd-{uid}:cutoff:user:acct-1",
+            f"rd-{uid}:" + cutoff_user("acct-1"),
             b'{"scope": "user", "id": "acct-1", "reason": "daily usd budget of tier free", '
             b'"spent": "0.14", "budget": "0.13", "unit": "usd", '
             b'"window_end": "2999-01-01T00:00:00Z"}', ex=60)

@@ -11,9 +11,16 @@ import orjson
 import pytest
 import redis
 
+from spendstream.contract.keys import (
+    CUTOFF_GLOBAL,
+    cutoff_feature,
+    cutoff_user,
+    spend_user,
+    warn_user,
+)
+from spendstream.domain.budgets import Budgets, parse_budgets
 from spendstream.errors import BudgetExceeded, FeatureDisabled, InputTooLong, Throttled
 from spendstream.producers import UsageEvent
-from spendstream.producers.budgets import Budgets, parse_budgets
 from spendstream.producers.guard import AsyncGuard, Guard
 from spendstream.producers.tokens import count_messages
 
@@ -71,10 +78,10 @@ def guard(redis_url: str, prefix: str, budgets: Budgets = BUDGETS, **kw: Any) ->
 # Flag values are built when the test runs: a 60 s window built at collection time has
 # ended by then when a few minutes of other tests run first.
 @pytest.mark.parametrize(("key", "value", "error", "scope"), [
-    ("cutoff:user:acct-1", lambda: flag("user", "acct-1"), BudgetExceeded, "user"),
-    ("cutoff:feature:chat", lambda: flag("feature", "chat"), FeatureDisabled, "feature"),
-    ("cutoff:global", lambda: flag("global", "daily_cap"), BudgetExceeded, "global"),
-    ("cutoff:global", lambda: flag("global", "tpm", 60, unit="tokens"), Throttled, "global"),
+    (cutoff_user("acct-1"), lambda: flag("user", "acct-1"), BudgetExceeded, "user"),
+    (cutoff_feature("chat"), lambda: flag("feature", "chat"), FeatureDisabled, "feature"),
+    (CUTOFF_GLOBAL, lambda: flag("global", "daily_cap"), BudgetExceeded, "global"),
+    (CUTOFF_GLOBAL, lambda: flag("global", "tpm", 60, unit="tokens"), Throttled, "global"),
 ])
 def test_each_cutoff_refuses_with_its_error(redis_url: str, r: redis.Redis, prefix: str,
                                             key: str, value: Callable[[], bytes],
@@ -94,7 +101,7 @@ def test_each_cutoff_refuses_with_its_error(redis_url: str, r: redis.Redis, pref
 
 
 def test_other_prefix_is_not_read(redis_url: str, r: redis.Redis, prefix: str) -> None:
-    r.set("other:cutoff:global", flag("global", "daily_cap"), ex=60)
+    r.set("other:" + CUTOFF_GLOBAL, flag("global", "daily_cap"), ex=60)
     assert guard(redis_url, prefix).admit("u", "chat", HELLO)
 
 
@@ -103,8 +110,8 @@ def test_warning_and_remaining_budget_are_exposed(redis_url: str, r: redis.Redis
     g = guard(redis_url, prefix)
     a = g.admit("acct-1", "chat", HELLO)
     assert a.warning is None and a.remaining_usd is None
-    r.set(prefix + "warn:user:acct-1", flag("user", "acct-1", level="warn"), ex=60)
-    r.set(prefix + "spend:user:acct-1", orjson.dumps({"remaining_usd": "0.026"}), ex=60)
+    r.set(prefix + warn_user("acct-1"), flag("user", "acct-1", level="warn"), ex=60)
+    r.set(prefix + spend_user("acct-1"), orjson.dumps({"remaining_usd": "0.026"}), ex=60)
     a = g.admit("acct-1", "chat", HELLO)
     assert a.warning is not None and a.warning["level"] == "warn"
     assert a.remaining_usd == Decimal("0.026")
@@ -115,7 +122,7 @@ def test_flags_are_cached_for_the_ttl(redis_url: str, r: redis.Redis, prefix: st
     for _ in range(50):
         g.admit("acct-1", "chat", HELLO)
     assert g.stats.redis_reads == 1 and g.stats.cache_hits == 49
-    r.set(prefix + "cutoff:feature:chat", flag("feature", "chat"), ex=60)
+    r.set(prefix + cutoff_feature("chat"), flag("feature", "chat"), ex=60)
     assert g.admit("acct-1", "chat", HELLO)  # still the cached answer
     deadline = time.monotonic() + 0.5 + 1.0
     while time.monotonic() < deadline:
@@ -198,7 +205,7 @@ async def test_async_guard_refuses_and_admits(redis_url: str, r: redis.Redis,
     assert a.model == "gpt-4o" and a.max_tokens == 1000
     g.record(a, provider="openai", input_tokens=5, output_tokens=5)
     assert len(sink.events) == 1
-    r.set(prefix + "cutoff:user:acct-9", flag("user", "acct-9"), ex=60)
+    r.set(prefix + cutoff_user("acct-9"), flag("user", "acct-9"), ex=60)
     with pytest.raises(BudgetExceeded):
         await g.admit("acct-9", "chat", HELLO)
     await g.admit("acct-8", "chat", HELLO)

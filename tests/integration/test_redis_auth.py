@@ -10,9 +10,10 @@ from collections.abc import Iterator
 import pytest
 
 from spendstream.cli import main
+from spendstream.contract.keys import cutoff_feature
+from spendstream.domain.budgets import Budgets
 from spendstream.embedded import EmbeddedRedis
 from spendstream.errors import FeatureDisabled, ServiceUnavailable
-from spendstream.producers.budgets import Budgets
 from spendstream.producers.guard import AsyncGuard, Guard
 from spendstream.settings import load_settings
 
@@ -50,7 +51,7 @@ def test_cli_and_guard_work_with_the_password(locked_redis: EmbeddedRedis,
     assert main(["disable", "chat", "--reason", "incident 42"]) == 0
     assert main(["flags"]) == 0
     out = capsys.readouterr().out
-    assert "cutoff:feature:chat" in out and "incident 42" in out
+    assert cutoff_feature("chat") in out and "incident 42" in out
     assert PASSWORD not in out
 
     settings = load_settings()

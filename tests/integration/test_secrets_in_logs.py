@@ -26,11 +26,12 @@ import redis
 from aiokafka import AIOKafkaProducer
 
 from spendstream.cli import main
+from spendstream.contract.keys import cutoff_user
+from spendstream.domain.budgets import Budgets
 from spendstream.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from spendstream.errors import ServiceUnavailable, SpendstreamError
 from spendstream.kafka_auth import kafka_client_kwargs
 from spendstream.producers import Emitter, UsageEvent
-from spendstream.producers.budgets import Budgets
 from spendstream.producers.guard import Guard
 from spendstream.settings import load_settings
 from spendstream.streams.topics import ensure_topics
@@ -209,7 +210,7 @@ def test_the_worker_output_holds_no_secret(broker: EmbeddedBroker, locked_redis:
         try:
             asyncio.run(_publish(broker.bootstrap, topic, "acct-leak", 4))  # $0.08 > $0.05
             flags = redis.Redis.from_url(url)
-            wait_until(lambda: flags.get(f"{prefix}cutoff:user:acct-leak"), 90,
+            wait_until(lambda: flags.get(prefix + cutoff_user("acct-leak")), 90,
                        "the cutoff flag in the password-protected Redis", check=worker.alive)
             wait_until(lambda: "not delivered" in worker.output(), 60,
                        "the refused Slack post in the worker's log", check=worker.alive)

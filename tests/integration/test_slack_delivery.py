@@ -250,12 +250,10 @@ async def test_submit_returns_at_once_while_slack_is_slow(slack_fake: SlackFake)
     assert d.submit(alerts[0])
     await slack_fake.wait_for(1)  # the slow request is in flight now
 
-    started = time.perf_counter()
+    # submit is a plain call on the loop the slow request needs: had it waited for the
+    # request, it could not have returned at all.
     accepted = [d.submit(a) for a in alerts[1:]]
-    elapsed = time.perf_counter() - started
-
     assert accepted == [True, True]
-    assert elapsed < 0.05
     assert await d.wait_idle(5)
     await d.stop()
 

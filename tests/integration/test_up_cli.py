@@ -15,6 +15,7 @@ import orjson
 import pytest
 import redis
 
+from spendstream.contract.keys import spend_user
 from tests.helpers import wait_until
 from tests.integration.test_e2e_cli import event, publish
 
@@ -40,7 +41,7 @@ def test_up_serves_apps_and_stops_cleanly_on_sigterm(redis_server, tmp_path):
         asyncio.run(publish(f"127.0.0.1:{port}", "spendstream.usage",
                             [(b"acct-1", orjson.dumps(event("acct-1")))], partitions=4))
         r = redis.Redis.from_url(redis_server.url)
-        spend = wait_until(lambda: r.get(f"{prefix}spend:user:acct-1"), 60, "the event counted")
+        spend = wait_until(lambda: r.get(prefix + spend_user("acct-1")), 60, "the event counted")
         assert orjson.loads(spend)["events"] == 1
     finally:
         proc.terminate()

@@ -15,6 +15,7 @@ import orjson
 import pytest
 import redis
 
+from spendstream.contract.keys import spend_feature, spend_global, spend_user
 from tests.helpers import WorkerProcess, wait_until
 from tests.integration.test_e2e_cli import publish
 
@@ -52,7 +53,7 @@ def test_sigkill_and_restart_counts_every_event_exactly_once(broker, redis_serve
     r = redis.Redis.from_url(redis_server.url)
 
     def global_day() -> dict:
-        raw = r.get(f"{prefix}spend:global:day")
+        raw = r.get(prefix + spend_global("day"))
         return orjson.loads(raw) if raw else {}
 
     first, second = batch(300, 30), batch(300, 30)
@@ -71,15 +72,15 @@ def test_sigkill_and_restart_counts_every_event_exactly_once(broker, redis_serve
         wait_until(lambda: global_day().get("events", 0) >= 600, 90, "all 600 events",
                    check=worker.alive)
         # Give a wrongly replayed batch its chance to show up before asserting exactness.
-        wait_until(lambda: r.get(f"{prefix}spend:feature:chat") and orjson.loads(
-            r.get(f"{prefix}spend:feature:chat"))["events"] >= 600, 30, "feature totals")
+        wait_until(lambda: r.get(prefix + spend_feature("chat")) and orjson.loads(
+            r.get(prefix + spend_feature("chat")))["events"] >= 600, 30, "feature totals")
     finally:
         assert worker.stop() == 0, worker.output()
     g = global_day()
     assert g["events"] == 600 and Decimal(g["spent_usd"]) == Decimal("0.600")
-    f = orjson.loads(r.get(f"{prefix}spend:feature:chat"))
+    f = orjson.loads(r.get(prefix + spend_feature("chat")))
     assert f["events"] == 600 and Decimal(f["spent_usd"]) == Decimal("0.600")
     for i in range(30):
-        u = orjson.loads(r.get(f"{prefix}spend:user:user-{i}"))
+        u = orjson.loads(r.get(prefix + spend_user(f"user-{i}")))
         assert u["events"] == 20, (i, u)
         assert u["spent_tokens"] == 20 * 15

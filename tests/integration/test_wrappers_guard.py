@@ -15,10 +15,11 @@ from fake_llm import FakeLLM
 from fake_llm import fake_llm as fake_llm  # re-exported so pytest finds the fixture
 from test_emitter_kafka import consume, create_topic
 
+from spendstream.contract.keys import cutoff_user
+from spendstream.domain.budgets import parse_budgets
 from spendstream.embedded import EmbeddedBroker
 from spendstream.errors import BudgetExceeded
 from spendstream.producers import SyncEmitter, decode_event
-from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import AsyncGuard, Guard
 from spendstream.producers.wrappers import wrap_anthropic, wrap_openai
 from tests.helpers import record_events
@@ -63,7 +64,7 @@ def test_openai_calls_through_the_real_guard_reach_kafka(
                 break
 
         # A cutoff flag refuses before the provider is called.
-        redis.Redis.from_url(redis_url).set(f"{prefix}cutoff:user:acct-2", cutoff("acct-2"))
+        redis.Redis.from_url(redis_url).set(prefix + cutoff_user("acct-2"), cutoff("acct-2"))
         with pytest.raises(BudgetExceeded):
             wrapped.chat.completions.create(messages=HELLO, user_id="acct-2", feature="chat")
         guard.close()

@@ -15,8 +15,8 @@ import pytest
 from fake_llm import TEXT, AsyncStandInGuard, FakeLLM, Reply, StandInGuard, words
 from fake_llm import fake_llm as fake_llm  # re-exported so pytest finds the fixture
 
+from spendstream.domain.pricing import Pricer
 from spendstream.errors import ConfigError
-from spendstream.producers.pricing import Pricer
 from spendstream.producers.tokens import count_text
 from spendstream.producers.wrappers import wrap_openai
 

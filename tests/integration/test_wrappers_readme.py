@@ -3,20 +3,18 @@ their own environment variables), the real guard on Redis."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 from fake_llm import TEXT, FakeLLM
 from fake_llm import fake_llm as fake_llm  # re-exported so pytest finds the fixture
 
+from spendstream.domain.budgets import parse_budgets
 from spendstream.producers import UsageEvent
-from spendstream.producers.budgets import parse_budgets
 from spendstream.producers.guard import Guard
+from tests.docs import ROOT, block_under
 
 pytestmark = pytest.mark.integration
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+SDK_GUIDE = ROOT / "docs" / "sdk.md"
 BUDGETS = parse_budgets({
     "features": {
         "chat": {"usd": 100, "max_output_tokens": 200, "model": "gpt-4o-mini"},
@@ -26,9 +24,7 @@ BUDGETS = parse_budgets({
 
 
 def example() -> str:
-    section = README.split("## OpenAI and Anthropic wrappers\n", 1)[1].split("\n## ", 1)[0]
-    [code] = re.findall(r"```python\n(.*?)```", section, flags=re.S)[:1]
-    return code
+    return block_under(SDK_GUIDE, "## OpenAI and Anthropic wrappers")
 
 
 class ListSink:
@@ -50,7 +46,7 @@ def test_readme_wrapper_example_runs(fake_llm: FakeLLM, redis_url: str, uid: str
     sink = ListSink()
     guard = Guard(redis_url, BUDGETS, sink, prefix=f"ss-{uid}:", cache_ttl=0.0)
     try:
-        exec(compile(example(), "README.md", "exec"), {"guard": guard})
+        exec(compile(example(), str(SDK_GUIDE), "exec"), {"guard": guard})
     finally:
         guard.close()
 

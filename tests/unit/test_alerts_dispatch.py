@@ -15,8 +15,8 @@ import pytest
 from spendstream.alerts.console import LogNotifier
 from spendstream.alerts.dispatch import AlertDispatcher
 from spendstream.alerts.format import render
-from spendstream.alerts.model import Alert, Level
 from spendstream.alerts.notifier import Notifier, NotifyError
+from spendstream.contract.alert import Alert, Level
 
 _seq = itertools.count(1)
 
@@ -207,9 +207,9 @@ async def test_submit_never_blocks_while_the_notifier_hangs() -> None:
     async with AlertDispatcher(n, max_queue=100) as d:
         d.submit(make_alert())
         await until(lambda: len(n.attempts) == 1)  # the lane took it and hangs
-        started = time.perf_counter()
+        # submit is a plain call on the loop the hanging notifier needs: returning at all
+        # proves it does not wait for the notifier.
         results = [d.submit(make_alert()) for _ in range(150)]
-        assert time.perf_counter() - started < 0.1
         assert results.count(True) == 100 and results.count(False) == 50
         assert d.dropped == 50
         hold.set()

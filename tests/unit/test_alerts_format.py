@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from spendstream.alerts.format import escape, format_amount, format_window, render
-from spendstream.alerts.model import Alert, Level
+from spendstream.contract.alert import Alert, Level
 
 D = Decimal
 START = datetime(2026, 11, 23, tzinfo=UTC)

@@ -7,9 +7,9 @@ from decimal import Decimal
 import pytest
 import yaml
 
+from spendstream.domain.budgets import load_budgets, parse_budgets
 from spendstream.errors import ConfigError
 from spendstream.examples import DEMO_BUDGETS, EXAMPLE_BUDGETS
-from spendstream.producers.budgets import load_budgets, parse_budgets
 
 
 def test_the_documented_example_loads_with_decimal_money(tmp_path):

@@ -83,8 +83,12 @@ def test_kafka_is_a_single_kraft_node(services: dict[str, dict[str, Any]]) -> No
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{node_id}@kafka:9093"
 
     listeners = dict(item.split("://", 1) for item in env["KAFKA_LISTENERS"].split(","))
-    assert listeners == {"PLAINTEXT": ":9092", "CONTROLLER": ":9093"}
-    assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+    assert listeners == {"PLAINTEXT": ":9092", "CONTROLLER": ":9093", "HOST": ":29092"}
+    advertised = dict(item.split("://", 1)
+                      for item in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    assert advertised == {"PLAINTEXT": "kafka:9092", "HOST": "localhost:29092"}
+    # apps on the host reach the HOST listener through the published port
+    assert "29092:29092" in [str(p) for p in kafka["ports"]]
     controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
     assert controller in listeners
     protocols = dict(item.split(":", 1) for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
@@ -134,8 +138,9 @@ def test_worker_env_parses_and_points_at_the_services(
     for name, value in env_of(services["worker"]).items():
         monkeypatch.setenv(name, "" if value.startswith("${") else value)  # compose default
     settings = Settings()
-    advertised = env_of(services["kafka"])["KAFKA_ADVERTISED_LISTENERS"].split("://", 1)[1]
-    assert settings.bootstrap_servers == kafka_bootstrap(f"kafka://{advertised}")
+    advertised = dict(item.split("://", 1) for item in
+                      env_of(services["kafka"])["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    assert settings.bootstrap_servers == kafka_bootstrap(f"kafka://{advertised['PLAINTEXT']}")
     assert urlsplit(settings.redis_url.get_secret_value()).hostname == "redis"
     mounts = [v.split(":") for v in services["worker"]["volumes"]]
     assert [str(settings.budgets), "ro"] in [m[1:] for m in mounts]
@@ -147,6 +152,21 @@ def test_worker_waits_for_healthy_dependencies(services: dict[str, dict[str, Any
     for name in ("kafka", "redis"):
         assert depends[name]["condition"] == "service_healthy"
         assert services[name].get("healthcheck"), f"{name} needs a healthcheck to be waited on"
+
+
+def test_worker_health_check_asks_the_worker(services: dict[str, dict[str, Any]],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from spendstream.cli import COMMANDS
+
+    worker = services["worker"]
+    test = worker["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[1:] == ["spendstream", "health"]
+    assert "health" in COMMANDS
+    port = env_of(worker)["SPENDSTREAM_METRICS_PORT"]
+    monkeypatch.setenv("SPENDSTREAM_METRICS_PORT", port)
+    assert str(Settings().metrics_port) == port
+    assert port in [str(p) for p in worker["expose"]]
+    assert "6379:6379" in [str(p) for p in services["redis"]["ports"]]
 
 
 def test_worker_runs_spendstream_worker(services: dict[str, dict[str, Any]]) -> None:
@@ -180,7 +200,7 @@ def test_dockerfile_installs_the_package_and_runs_the_worker() -> None:
     instructions = dockerfile_instructions()
     assert instructions[0] == ("FROM", "python:3.11-slim")
     runs = [args for instruction, args in instructions if instruction == "RUN"]
-    assert any("pip install ." in run for run in runs)
+    assert any("pip install '.[worker]'" in run for run in runs)  # the worker's extra
     cmds = [args for instruction, args in instructions if instruction == "CMD"]
     assert cmds and json.loads(cmds[-1]) == ["spendstream", "worker"]
     # the CMD resolves: the package declares the `spendstream` console script

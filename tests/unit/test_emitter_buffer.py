@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 
@@ -59,15 +58,13 @@ def test_an_event_that_cannot_be_encoded_is_refused_not_raised(
     assert warning.exc_info is not None and "boom" in str(warning.exc_info[1])
 
 
-def test_emit_is_cheap_for_the_caller() -> None:
+def test_emit_buffers_without_a_running_sender() -> None:
+    """emit only appends: with no event loop and no broker, 20,000 calls all return and are
+    all buffered (what a call costs is measured by bench/guard_bench.py)."""
     emitter = Emitter(NOWHERE, buffer_size=100_000)
     event = _event()
     n = 20_000
-    started = time.perf_counter()
-    for _ in range(n):
-        emitter.emit(event)
-    per_call = (time.perf_counter() - started) / n
-    assert per_call < 50e-6, f"emit took {per_call * 1e6:.1f} µs per call"
+    assert all(emitter.emit(event) for _ in range(n))
     assert emitter.stats.buffered == n
 
 

@@ -265,15 +265,14 @@ def test_emitters_sharing_a_directory_take_separate_files(tmp_path: Path) -> Non
     assert c.spill_path == tmp_path / "usage.spill"
 
 
-def test_emit_stays_cheap_while_spilling(tmp_path: Path) -> None:
+def test_emit_spills_what_memory_cannot_hold(tmp_path: Path) -> None:
+    """Past a one-event buffer, every event goes to the spill file and none is dropped
+    (what a call costs while spilling is a benchmark figure, bench/guard_bench.py)."""
     emitter = Emitter(NOWHERE, buffer_size=1, spill_dir=tmp_path)
     event = _event(0)
     n = 20_000
-    started = time.perf_counter()
     for _ in range(n):
         emitter.emit(event)
-    per_call = (time.perf_counter() - started) / n
-    assert per_call < 50e-6, f"emit took {per_call * 1e6:.1f} µs per call while spilling"
     assert emitter.stats.spilled == n - 1 and emitter.stats.dropped == 0
 
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from spendstream.producers.event import (
+from spendstream.contract.event import (
     Horizon,
     MalformedEvent,
     UsageEvent,
@@ -98,7 +98,7 @@ VARIANTS = [
 
 @pytest.mark.parametrize("change", VARIANTS, ids=[str(v) for v in VARIANTS])
 def test_fast_path_builds_what_the_model_builds(change):
-    from spendstream.producers.event import _fast
+    from spendstream.contract.event import _fast
     data = {**BASE, **change}
     try:
         expected = UsageEvent.model_validate(data) if data.get("schema") == 1 else None
@@ -137,7 +137,7 @@ def test_a_broken_packed_record_is_one_rejection(value, reason):
 
 
 def test_everyday_events_take_the_fast_path():
-    from spendstream.producers.event import _fast
+    from spendstream.contract.event import _fast
     for change in ({}, {"provider": None, "cost_usd": None}, {"local_input_tokens": 5},
                    {"ts": "2026-11-23T11:00:00+01:00"}):
         assert _fast({**BASE, **change}) is not None

@@ -7,7 +7,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spendstream.producers.event import MalformedEvent, UsageEvent, decode_event
+from spendstream.contract.event import MalformedEvent, UsageEvent, decode_event
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)  # what JSON encoders emit
 JSON = st.recursive(

@@ -9,6 +9,14 @@ from typing import Any
 import orjson
 import pytest
 
+from spendstream.contract.keys import FLAG_KINDS, guard_keys, parse_flag
+from spendstream.domain.admission import (
+    FlagSnapshot,
+    choose_max_tokens,
+    choose_model,
+    refusal,
+)
+from spendstream.domain.budgets import Feature, parse_budgets
 from spendstream.errors import (
     BudgetExceeded,
     ConfigError,
@@ -17,15 +25,6 @@ from spendstream.errors import (
     SpendstreamError,
     Throttled,
 )
-from spendstream.producers.admission import (
-    FlagSnapshot,
-    choose_max_tokens,
-    choose_model,
-    flag_keys,
-    parse_flag,
-    refusal,
-)
-from spendstream.producers.budgets import Feature, parse_budgets
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 END = "2026-11-24T00:00:00Z"
@@ -95,12 +94,13 @@ def test_tpm_resets_at_the_end_of_the_minute() -> None:
 
 
 def test_snapshot_from_mget_values_in_key_order() -> None:
-    keys = flag_keys("p:", "u1", "chat")
+    keys = guard_keys("p:", "u1", "chat")
     assert keys == ["p:cutoff:user:u1", "p:cutoff:feature:chat", "p:cutoff:global",
                     "p:warn:user:u1", "p:warn:feature:chat", "p:spend:user:u1"]
+    assert tuple(FlagSnapshot.__dataclass_fields__) == FLAG_KINDS  # the snapshot's order
     spend = {"remaining_usd": "0.25", "window_end": END}
-    snap = FlagSnapshot.from_values([None, None, None, orjson.dumps(USER), None,
-                                     orjson.dumps(spend)])
+    snap = FlagSnapshot(*map(parse_flag, [None, None, None, orjson.dumps(USER), None,
+                                          orjson.dumps(spend)]))
     assert snap.warning(NOW) == USER
     assert snap.remaining_usd(NOW) == Decimal("0.25")
     assert FlagSnapshot().remaining_usd(NOW) is None

@@ -7,6 +7,7 @@ against a local TLS server, so the context is checked for what it does, not its 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -15,13 +16,15 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from spendstream.errors import ConfigError
-from spendstream.kafka_auth import faust_credentials, kafka_client_kwargs
+from spendstream.kafka_auth import kafka_client_kwargs
 from spendstream.producers import Emitter
 from spendstream.settings import Settings, load_settings
+from spendstream.streams.credentials import faust_credentials
 
 SASL_PASSWORD = "sasl-pw-Zq81"
 KEY_PASSWORD = "key-pw-Hn27"
@@ -75,6 +78,49 @@ def test_sasl_plaintext_maps_to_aiokafka_and_faust_alike(mechanism: str) -> None
     # The worker's faust app gets the same connection settings as the emitter and admin.
     assert _without_none(credentials_to_aiokafka_auth(faust_credentials(s))) == kwargs
     assert SASL_PASSWORD not in repr(faust_credentials(s))
+
+
+class StaticTokens(AbstractTokenProvider):
+    """A token provider as a user would write one for a managed Kafka service."""
+
+    async def token(self) -> str:
+        return "header.payload.signature"
+
+
+def make_tokens() -> StaticTokens:
+    return StaticTokens()
+
+
+@pytest.mark.parametrize("path", [f"{__name__}:StaticTokens", f"{__name__}:make_tokens"])
+def test_oauthbearer_maps_to_aiokafka_and_faust_alike(path: str, pki: Path) -> None:
+    s = _settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="OAUTHBEARER",
+                  kafka_sasl_oauth_token_provider=path, kafka_ssl_cafile=pki / "ca.pem")
+    kwargs = kafka_client_kwargs(s)
+    assert kwargs["sasl_mechanism"] == "OAUTHBEARER"
+    assert isinstance(kwargs["sasl_oauth_token_provider"], StaticTokens)
+    assert isinstance(kwargs["ssl_context"], ssl.SSLContext)
+    auth = credentials_to_aiokafka_auth(faust_credentials(s))
+    assert auth["security_protocol"] == "SASL_SSL" and auth["sasl_mechanism"] == "OAUTHBEARER"
+    assert isinstance(auth["sasl_oauth_token_provider"], StaticTokens)
+
+    async def build() -> None:  # the clients accept them
+        AIOKafkaProducer(bootstrap_servers="127.0.0.1:9", **kwargs)
+        Emitter("127.0.0.1:9", **kwargs)
+
+    asyncio.run(build())
+
+
+@pytest.mark.parametrize(("provider", "says"), [
+    (None, "SPENDSTREAM_KAFKA_SASL_OAUTH_TOKEN_PROVIDER"),
+    ("no_colon_here", "package.module:name"),
+    ("no_such_module_xyz:Tokens", "cannot import no_such_module_xyz:Tokens"),
+    (f"{__name__}:SASL_PASSWORD", "not an aiokafka AbstractTokenProvider"),
+])
+def test_a_bad_oauth_provider_says_what_to_fix(provider: str | None, says: str) -> None:
+    s = _settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="OAUTHBEARER",
+                  kafka_sasl_oauth_token_provider=provider)
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        kafka_client_kwargs(s)
 
 
 def test_sasl_ssl_verifies_the_broker_against_the_ca(pki: Path) -> None:
@@ -202,7 +248,7 @@ def test_settings_come_from_the_environment_and_hide_the_password(
 def test_the_worker_uses_them_for_topic_setup_and_faust(monkeypatch: pytest.MonkeyPatch
                                                         ) -> None:
     from spendstream import runner
-    from spendstream.producers.budgets import Budgets
+    from spendstream.domain.budgets import Budgets
     from spendstream.streams import app, topics
 
     seen: dict[str, Any] = {}

@@ -13,9 +13,9 @@ import genai_prices
 import pytest
 from genai_prices import Usage, data_snapshot
 
-from spendstream.producers.budgets import Price
-from spendstream.producers.event import UsageEvent
-from spendstream.producers.pricing import Priced, Pricer
+from spendstream.contract.event import UsageEvent
+from spendstream.domain.budgets import Price
+from spendstream.domain.pricing import Priced, Pricer
 
 D = Decimal
 M = 1_000_000

@@ -13,10 +13,19 @@ from typing import Any
 import pytest
 
 from spendstream.alerts.format import render
-from spendstream.alerts.model import Level
-from spendstream.producers.budgets import parse_budgets
-from spendstream.producers.event import UsageEvent
-from spendstream.producers.pricing import Pricer
+from spendstream.contract.alert import Level
+from spendstream.contract.event import UsageEvent
+from spendstream.contract.keys import (
+    CUTOFF_GLOBAL,
+    cutoff_feature,
+    cutoff_user,
+    spend_feature,
+    spend_global,
+    spend_user,
+    warn_user,
+)
+from spendstream.domain.budgets import parse_budgets
+from spendstream.domain.pricing import Pricer
 from spendstream.streams.rollup_stage import RollupStage
 from spendstream.streams.stages import Counters
 from spendstream.streams.state import BatchedState
@@ -102,21 +111,21 @@ def test_user_warns_then_cuts_off_with_one_alert_and_ttl_at_day_end():
     for _ in range(11):
         w.send(ev(tokens=1000))  # $0.01 each: $0.11 is 85% of $0.13
     assert "spendstream:" not in "".join(w.flags.keys)  # the prefix is the adapter's job
-    assert "warn:user:u1" in w.flags.keys and "cutoff:user:u1" not in w.flags.keys
+    assert warn_user("u1") in w.flags.keys and cutoff_user("u1") not in w.flags.keys
     w.send(ev(tokens=1000), ev(tokens=1000))
-    value, expire = w.flags.keys["cutoff:user:u1"]
+    value, expire = w.flags.keys[cutoff_user("u1")]
     assert expire == day_end
     assert value["spent"] == "0.13" and value["budget"] == "0.13" and value["unit"] == "usd"
     user_alerts = [a for a in w.alerts if a.scope == "user"]
     assert [(a.previous, a.level) for a in user_alerts] == [(Level.WARN, Level.CUTOFF)]
-    spend, _ = w.flags.keys["spend:user:u1"]
+    spend, _ = w.flags.keys[spend_user("u1")]
     assert spend["spent_usd"] == "0.13" and spend["remaining_usd"] == "0.00"
 
 
 def test_tiers_apply_per_member():
     w = World()
     w.send(*[ev(user="vip", tokens=1000) for _ in range(20)])  # $0.20 of a $1 pro budget
-    assert "warn:user:vip" not in w.flags.keys
+    assert warn_user("vip") not in w.flags.keys
 
 
 def test_duplicate_event_id_counted_once_and_replay_after_crash_is_idempotent():
@@ -128,7 +137,7 @@ def test_duplicate_event_id_counted_once_and_replay_after_crash_is_idempotent():
     w.ustate = w.users.state = w.ustate.restored()  # ... and to a worker restored from the log
     w.send(a, b, a, offsets=[0, 1, 2])
     assert w.counters.duplicates == 7
-    spend, _ = w.flags.keys["spend:user:u1"]
+    spend, _ = w.flags.keys[spend_user("u1")]
     assert spend["events"] == 2 and spend["spent_usd"] == "0.02"
     g = w.rstate.data[f"g|*|day|{NOW:%Y-%m-%d}"]
     assert g["n"] == 2 and g["usd"] == "0.02"
@@ -137,7 +146,7 @@ def test_duplicate_event_id_counted_once_and_replay_after_crash_is_idempotent():
 def test_failed_calls_are_free_but_counted():
     w = World()
     w.send(ev(status="error", tokens=5000))
-    spend, _ = w.flags.keys["spend:user:u1"]
+    spend, _ = w.flags.keys[spend_user("u1")]
     assert spend["spent_usd"] == "0" and spend["events"] == 1
 
 
@@ -166,13 +175,13 @@ def test_feature_alert_at_120_percent_is_one_message_per_transition():
     w.send(*[ev(user=f"x{i}", tokens=1000) for i in range(10)])     # 135%: nothing new
     levels = [a.level for a in w.alerts if a.scope == "feature" and a.kind == "budget"]
     assert levels == [Level.WARN, Level.ALERT]
-    assert "cutoff:feature:chat" not in w.flags.keys  # soft budget by default
+    assert cutoff_feature("chat") not in w.flags.keys  # soft budget by default
 
 
 def test_hard_feature_budget_writes_the_cutoff_flag():
     w = World()
     w.send(*[ev(user=f"u{i}", feature="hard", tokens=1000) for i in range(6)])
-    value, expire = w.flags.keys["cutoff:feature:hard"]
+    value, expire = w.flags.keys[cutoff_feature("hard")]
     assert value["scope"] == "feature" and value["id"] == "hard"
     assert expire == int(datetime(2026, 11, 24, tzinfo=UTC).timestamp())
 
@@ -180,16 +189,16 @@ def test_hard_feature_budget_writes_the_cutoff_flag():
 def test_global_daily_cap_and_tokens_per_minute():
     w = World()
     w.send(*[ev(user=f"u{i}", tokens=1000) for i in range(25)])  # 25k tokens in a minute
-    value, expire = w.flags.keys["cutoff:global"]
+    value, expire = w.flags.keys[CUTOFF_GLOBAL]
     assert value["id"] == "tpm"
     assert expire == int((NOW + timedelta(minutes=1)).timestamp())
     w.send(*[ev(user=f"v{i}", tokens=1000) for i in range(30)])  # $0.55 > $0.50 daily cap
-    value, expire = w.flags.keys["cutoff:global"]
+    value, expire = w.flags.keys[CUTOFF_GLOBAL]
     assert value["id"] == "daily_cap"
     assert expire == int(datetime(2026, 11, 24, tzinfo=UTC).timestamp())
     w.send(ev(user="z", tokens=30000, ts=NOW + timedelta(minutes=1)),
            now=NOW + timedelta(minutes=1))  # a later tpm trip must not shorten the daily flag
-    assert w.flags.keys["cutoff:global"][0]["id"] == "daily_cap"
+    assert w.flags.keys[CUTOFF_GLOBAL][0]["id"] == "daily_cap"
     assert [a.kind for a in w.alerts if a.scope == "global"] == ["daily_cap"]
 
 
@@ -198,7 +207,7 @@ def test_unknown_model_is_unpriced_and_alerted_once_never_free():
     w.send(*[ev(model="brand-new-model-9000", tokens=1000) for _ in range(5)])
     unpriced = [a for a in w.alerts if a.kind == "unpriced"]
     assert len(unpriced) == 1 and unpriced[0].subject == "brand-new-model-9000"
-    spend, _ = w.flags.keys["spend:user:u1"]
+    spend, _ = w.flags.keys[spend_user("u1")]
     assert spend["unpriced_events"] == 5
     assert w.counters.unpriced == 5
 
@@ -229,7 +238,7 @@ def test_sweep_drops_only_expired_windows():
 def test_ids_with_separators(user):
     w = World()
     w.send(*[ev(user=user, tokens=1000) for _ in range(13)])
-    assert f"cutoff:user:{user}" in w.flags.keys
+    assert cutoff_user(user) in w.flags.keys
 
 
 def audited(local: int, reported: int, **kw) -> UsageEvent:
@@ -268,9 +277,9 @@ def test_answers_cut_at_the_output_cap_are_counted_per_feature():
     w.send(*[UsageEvent(user_id=f"u{i}", feature="chat", model="m", output_tokens=100,
                         finish_reason="length" if i % 3 == 0 else "stop", ts=NOW)
              for i in range(9)])
-    spend, _ = w.flags.keys["spend:feature:chat"]
+    spend, _ = w.flags.keys[spend_feature("chat")]
     assert spend["length_finishes"] == 3 and spend["events"] == 9
-    assert w.flags.keys["spend:global:day"][0]["length_finishes"] == 3
+    assert w.flags.keys[spend_global("day")][0]["length_finishes"] == 3
 
 
 def test_the_spend_key_shows_the_live_window_only():

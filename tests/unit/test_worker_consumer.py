@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spendstream.alerts import LogNotifier
-from spendstream.producers.budgets import Budgets
+from spendstream.domain.budgets import Budgets
 from spendstream.settings import Settings
 from spendstream.streams.app import build_app
 from spendstream.streams.consumer import FETCH_MAX_WAIT_MS

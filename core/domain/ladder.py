@@ -6,10 +6,19 @@ transition and one message; a new window starts again at OK. Pure: no I/O.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from decimal import Decimal
 
-from spendstream.alerts.model import Level
+
+class Level(enum.IntEnum):
+    """Alert levels of one (scope, id, window), in escalation order."""
+
+    OK = 0
+    WARN = 1
+    CUTOFF = 2
+    ALERT = 3
+    ESCALATED = 4
 
 
 @dataclass(frozen=True, slots=True)

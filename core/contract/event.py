@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -276,8 +277,9 @@ def decode_events(raw: bytes | None, horizon: Horizon | None = None,
     out: list[UsageEvent | MalformedEvent] = []
     for i, item in enumerate(items):
         try:
-            if repeated and repeated[i]:
-                raise MalformedEvent(_repeated_reason(repeated[i]))
+            key = repeated[i] if repeated else None
+            if key:
+                raise MalformedEvent(_repeated_reason(key))
             out.append(_validate(item, horizon, origin and (origin, i)))
         except MalformedEvent as e:
             out.append(MalformedEvent(f"element {i} of {len(items)}: {e.reason}",
@@ -361,7 +363,7 @@ def _fast(d: dict[str, Any]) -> UsageEvent | None:
     builds the same value (a test holds the two to that); anything unusual returns
     ``None`` and takes the full path, which also gives the precise reason.
     """
-    g = d.get
+    g: Callable[..., Any] = d.get  # values are checked one by one below
     if g("schema") != 1 or type(g("schema")) is not int:
         return None
     event_id, user, feature, model, ts = (g("event_id"), g("user_id"), g("feature"),

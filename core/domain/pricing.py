@@ -17,13 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from genai_prices import Usage, data_snapshot
 from genai_prices.types import ModelInfo, ModelPrice, TieredPrices, calc_unit_price
 
-from spendstream.producers.budgets import Price
-from spendstream.producers.event import UsageEvent
+from spendstream.domain.budgets import Price
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +45,30 @@ _IDLE_KEYS = frozenset({
     "cache_image_read_mtok", "input_video_mtok", "output_video_mtok",
     "output_reasoning_mtok", "output_citation_mtok",
 })
+
+
+class Call(Protocol):
+    """What pricing reads of one model call: a usage event
+    (:class:`spendstream.contract.event.UsageEvent`) is one."""
+
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def cost_usd(self) -> Decimal | None: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def provider(self) -> str | None: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def cached_input_tokens(self) -> int: ...
+    @property
+    def cache_write_input_tokens(self) -> int: ...
+    @property
+    def ts(self) -> datetime: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +177,7 @@ class Pricer:
                              cache_write_input_tokens)
         return None if priced is None else priced[0]
 
-    def price_event(self, event: UsageEvent) -> Priced:
+    def price_event(self, event: Call) -> Priced:
         """Price a usage event: failed calls are free, the event's own ``cost_usd`` wins."""
         if not event.ok:
             return Priced(_ZERO, True, "failed")

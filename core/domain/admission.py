@@ -1,9 +1,10 @@
 """The guard's decision over flag values and budgets: pure, with an explicit ``now``.
 
-Nothing here talks to Redis. The guard reads the flag keys (one MGET), hands their raw
-values to :func:`FlagSnapshot.from_values`, and :func:`refuse` turns a snapshot into the
-exception the call site sees. Model and ``max_tokens`` selection live here too, so every
-rule of issue 3 is a table-testable function.
+Nothing here talks to Redis. The guard reads the flag keys (one MGET), parses them with
+:func:`spendstream.contract.keys.parse_flag` into a :class:`FlagSnapshot`, and
+:func:`refusal` turns a snapshot into the exception the call site sees. Model and
+``max_tokens`` selection live here too, so every rule of issue 3 is a table-testable
+function.
 """
 
 from __future__ import annotations
@@ -14,33 +15,8 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
-import orjson
-
+from spendstream.domain.budgets import Feature
 from spendstream.errors import BudgetExceeded, ConfigError, FeatureDisabled, Refused, Throttled
-from spendstream.producers.budgets import Feature
-
-FLAG_KINDS = ("cutoff_user", "cutoff_feature", "cutoff_global", "warn_user", "warn_feature",
-              "spend_user")
-"""The order of the keys in the guard's one MGET (see :func:`flag_keys`)."""
-
-
-def flag_keys(prefix: str, user_id: str, feature: str) -> list[str]:
-    """The Redis keys one admission reads, in :data:`FLAG_KINDS` order."""
-    return [f"{prefix}cutoff:user:{user_id}", f"{prefix}cutoff:feature:{feature}",
-            f"{prefix}cutoff:global", f"{prefix}warn:user:{user_id}",
-            f"{prefix}warn:feature:{feature}", f"{prefix}spend:user:{user_id}"]
-
-
-def parse_flag(raw: bytes | str | None) -> dict[str, Any] | None:
-    """A flag's JSON value; a key that exists but does not hold a JSON object still counts
-    as set (someone wrote it on purpose), with an empty value."""
-    if raw is None:
-        return None
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def parse_time(value: object) -> datetime | None:
@@ -75,7 +51,8 @@ def _parse_decimal(value: str) -> Decimal | None:
 
 @dataclass(frozen=True, slots=True)
 class FlagSnapshot:
-    """The flags that bear on one (user, feature), as read at one moment."""
+    """The flags that bear on one (user, feature), as read at one moment: the parsed
+    values of :func:`spendstream.contract.keys.guard_keys`, fields in the same order."""
 
     cutoff_user: dict[str, Any] | None = None
     cutoff_feature: dict[str, Any] | None = None
@@ -83,11 +60,6 @@ class FlagSnapshot:
     warn_user: dict[str, Any] | None = None
     warn_feature: dict[str, Any] | None = None
     spend_user: dict[str, Any] | None = None
-
-    @classmethod
-    def from_values(cls, values: list[bytes | str | None]) -> FlagSnapshot:
-        """Build from MGET's answer for :func:`flag_keys` (same order)."""
-        return cls(*(parse_flag(v) for v in values))
 
     def live(self, flag: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
         """``flag`` unless its window ended before ``now`` (a cached value outlived it) or

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from spendstream.alerts.state import Ladder, ratio_of
-from spendstream.producers.budgets import Limit, Thresholds
-from spendstream.streams.totals import Totals
+from spendstream.domain.budgets import Limit, Thresholds
+from spendstream.domain.ladder import Ladder, ratio_of
+from spendstream.domain.totals import Totals
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,22 +1,19 @@
-"""The alert value: what crossed what, in which window. Knows nothing of faust or Slack."""
+"""The alert payload: what crossed what, in which window, as published on the alert topic
+(message key :attr:`Alert.key`, value :meth:`Alert.encode`). Knows nothing of faust or
+Slack."""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 
-class Level(enum.IntEnum):
-    """Alert levels of one (scope, id, window), in escalation order."""
+from spendstream.domain.ladder import Level
 
-    OK = 0
-    WARN = 1
-    CUTOFF = 2
-    ALERT = 3
-    ESCALATED = 4
+__all__ = ["Alert", "Level"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +78,7 @@ class Alert:
         for k in ("window_start", "window_end", "at"):
             d[k] = d[k].strftime("%Y-%m-%dT%H:%M:%SZ")
         return d
+
+    def encode(self) -> bytes:
+        """The alert topic's message value: :meth:`to_dict` as JSON."""
+        return orjson.dumps(self.to_dict())

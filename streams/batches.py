@@ -1,0 +1,150 @@
+"""What the worker's agents do with one batch, without faust: records in; rollup messages,
+dead letters and changelog recovery out.
+
+The faust app (``app.py``) only takes batches from its topics and hands them here, so
+everything between a fetched batch and what the stages decide is testable without Kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from spendstream.contract.event import (
+    MAX_FUTURE_SECONDS,
+    Horizon,
+    MalformedEvent,
+    UsageEvent,
+    decode_events,
+)
+from spendstream.contract.rollup import MalformedRollup, RollupMessage
+from spendstream.streams.rollup_stage import RollupStage
+from spendstream.streams.state import BatchedState
+from spendstream.streams.user_stage import UserStage
+
+log = logging.getLogger("spendstream.worker")
+
+POSITIONS = 1 << 16
+"""An event's position is ``offset * POSITIONS + index in its record``: stage two's version
+of a partial, increasing even between two commits inside one packed record."""
+COMMIT_BYTES = 512 * 1024
+"""Bound of what one changelog record of the user stage may carry (estimated per event by
+:func:`changelog_weight`): a commit happens before it is reached, so every record stays
+within Kafka's default 1 MiB message limit whatever a batch holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One fetched Kafka record: where it came from and its value."""
+
+    partition: int
+    offset: int
+    value: bytes | None
+    source: Any = None
+    """Whatever the caller needs to dead-letter it (the faust event)."""
+
+
+DeadLetter = Callable[[Record, str, "bytes | None"], Awaitable[None]]
+"""Send a record (or, with bytes, one bad element of it) to the DLQ with the reason."""
+Send = Callable[[bytes, bytes], Awaitable[None]]
+"""Send one message (key, value) to a topic."""
+
+
+def changelog_weight(event: UsageEvent) -> int:
+    """At most what one event adds to a changelog record: its id digest, its user's window
+    and the feature, audit and unpriced windows it may create (keys and values)."""
+    return 240 + len(event.user_id) + len(event.feature) + 2 * len(event.model)
+
+
+class UserBatches:
+    """Stage one's loop body: decode, dead-letter the malformed, fold the rest, commit
+    within :data:`COMMIT_BYTES`, and forward the partial sums to the rollup topic."""
+
+    def __init__(self, users: UserStage, state: BatchedState, fresh: set[int], forward: Send,
+                 dead_letter: DeadLetter, kick: Callable[[], None], *, topic: str = "",
+                 max_future_seconds: float = MAX_FUTURE_SECONDS) -> None:
+        self.users = users
+        self.topic = topic
+        """The usage topic: with a record's partition and offset, the id of an event that
+        came without one."""
+        self.max_future_seconds = max_future_seconds
+        self.state = state
+        self.fresh = fresh
+        """Partitions assigned since their last batch (kept by the changelog table): their
+        partials are resent once."""
+        self.forward = forward
+        self.dead_letter = dead_letter
+        self.kick = kick
+
+    async def process(self, records: Sequence[Record], now: datetime) -> None:
+        """Count one batch."""
+        if self.fresh:
+            for p in {r.partition for r in records} & self.fresh:
+                self.users.resend(p)
+                self.fresh.discard(p)
+        weight = 0
+        horizon = Horizon(now, self.max_future_seconds)
+        for record in records:
+            # One event, or a packed record: each element has its own position, so the
+            # state may be committed between two elements of one record.
+            origin = (self.topic, record.partition, record.offset)
+            for i, event in enumerate(decode_events(record.value, horizon, origin)):
+                if isinstance(event, MalformedEvent):
+                    await self.dead_letter(record, event.reason, event.element)
+                    continue
+                self.users.process(record.partition, record.offset * POSITIONS + i, event, now)
+                weight += changelog_weight(event)
+                if weight >= COMMIT_BYTES:
+                    await self.finish(now)
+                    weight = 0
+        await self.finish(now)
+
+    async def finish(self, now: datetime) -> None:
+        """Judge, log the state and forward the partials of what was folded so far."""
+        for (p, key), parts in self.users.finish(now).items():
+            message = RollupMessage(p, self.state.offset(p), parts)
+            await self.forward(key.encode(), message.encode())
+        self.kick()
+
+
+class RollupBatches:
+    """Stage two's loop body: merge each source partition's partials, then judge."""
+
+    def __init__(self, features: RollupStage, dead_letter: DeadLetter,
+                 kick: Callable[[], None]) -> None:
+        self.features = features
+        self.dead_letter = dead_letter
+        self.kick = kick
+
+    async def process(self, records: Sequence[Record], now: datetime) -> None:
+        """Take one batch of rollup messages; a malformed one goes to the DLQ."""
+        for record in records:
+            try:  # internal topic, but a stray producer must not crash-loop the agent
+                message = RollupMessage.decode(record.value)
+                self.features.process(record.partition, message.source, message.version,
+                                      message.parts)
+            except MalformedRollup as e:
+                await self.dead_letter(record, str(e), None)
+            except (AttributeError, ValueError, TypeError, KeyError, ArithmeticError) as e:
+                await self.dead_letter(record, f"malformed rollup message: {e!r}", None)
+        self.features.finish(now)
+        self.kick()
+
+
+def recover(state: BatchedState, records: Iterable[tuple[int, bytes | None, bytes | None]]
+            ) -> int:
+    """Replay changelog records (partition, key, value) into ``state``; return how many
+    were skipped. A record without a key is not one this worker wrote: it is skipped with
+    a warning instead of stopping recovery."""
+    skipped = 0
+    for partition, key, value in records:
+        if key is None:
+            skipped += 1
+            log.warning("skipped a changelog record without a key (partition %d): not "
+                        "written by a spendstream worker", partition)
+            continue
+        state.apply(partition, key, value)
+    return skipped

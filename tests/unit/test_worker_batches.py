@@ -1,0 +1,140 @@
+"""The worker's batch loop bodies without faust or Kafka: what one fetched batch becomes
+(rollup messages, dead letters, flags), and changelog recovery that skips keyless records.
+
+``app.py`` hands each faust batch to these classes unchanged; the integration tests drive
+the same path through a real broker.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from spendstream.contract.event import UsageEvent
+from spendstream.contract.keys import spend_feature, spend_user
+from spendstream.contract.rollup import RollupMessage
+from spendstream.domain.budgets import parse_budgets
+from spendstream.domain.pricing import Pricer
+from spendstream.streams import batches
+from spendstream.streams.batches import Record, RollupBatches, UserBatches, recover
+from spendstream.streams.rollup_stage import RollupStage
+from spendstream.streams.stages import Counters
+from spendstream.streams.state import BatchedState
+from spendstream.streams.user_stage import UserStage
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+BUDGETS = parse_budgets({"features": {"chat": {"period": "month", "usd": "1.00"}},
+                         "prices": {"m": {"input": 10, "output": 10}}})
+
+
+class Flags:
+    def __init__(self) -> None:
+        self.keys: dict[str, dict[str, Any]] = {}
+        self.kicks = 0
+
+    def set(self, key: str, value: dict[str, Any], expire_at: int, *,
+            extend_only: bool = False) -> None:
+        self.keys[key] = value
+
+    def delete(self, key: str) -> None:
+        self.keys.pop(key, None)
+
+    def kick(self) -> None:
+        self.kicks += 1
+
+
+class Pipeline:
+    """Both batch bodies wired as ``build_app`` wires them, with lists for the topics."""
+
+    def __init__(self) -> None:
+        self.flags, counters = Flags(), Counters()
+        self.changelog: list[tuple[int, bytes, bytes | None]] = []
+        self.ustate = BatchedState(lambda p, k, v: self.changelog.append((p, k, v)),
+                                   clock=NOW.timestamp)
+        rstate = BatchedState(lambda p, k, v: None, clock=NOW.timestamp)
+        grace = timedelta(minutes=10)
+        users = UserStage(BUDGETS, Pricer(BUDGETS.prices), self.ustate, self.flags,
+                          lambda a: True, grace, counters)
+        features = RollupStage(BUDGETS, rstate, self.flags, lambda a: True, grace, counters)
+        self.rollup_topic: list[tuple[bytes, bytes]] = []
+        self.dlq: list[tuple[Record, str, bytes | None]] = []
+        self.users = UserBatches(users, self.ustate, set(), self.send, self.dead_letter,
+                                 self.flags.kick)
+        self.features = RollupBatches(features, self.dead_letter, self.flags.kick)
+
+    async def send(self, key: bytes, value: bytes) -> None:
+        self.rollup_topic.append((key, value))
+
+    async def dead_letter(self, record: Record, reason: str, element: bytes | None) -> None:
+        self.dlq.append((record, reason, element))
+
+    async def roll(self) -> None:
+        """Deliver what stage one forwarded to stage two (one partition)."""
+        sent, self.rollup_topic = self.rollup_topic, []
+        await self.features.process([Record(0, i, v) for i, (_, v) in enumerate(sent)], NOW)
+
+
+def event(user: str = "u1", tokens: int = 1000) -> UsageEvent:
+    return UsageEvent(user_id=user, feature="chat", model="m", input_tokens=tokens, ts=NOW)
+
+
+async def test_a_batch_is_counted_forwarded_and_its_bad_input_dead_lettered() -> None:
+    w = Pipeline()
+    good = event()
+    bad_element = b'{"user_id":"u2"}'  # the DLQ gets the element as compact JSON
+    packed = b"[" + event("u2").to_json() + b"," + bad_element + b"]"
+    await w.users.process([Record(0, 0, good.to_json()), Record(0, 1, packed),
+                           Record(0, 2, b"not json")], NOW)
+
+    reasons = [(r.offset, element) for r, _, element in w.dlq]
+    assert reasons == [(1, bad_element), (2, None)]  # the bad element alone; its neighbour counted
+    assert all(reason for _, reason, _ in w.dlq)
+    assert w.flags.keys[spend_user("u1")]["events"] == 1
+    assert w.flags.keys[spend_user("u2")]["events"] == 1
+    (key, value), *_ = w.rollup_topic
+    message = RollupMessage.decode(value)
+    assert key == b"chat" and message.source == 0 and message.version == w.ustate.offset(0)
+
+    await w.roll()
+    chat = w.flags.keys[spend_feature("chat")]
+    assert chat["events"] == 2 and chat["spent_usd"] == "0.02"
+    assert w.flags.kicks == 2
+
+
+async def test_a_big_batch_commits_before_a_changelog_record_could_outgrow_kafka(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batches, "COMMIT_BYTES", 3 * batches.changelog_weight(event()))
+    w = Pipeline()
+    await w.users.process([Record(0, i, event(f"u{i}").to_json()) for i in range(7)], NOW)
+    assert len(w.changelog) >= 3  # committed after the 3rd and the 6th event, then at the end
+    await w.roll()
+    assert w.flags.keys[spend_feature("chat")]["events"] == 7
+
+
+async def test_a_malformed_rollup_message_goes_to_the_dlq_and_the_rest_is_judged() -> None:
+    w = Pipeline()
+    await w.users.process([Record(0, 0, event().to_json())], NOW)
+    w.rollup_topic.insert(0, (b"chat", b'{"p": 0}'))
+    await w.roll()
+    assert [reason for _, reason, _ in w.dlq] == [
+        "malformed rollup message: KeyError('v')"]
+    assert w.flags.keys[spend_feature("chat")]["events"] == 1
+
+
+async def test_recovery_skips_a_keyless_changelog_record_with_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    w = Pipeline()
+    await w.users.process([Record(0, i, event().to_json()) for i in range(3)], NOW)
+    assert w.changelog
+    restored = BatchedState(lambda p, k, v: None, clock=NOW.timestamp)
+    stray = (0, None, orjson.dumps({"r": {}, "i": [], "t": 0, "o": 99}))
+    with caplog.at_level(logging.WARNING, logger="spendstream.worker"):
+        skipped = recover(restored, [stray, *w.changelog])
+    assert skipped == 1
+    assert "without a key" in caplog.text
+    assert restored.offset(0) == w.ustate.offset(0)  # the stray record's offset 99 unused
+    assert sorted(restored.scan()) == sorted(w.ustate.scan())
