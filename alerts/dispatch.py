@@ -238,12 +238,7 @@ class AlertDispatcher:
         """Deliver one key's alerts in order, then end (a key rarely has a second)."""
         try:
             while backlog:
-                async with self._slots:
-                    self._sending += 1
-                    try:
-                        await self._deliver(backlog[0])
-                    finally:
-                        self._sending -= 1
+                await self._deliver(backlog[0])
                 backlog.popleft()
                 self._unfinished -= 1
                 self._queue.task_done()
@@ -255,7 +250,7 @@ class AlertDispatcher:
     async def _deliver(self, alert: Alert) -> None:
         for attempt in range(1, self.max_attempts + 1):
             try:
-                await self.notifier.send(alert)
+                await self._send(alert)
             except NotifyError as e:
                 if not e.retryable:
                     self.failed += 1
@@ -286,6 +281,15 @@ class AlertDispatcher:
             else:
                 self.sent += 1
                 return
+
+    async def _send(self, alert: Alert) -> None:
+        """One attempt, in one of ``concurrency`` slots (a backoff holds none)."""
+        async with self._slots:
+            self._sending += 1
+            try:
+                await self.notifier.send(alert)
+            finally:
+                self._sending -= 1
 
     async def _publish_lane(self) -> None:
         assert self._publish_queue is not None and self._publish is not None
