@@ -84,7 +84,8 @@ class Run:
         return start_worker(self.children, name, worker_env(
             kafka_url=self.broker.url, redis_url=phase.redis_url, budgets=budgets,
             topic=phase.topic, prefix=phase.prefix, partitions=partitions,
-            app_id=phase.app_id, state_dir=self.workdir / f"state-{name}"))
+            app_id=phase.app_id, state_dir=self.workdir / f"state-{name}",
+            database_url=self.args.ledger_url))
 
     def close(self) -> None:
         """Close the Redis clients."""

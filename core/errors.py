@@ -14,6 +14,16 @@ class ConfigError(SpendstreamError):
     """Settings or the budgets file are invalid; the message names the key and the fix."""
 
 
+class UnknownFeature(ConfigError):
+    """The call named a feature the budgets file does not list (a typo such as
+    ``"suport"``) and no ``default_feature`` is configured: never admitted uncapped."""
+
+
+class Unmetered(ConfigError):
+    """A client method the wrappers cannot meter (a raw-response variant, a beta or batch
+    endpoint): it would spend outside every budget, so it is refused."""
+
+
 class Refused(SpendstreamError):
     """A call the guard refused; says why, how much was spent of what, and when it resets.
 
@@ -46,6 +56,10 @@ class FeatureDisabled(Refused):
 
 class Throttled(Refused):
     """Too many requests or tokens per unit of time; retry after the window resets."""
+
+
+class ModelNotAllowed(Refused):
+    """The caller asked for a model the user's tier may not use (``allowed_models``)."""
 
 
 class InputTooLong(SpendstreamError):

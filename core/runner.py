@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spendstream.domain.budgets import Budgets
 from spendstream.kafka_auth import kafka_client_kwargs
@@ -35,6 +35,24 @@ def build_notifier_from(settings: Settings) -> Notifier:
                           settings.slack_channel, settings.slack_api_url)
 
 
+def ledger_services(settings: Settings, budgets: Budgets, registry: Any = None) -> list[Any]:
+    """The spend ledger's service when ``SPENDSTREAM_DATABASE_URL`` is set, else nothing
+    (and psycopg is never imported); its metrics join ``registry`` (the worker's)."""
+    if settings.database_url is None:
+        return []
+    from spendstream.ledger.consumer import LedgerConsumer
+    from spendstream.ledger.metrics import LedgerCollector
+    from spendstream.ledger.service import LedgerService
+
+    consumer = LedgerConsumer(
+        settings.database_url.get_secret_value(), settings.bootstrap_servers, settings.topic,
+        settings.ledger_group, budgets, kafka_kwargs=kafka_client_kwargs(settings),
+        status_interval=settings.status_interval)
+    if registry is not None:
+        registry.register(LedgerCollector(consumer.stats))
+    return [LedgerService(consumer)]
+
+
 def run_worker(settings: Settings, budgets: Budgets, loglevel: str = "info") -> int:
     """Create the topics, then run both stages until SIGINT/SIGTERM; return the exit code."""
     import faust
@@ -55,12 +73,15 @@ def run_worker(settings: Settings, budgets: Budgets, loglevel: str = "info") -> 
     gc.collect()
     gc.freeze()  # what start-up built lives as long as the process: never scan it again
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    ledger = ledger_services(settings, budgets,
+                             app.spendstream["registry"])  # type: ignore[attr-defined]
+    worker = faust.Worker(app, *ledger, loglevel=loglevel, quiet=True)
     worker.spinner = None  # a terminal spinner mangles logs and files
     logging.getLogger("spendstream").setLevel(logging.INFO)
     log.info("worker starting: kafka %s (%s), topic %s (%d partitions), redis prefix %r, "
-             "alerts via %s", settings.kafka_url, settings.kafka_security_protocol,
-             settings.topic, settings.partitions, settings.redis_prefix, type(notifier).__name__)
+             "alerts via %s, ledger %s", settings.kafka_url, settings.kafka_security_protocol,
+             settings.topic, settings.partitions, settings.redis_prefix, type(notifier).__name__,
+             "on" if settings.database_url else "off (SPENDSTREAM_DATABASE_URL unset)")
     try:
         worker.execute_from_commandline()
     except SystemExit as e:

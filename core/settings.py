@@ -25,6 +25,8 @@ class Settings(BaseSettings):
 
     kafka_url: str = "kafka://localhost:9092"
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    database_url: SecretStr | None = None
+    """``postgresql://...``: turns the spend ledger on (see docs/ledger.md); none: no ledger."""
     budgets: Path = Path("./budgets.yaml")
     topic: str = "spendstream.usage"
     redis_prefix: str = "spendstream:"
@@ -96,6 +98,21 @@ class Settings(BaseSettings):
     def _kafka_scheme(cls, v: str) -> str:
         kafka_bootstrap(v, require_scheme=True)  # ValueError names the problem
         return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_scheme(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value():
+            return None  # empty means unset (docker compose's ${VAR:-})
+        if not v.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL, e.g. "
+                             "postgresql://user:password@localhost:5432/spendstream")
+        return v
+
+    @property
+    def ledger_group(self) -> str:
+        """The spend ledger's own consumer group: its position is not the counters'."""
+        return f"{self.app_id}.ledger"
 
     @property
     def dlq_topic(self) -> str:

@@ -1,4 +1,5 @@
-"""`spendstream up`: the embedded broker, a Redis-compatible server and a worker process.
+"""`spendstream up`: the embedded broker, a Redis-compatible server, PostgreSQL for the spend
+ledger and a worker process.
 
 Everything runs in the foreground as child processes and is stopped on Ctrl-C or when
 the worker exits, so nothing is left behind.
@@ -14,16 +15,16 @@ import sys
 import time
 from pathlib import Path
 
-from spendstream.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from spendstream.embedded import EmbeddedBroker, EmbeddedPostgres, EmbeddedRedis, free_port
 from spendstream.errors import ServiceUnavailable
 from spendstream.redact import redact_url
 from spendstream.settings import Settings
 
 
-def _port_free(port: int) -> bool:
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return False
         return True
@@ -48,7 +49,7 @@ def say(msg: str) -> None:
 
 
 class Stack:
-    """Broker, Redis and worker for one `up` or `demo` run."""
+    """Broker, Redis, the ledger's PostgreSQL and worker for one `up` or `demo` run."""
 
     def __init__(self, settings: Settings, budgets_path: Path, worker_log_level: str = "warning"
                  ) -> None:
@@ -58,6 +59,9 @@ class Stack:
         self.broker: EmbeddedBroker | None = None
         self.redis: EmbeddedRedis | None = None
         self.redis_url = settings.redis_url.get_secret_value()
+        self.postgres: EmbeddedPostgres | None = None
+        self.database_url = (None if settings.database_url is None
+                             else settings.database_url.get_secret_value())
         self.worker: subprocess.Popen[bytes] | None = None
 
     @property
@@ -86,13 +90,16 @@ class Stack:
             say(f"starting an embedded Redis-compatible server on 127.0.0.1:{self.redis.port}")
             self.redis.start()
             self.redis_url = self.redis.url
+        self._start_postgres()
+        assert self.database_url is not None
         port = self.settings.metrics_port
-        if port and not _port_free(port):
+        if port and not _port_free(port, "0.0.0.0"):  # where the worker listens
             port = free_port()
         env = dict(os.environ, SPENDSTREAM_KAFKA_URL=self.kafka_url,
                    SPENDSTREAM_REDIS_URL=self.redis_url,
                    SPENDSTREAM_BUDGETS=str(self.budgets_path),
                    SPENDSTREAM_REDIS_PREFIX=self.settings.redis_prefix,
+                   SPENDSTREAM_DATABASE_URL=self.database_url,
                    SPENDSTREAM_METRICS_PORT=str(port))
         say(f"starting the worker (budgets: {self.budgets_path})")
         if port:
@@ -102,12 +109,28 @@ class Stack:
             [sys.executable, "-m", "spendstream", "worker", "--log-level", self.worker_log_level],
             env=env)
 
+    def _start_postgres(self) -> None:
+        """The spend ledger's database: SPENDSTREAM_DATABASE_URL's, else an embedded one."""
+        if self.database_url is not None:
+            say(f"using PostgreSQL from SPENDSTREAM_DATABASE_URL ({redact_url(self.database_url)})"
+                " for the spend ledger")
+            return
+        self.postgres = EmbeddedPostgres()
+        say("starting an embedded PostgreSQL 16 (pgserver) for the spend ledger")
+        started = time.monotonic()
+        self.postgres.start()
+        self.database_url = self.postgres.url
+        say(f"PostgreSQL is up in {time.monotonic() - started:.1f}s: {self.database_url} "
+            f"(data in {self.postgres.data}, deleted at exit)")
+
     def env_hint(self) -> str:
         """The exports an application needs to talk to this stack (a Redis password from
         SPENDSTREAM_REDIS_URL shows as ``***``: the terminal may be logged)."""
         return (f"export SPENDSTREAM_KAFKA_URL={self.kafka_url} "
                 f"SPENDSTREAM_REDIS_URL={redact_url(self.redis_url)} "
-                f"SPENDSTREAM_REDIS_PREFIX={self.settings.redis_prefix}")
+                f"SPENDSTREAM_REDIS_PREFIX={self.settings.redis_prefix}"
+                + (f" SPENDSTREAM_DATABASE_URL={redact_url(self.database_url)}"
+                   if self.database_url else ""))
 
     def check_worker(self) -> None:
         """Raise when the worker process has died."""
@@ -132,6 +155,8 @@ class Stack:
             except subprocess.TimeoutExpired:
                 self.worker.kill()
                 self.worker.wait()
+        if self.postgres is not None:
+            self.postgres.remove()
         if self.redis is not None:
             self.redis.stop()
         if self.broker is not None:

@@ -16,6 +16,8 @@ the call path nothing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -40,9 +42,26 @@ from spendstream.domain.admission import (
     choose_model,
     refusal,
 )
-from spendstream.domain.budgets import Budgets, Feature
-from spendstream.errors import ServiceUnavailable, Throttled
-from spendstream.producers.ratelimit import SCRIPT, RateDecision, rate_key, script_args
+from spendstream.domain.budgets import Budgets, Feature, Tier
+from spendstream.domain.pricing import Pricer
+from spendstream.errors import ServiceUnavailable, Throttled, UnknownFeature
+from spendstream.producers.ratelimit import (
+    SCRIPT,
+    SETTLE_TOKENS,
+    RateDecision,
+    RateLimit,
+    TokenSlot,
+    script_keys_args,
+    user_limits,
+)
+from spendstream.producers.reservations import (
+    RESERVE,
+    SETTLE,
+    Reservation,
+    ReserveDecision,
+    Reserver,
+)
+from spendstream.producers.reservations import refusal as reservation_refusal
 from spendstream.producers.trim import Fitted, fit
 
 if TYPE_CHECKING:
@@ -71,9 +90,18 @@ class Admission:
     warning: dict[str, Any] | None = None
     """The user's or feature's warn flag value, if set: show a banner."""
     remaining_usd: Decimal | None = None
+    """What is left of the user's daily USD budget (``None``: the tier has none)."""
     extra: dict[str, Any] = field(default_factory=dict)
     tier: str | None = None
     """The user's tier the model was chosen for."""
+    remaining_tokens: int | None = None
+    """What is left of the user's daily token budget (``None``: the tier has none)."""
+    reservation: Reservation | None = None
+    """The worst-case cost held for this call (``reservations:`` in the budgets file)."""
+    cache_ttl: float | None = None
+    """Seconds a complete answer may be cached (the feature's ``cache.ttl``); ``None``: off."""
+    token_slot: TokenSlot | None = None
+    """The call's tokens-per-minute entries, corrected to what it used by ``record``."""
 
 
 class EventSink(Protocol):
@@ -98,20 +126,25 @@ class GuardStats:
     emitted: int = 0
     emit_rejected: int = 0
     """Events the emitter did not accept (its buffer was full)."""
+    cache_answers: int = 0
+    """Calls answered from the response cache."""
     length_finishes: Counter[str] = field(default_factory=Counter)
     """Per feature: answers cut by ``max_tokens`` (``finish_reason == "length"``)."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
+    feature: str
+    """The feature as recorded: the caller's name, or ``default_feature``."""
     conf: Feature
     tier: str
+    limit: Tier | None
     model: str
     max_tokens: int | None
 
 
-_NO_FEATURE = Feature()
-"""A feature missing from the budgets file: no caps, no model (built once, not per call)."""
+_MAX_WARNED = 1_000
+"""Unknown feature names warned about once each; the set is cleared when full."""
 
 
 class _GuardBase:
@@ -135,14 +168,58 @@ class _GuardBase:
         self._down_until = 0.0
         self._down = False
         self._cause = "Redis unreachable"
+        self._warned: set[str] = set()
+        self._plans: dict[tuple[str, str, str | None, int | None], _Plan] = {}
+        self._reserver = Reserver(budgets) if budgets.reservations is not None else None
+        self._pricer = (self._reserver.pricer if self._reserver is not None
+                        else Pricer(budgets.prices)
+                        if any(f.cache for f in budgets.features.values()) else None)
 
     # -- before the call -------------------------------------------------------------
 
+    def _feature(self, feature: str) -> tuple[str, Feature]:
+        """The feature's entry; an unknown name gets ``default_feature``'s (and is recorded
+        under it) or is refused: a typo is never admitted uncapped."""
+        conf = self.budgets.features.get(feature)
+        if conf is not None:
+            return feature, conf
+        default = self.budgets.default_feature
+        if default is None:
+            known = ", ".join(sorted(self.budgets.features)) or "none"
+            raise UnknownFeature(
+                f"feature {feature!r} is not in the budgets file (known features: {known}); "
+                "fix the name at the call site, add it under features:, or set "
+                "default_feature: to give unknown names a budget")
+        if feature not in self._warned:
+            if len(self._warned) >= _MAX_WARNED:
+                self._warned.clear()
+            self._warned.add(feature)
+            log.warning("feature %r is not in the budgets file: its calls are admitted and "
+                        "recorded as default_feature %r", feature, default)
+        return default, self.budgets.features[default]
+
     def _plan(self, user_id: str, feature: str, model: str | None, max_tokens: int | None,
               tier: str | None) -> _Plan:
-        conf = self.budgets.features.get(feature) or _NO_FEATURE
+        """What the budgets decide for the call; the same arguments always give the same
+        plan, so it is memoised (bounded, like the flag cache)."""
         tier = tier or self.budgets.users.tier_of(user_id)
-        return _Plan(conf, tier, choose_model(conf, tier, model, feature),
+        key = (feature, tier, model, max_tokens)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._new_plan(feature, tier, model, max_tokens)
+            if len(self._plans) >= _MAX_CACHE:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def _new_plan(self, feature: str, tier: str, model: str | None, max_tokens: int | None
+                  ) -> _Plan:
+        name, conf = self._feature(feature)
+        users = self.budgets.users
+        limit = users.tiers.get(tier)
+        allowed = limit.allowed_models if limit is not None else None
+        return _Plan(name, conf, tier, limit,
+                     choose_model(conf, tier, model, name, allowed, users.on_model_not_allowed),
                      choose_max_tokens(conf, max_tokens))
 
     def _cached(self, user_id: str, feature: str) -> FlagSnapshot | None:
@@ -189,6 +266,12 @@ class _GuardBase:
                                      "and is configured to fail closed; retry shortly "
                                      "or check SPENDSTREAM_REDIS_URL") from error
 
+    def _redis_failed_quietly(self, error: BaseException) -> None:
+        """A cache read or write failed: count it like any failure, never raise (the cache
+        is an optimisation, so even a fail-closed guard goes on to the model)."""
+        with contextlib.suppress(ServiceUnavailable):
+            self._redis_failed(error)
+
     def _stale(self, user_id: str, feature: str) -> FlagSnapshot:
         """During an outage, flags last seen still apply (until their windows end)."""
         hit = self._cache.get((user_id, feature))
@@ -203,23 +286,73 @@ class _GuardBase:
     def _fit(self, plan: _Plan, messages: list[dict[str, Any]]) -> Fitted:
         return fit(messages, plan.model, plan.conf.max_input_tokens, plan.conf.on_input_over)
 
-    def _throttle(self, user_id: str, decision: RateDecision) -> None:
-        if not decision.admitted:
-            limit = self.rate_limit_per_minute
-            raise Throttled(
-                f"user {user_id} made {decision.count} requests in the last minute (limit "
-                f"{limit}): retry after {decision.retry_at:%H:%M:%S} UTC",
-                reason="requests per minute", spent=Decimal(decision.count),
-                budget=Decimal(limit or 0), unit="requests", resets_at=decision.retry_at,
-                scope="user", subject=user_id)
+    def _limits(self, user_id: str, plan: _Plan, fitted: Fitted) -> list[RateLimit]:
+        """The per-minute limits this call takes a slot of (none: no Redis call for them)."""
+        tier_rates = plan.limit.limits if plan.limit is not None else None
+        if plan.conf.limits is None and tier_rates is None \
+                and self.rate_limit_per_minute is None:
+            return []
+        limits = user_limits(self.prefix, user_id, plan.feature, plan.tier,
+                             feature_rates=plan.conf.limits, tier_rates=tier_rates,
+                             per_user_rpm=self.rate_limit_per_minute,
+                             tokens=fitted.tokens + (plan.max_tokens or 0))
+        for limit in limits:
+            if limit.weight > limit.limit:
+                raise Throttled(
+                    f"user {user_id}: this call needs {limit.weight} tokens (prompt plus "
+                    f"max_tokens), more than {limit.describe()}: shorten the prompt or "
+                    "lower max_tokens", reason=f"{limit.unit} per minute",
+                    spent=Decimal(limit.weight), budget=Decimal(limit.limit), unit=limit.unit,
+                    scope=limit.scope, subject=limit.subject)
+        return limits
+
+    def _throttle(self, user_id: str, limits: list[RateLimit], decision: RateDecision
+                  ) -> None:
+        if decision.admitted:
+            return
+        limit = limits[decision.index]
+        wait = max((decision.retry_at - datetime.now(UTC)).total_seconds(), 0.0)
+        needs = f"; this call needs {limit.weight}" if limit.unit == "tokens" else ""
+        raise Throttled(
+            f"user {user_id}: {limit.describe()} is reached ({decision.used} {limit.unit} "
+            f"in the last minute{needs}): it frees up at {decision.retry_at:%H:%M:%S} UTC, "
+            f"in {wait:.1f} s", reason=f"{limit.unit} per minute", spent=Decimal(decision.used),
+            budget=Decimal(limit.limit), unit=limit.unit, resets_at=decision.retry_at,
+            scope=limit.scope, subject=limit.subject)
+
+    def _reservation(self, user_id: str, plan: _Plan, fitted: Fitted) -> Reservation | None:
+        if self._reserver is None:
+            return None
+        return self._reserver.reservation(user_id, plan.model, plan.limit, fitted.tokens,
+                                          plan.max_tokens)
+
+    def _settlement(self, admission: Admission, event: UsageEvent
+                    ) -> tuple[list[str], list[Any]] | None:
+        """The settle script's KEYS and ARGV for a recorded call, if it reserved."""
+        if admission.reservation is None or self._reserver is None:
+            return None
+        actual = self._reserver.actual(admission.reservation, event)
+        return admission.reservation.settle_call(self.prefix, actual, self._reserver.hold)
+
+    def _settle(self, admission: Admission, event: UsageEvent) -> None:
+        """Settle the reservation (the sync and async guards talk to Redis differently)."""
+
+    def _ttl(self) -> float:
+        return self._reserver.ttl if self._reserver is not None else 600.0
 
     def _admission(self, user_id: str, feature: str, plan: _Plan, fitted: Fitted,
-                   snapshot: FlagSnapshot, now: datetime) -> Admission:
+                   snapshot: FlagSnapshot, now: datetime,
+                   reservation: Reservation | None = None,
+                   limits: list[RateLimit] | None = None) -> Admission:
+        usd, tokens = snapshot.remaining(plan.limit, now)
         return Admission(user_id=user_id, feature=feature, model=plan.model,
                          max_tokens=plan.max_tokens, messages=fitted.messages,
                          input_tokens_local=fitted.tokens, input_exact=fitted.exact,
                          trimmed=fitted.trimmed, warning=snapshot.warning(now),
-                         remaining_usd=snapshot.remaining_usd(now), tier=plan.tier)
+                         remaining_usd=usd, remaining_tokens=tokens, tier=plan.tier,
+                         reservation=reservation,
+                         token_slot=TokenSlot.of(limits) if limits else None,
+                         cache_ttl=plan.conf.cache.ttl if plan.conf.cache else None)
 
     # -- after the call --------------------------------------------------------------
 
@@ -230,7 +363,8 @@ class _GuardBase:
         """Build and emit the usage event of a finished (or failed, or cut) call.
 
         A failed call is recorded with its ``status`` (the worker counts it at no cost);
-        ``estimated`` marks counts made locally (a stream cut short). Never prices.
+        ``estimated`` marks counts made locally (a stream cut short). The event carries no
+        price (the worker prices it); a reservation is settled to the call's cost.
         """
         event = UsageEvent(
             user_id=admission.user_id, feature=admission.feature,
@@ -242,6 +376,28 @@ class _GuardBase:
             local_input_tokens=admission.input_tokens_local)
         if finish_reason == "length":
             self.stats.length_finishes[admission.feature] += 1
+        return self._emit(admission, event)
+
+    def record_hit(self, admission: Admission, *, provider: str | None,
+                   usage: dict[str, Any]) -> UsageEvent:
+        """Record a call answered from the response cache: no tokens, no cost, marked
+        ``cache_hit`` with ``saved_usd`` (what the original call, ``usage``, cost)."""
+        model = usage.get("model") or admission.model
+        saved = None
+        if self._pricer is not None:
+            saved = self._pricer.price(model, provider, int(usage.get("input_tokens") or 0),
+                                       int(usage.get("output_tokens") or 0),
+                                       int(usage.get("cached_input_tokens") or 0))
+        event = UsageEvent(
+            user_id=admission.user_id, feature=admission.feature, model=model,
+            provider=provider, status="ok", finish_reason=usage.get("finish_reason"),
+            cost_usd=Decimal(0), cache_hit=True, saved_usd=saved,
+            local_input_tokens=admission.input_tokens_local)
+        self.stats.cache_answers += 1
+        return self._emit(admission, event)
+
+    def _emit(self, admission: Admission, event: UsageEvent) -> UsageEvent:
+        self._settle(admission, event)
         if self.emitter is not None:
             if self.emitter.emit(event):
                 self.stats.emitted += 1
@@ -272,6 +428,9 @@ class Guard(_GuardBase):
                                            retry=Retry(NoBackoff(), 0))
                       if isinstance(redis_client, str) else redis_client)
         self._script = self.redis.register_script(SCRIPT)
+        self._reserve_script = self.redis.register_script(RESERVE)
+        self._settle_script = self.redis.register_script(SETTLE)
+        self._tokens_script = self.redis.register_script(SETTLE_TOKENS)
 
     @classmethod
     def from_settings(cls, settings: Settings, budgets: Budgets,
@@ -286,24 +445,29 @@ class Guard(_GuardBase):
         """Check flags, rate limit and input budget; raise BudgetExceeded, FeatureDisabled
         or Throttled (all SpendstreamError) or return what the call may use."""
         plan = self._plan(user_id, feature, model, max_tokens, tier)
+        feature = plan.feature
         now = datetime.now(UTC)
-        limited = self.rate_limit_per_minute is not None
-        snapshot, blind, rated = self._flags(user_id, feature, limited)
-        self._check(user_id, feature, snapshot, now)
         fitted = self._fit(plan, messages)
+        limits = self._limits(user_id, plan, fitted)
+        snapshot, blind, rated = self._flags(user_id, feature, limits)
+        self._check(user_id, feature, snapshot, now)
         if rated is not None:
-            self._throttle(user_id, RateDecision.from_reply(rated))
-        elif limited and not blind:  # flags came from the cache: the rate still goes to Redis
-            blind = self._rate(user_id)
+            self._throttle(user_id, limits, RateDecision.from_reply(rated))
+        elif limits and not blind:  # flags came from the cache: the limits still go to Redis
+            blind = self._rate(user_id, limits)
+        reservation = self._reservation(user_id, plan, fitted)
+        if reservation is not None and (blind or self._reserve(reservation, plan.model)):
+            blind, reservation = True, None
         if blind:
             self.stats.failed_open += 1
-        return self._admission(user_id, feature, plan, fitted, snapshot, now)
+        return self._admission(user_id, feature, plan, fitted, snapshot, now, reservation,
+                               limits)
 
-    def _flags(self, user_id: str, feature: str, limited: bool = False
+    def _flags(self, user_id: str, feature: str, limits: list[RateLimit]
                ) -> tuple[FlagSnapshot, bool, Any]:
         """The flags; True when Redis did not answer (the stale snapshot stands in); and,
-        when ``limited`` and Redis was asked, the rate script's reply from the same round
-        trip (one pipeline: the MGET and the rate limit cost one round trip, not two)."""
+        when there are ``limits`` and Redis was asked, the rate script's reply from the
+        same round trip (one pipeline: the MGET and the limits cost one round trip)."""
         snapshot = self._cached(user_id, feature)
         if snapshot is not None:
             return snapshot, False, None
@@ -312,11 +476,11 @@ class Guard(_GuardBase):
             return self._stale(user_id, feature), True, None
         keys = guard_keys(self.prefix, user_id, feature)
         try:
-            if limited:
+            if limits:
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.mget(keys)
-                self._script(keys=[rate_key(self.prefix, user_id)],
-                             args=script_args(self.rate_limit_per_minute or 0, 60.0), client=pipe)
+                rate_keys, rate_args = script_keys_args(limits)
+                self._script(keys=rate_keys, args=rate_args, client=pipe)
                 values, rated = pipe.execute()
             else:
                 values, rated = self.redis.mget(keys), None
@@ -328,21 +492,69 @@ class Guard(_GuardBase):
         self._remember(user_id, feature, snapshot)
         return snapshot, False, rated
 
-    def _rate(self, user_id: str) -> bool:
-        """Take one request from the user's rate; True when Redis did not answer."""
+    def _rate(self, user_id: str, limits: list[RateLimit]) -> bool:
+        """Take a slot of every limit; True when Redis did not answer."""
         if self._redis_skipped():
             self._redis_failed(None)
             return True
-        limit = self.rate_limit_per_minute or 0
+        rate_keys, rate_args = script_keys_args(limits)
         try:
-            reply = self._script(keys=[rate_key(self.prefix, user_id)],
-                                 args=script_args(limit, 60.0))
+            reply = self._script(keys=rate_keys, args=rate_args)
         except (RedisError, OSError) as e:
             self._redis_failed(e)
             return True
         self._redis_ok()
-        self._throttle(user_id, RateDecision.from_reply(reply))
+        self._throttle(user_id, limits, RateDecision.from_reply(reply))
         return False
+
+    def _reserve(self, reservation: Reservation, model: str) -> bool:
+        """Hold the call's worst case or raise BudgetExceeded; True when Redis did not
+        answer (the call goes on unreserved, or ServiceUnavailable when failing closed)."""
+        if self._redis_skipped():
+            self._redis_failed(None)
+            return True
+        keys, args = reservation.reserve_call(self.prefix, self._ttl())
+        try:
+            reply = self._reserve_script(keys=keys, args=args)
+        except (RedisError, OSError) as e:
+            self._redis_failed(e)
+            return True
+        self._redis_ok()
+        decision = ReserveDecision.from_reply(reply)
+        if not decision.admitted:
+            raise reservation_refusal(reservation, decision, model)
+        return False
+
+    def _settle(self, admission: Admission, event: UsageEvent) -> None:
+        call = self._settlement(admission, event)
+        slot = admission.token_slot
+        try:
+            if call is not None:
+                self._settle_script(keys=call[0], args=call[1])
+            if slot is not None:
+                self._tokens_script(keys=list(slot.keys),
+                                    args=slot.settle_args(event.total_tokens))
+        except (RedisError, OSError):
+            log.debug("settling a call failed; its entries expire by themselves",
+                      exc_info=True)
+
+    def cache_get(self, key: str) -> bytes | None:
+        """A cached answer, or ``None`` (absent, or Redis did not answer: call the model)."""
+        if self._redis_skipped():
+            return None
+        try:
+            value = self.redis.get(key)
+        except (RedisError, OSError) as e:
+            self._redis_failed_quietly(e)
+            return None
+        return value if isinstance(value, bytes) else None
+
+    def cache_put(self, key: str, value: bytes, ttl: float) -> None:
+        """Store an answer for ``ttl`` seconds; a failure only costs the next hit."""
+        try:
+            self.redis.set(key, value, px=max(int(ttl * 1000), 1))
+        except (RedisError, OSError) as e:
+            self._redis_failed_quietly(e)
 
     def close(self) -> None:
         """Close the Redis connections (the emitter is the caller's to close)."""
@@ -362,6 +574,10 @@ class AsyncGuard(_GuardBase):
                                               retry=AsyncRetry(NoBackoff(), 0))
                       if isinstance(redis_client, str) else redis_client)
         self._script = self.redis.register_script(SCRIPT)
+        self._reserve_script = self.redis.register_script(RESERVE)
+        self._settle_script = self.redis.register_script(SETTLE)
+        self._tokens_script = self.redis.register_script(SETTLE_TOKENS)
+        self._settling: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings, budgets: Budgets,
@@ -375,22 +591,29 @@ class AsyncGuard(_GuardBase):
                     tier: str | None = None) -> Admission:
         """See :meth:`Guard.admit`."""
         plan = self._plan(user_id, feature, model, max_tokens, tier)
+        feature = plan.feature
         now = datetime.now(UTC)
-        limited = self.rate_limit_per_minute is not None
-        snapshot, blind, rated = await self._flags(user_id, feature, limited)
-        self._check(user_id, feature, snapshot, now)
         fitted = self._fit(plan, messages)
+        limits = self._limits(user_id, plan, fitted)
+        snapshot, blind, rated = await self._flags(user_id, feature, limits)
+        self._check(user_id, feature, snapshot, now)
         if rated is not None:
-            self._throttle(user_id, RateDecision.from_reply(rated))
-        elif limited and not blind:
-            blind = await self._rate(user_id)
+            self._throttle(user_id, limits, RateDecision.from_reply(rated))
+        elif limits and not blind:  # flags came from the cache: the limits still go to Redis
+            blind = await self._rate(user_id, limits)
+        reservation = self._reservation(user_id, plan, fitted)
+        if reservation is not None and (blind or await self._reserve(reservation, plan.model)):
+            blind, reservation = True, None
         if blind:
             self.stats.failed_open += 1
-        return self._admission(user_id, feature, plan, fitted, snapshot, now)
+        return self._admission(user_id, feature, plan, fitted, snapshot, now, reservation,
+                               limits)
 
-    async def _flags(self, user_id: str, feature: str, limited: bool = False
+    async def _flags(self, user_id: str, feature: str, limits: list[RateLimit]
                      ) -> tuple[FlagSnapshot, bool, Any]:
-        """See :meth:`Guard._flags`."""
+        """The flags; True when Redis did not answer (the stale snapshot stands in); and,
+        when there are ``limits`` and Redis was asked, the rate script's reply from the
+        same round trip (one pipeline: the MGET and the limits cost one round trip)."""
         snapshot = self._cached(user_id, feature)
         if snapshot is not None:
             return snapshot, False, None
@@ -399,12 +622,11 @@ class AsyncGuard(_GuardBase):
             return self._stale(user_id, feature), True, None
         keys = guard_keys(self.prefix, user_id, feature)
         try:
-            if limited:
+            if limits:
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.mget(keys)
-                await self._script(keys=[rate_key(self.prefix, user_id)],
-                                   args=script_args(self.rate_limit_per_minute or 0, 60.0),
-                                   client=pipe)
+                rate_keys, rate_args = script_keys_args(limits)
+                await self._script(keys=rate_keys, args=rate_args, client=pipe)
                 values, rated = await pipe.execute()
             else:
                 values, rated = await self.redis.mget(keys), None
@@ -416,22 +638,96 @@ class AsyncGuard(_GuardBase):
         self._remember(user_id, feature, snapshot)
         return snapshot, False, rated
 
-    async def _rate(self, user_id: str) -> bool:
-        """Take one request from the user's rate; True when Redis did not answer."""
+    async def _rate(self, user_id: str, limits: list[RateLimit]) -> bool:
+        """Take a slot of every limit; True when Redis did not answer."""
         if self._redis_skipped():
             self._redis_failed(None)
             return True
-        limit = self.rate_limit_per_minute or 0
+        rate_keys, rate_args = script_keys_args(limits)
         try:
-            reply = await self._script(keys=[rate_key(self.prefix, user_id)],
-                                       args=script_args(limit, 60.0))
+            reply = await self._script(keys=rate_keys, args=rate_args)
         except (RedisError, OSError) as e:
             self._redis_failed(e)
             return True
         self._redis_ok()
-        self._throttle(user_id, RateDecision.from_reply(reply))
+        self._throttle(user_id, limits, RateDecision.from_reply(reply))
         return False
 
+    async def _reserve(self, reservation: Reservation, model: str) -> bool:
+        """See :meth:`Guard._reserve`."""
+        if self._redis_skipped():
+            self._redis_failed(None)
+            return True
+        keys, args = reservation.reserve_call(self.prefix, self._ttl())
+        try:
+            reply = await self._reserve_script(keys=keys, args=args)
+        except (RedisError, OSError) as e:
+            self._redis_failed(e)
+            return True
+        self._redis_ok()
+        decision = ReserveDecision.from_reply(reply)
+        if not decision.admitted:
+            raise reservation_refusal(reservation, decision, model)
+        return False
+
+    def _settle(self, admission: Admission, event: UsageEvent) -> None:
+        """``record`` is synchronous: the settlement runs as a task on the running loop
+        (outside one, the reservation expires after its ttl); ``aclose`` awaits them."""
+        call = self._settlement(admission, event)
+        slot = admission.token_slot
+        if call is None and slot is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        tokens = None if slot is None else (list(slot.keys),
+                                            slot.settle_args(event.total_tokens))
+        task = loop.create_task(self._settle_async(call, tokens))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle_async(self, call: tuple[list[str], list[Any]] | None,
+                            tokens: tuple[list[str], list[Any]] | None) -> None:
+        try:
+            if call is not None:
+                await self._settle_script(keys=call[0], args=call[1])
+            if tokens is not None:
+                await self._tokens_script(keys=tokens[0], args=tokens[1])
+        except (RedisError, OSError):
+            log.debug("settling a call failed; its entries expire by themselves",
+                      exc_info=True)
+
+    async def cache_get(self, key: str) -> bytes | None:
+        """See :meth:`Guard.cache_get`."""
+        if self._redis_skipped():
+            return None
+        try:
+            value = await self.redis.get(key)
+        except (RedisError, OSError) as e:
+            self._redis_failed_quietly(e)
+            return None
+        return value if isinstance(value, bytes) else None
+
+    def cache_put(self, key: str, value: bytes, ttl: float) -> None:
+        """Store an answer (a task on the running loop; ``aclose`` awaits it)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(self._cache_put(key, value, ttl))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _cache_put(self, key: str, value: bytes, ttl: float) -> None:
+        try:
+            await self.redis.set(key, value, px=max(int(ttl * 1000), 1))
+        except (RedisError, OSError) as e:
+            self._redis_failed_quietly(e)
+
     async def aclose(self) -> None:
-        """Close the Redis connections (the emitter is the caller's to close)."""
+        """Settle what is pending and close the Redis connections (the emitter is the
+        caller's to close)."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
         await self.redis.aclose()

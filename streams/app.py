@@ -209,14 +209,14 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                     users.republish(now), features.republish(now))
 
     flags.on_recover = republish
-    app.spendstream = {"counters": counters, "flags": flags,  # type: ignore[attr-defined]
-                       "dispatcher": dispatcher}
 
     batches = BatchTimer()
     observed = ObservabilityServer(Sources(
         counters, flags, dispatcher, batches, lag=lambda: consumer_lag(app, settings.topic),
         feature_spend=lambda: current_spend(features.live),
         health=lambda: worker_health(app, settings.topic)), settings.metrics_port)
+    app.spendstream = {"counters": counters, "flags": flags,  # type: ignore[attr-defined]
+                       "dispatcher": dispatcher, "registry": observed.registry}
 
     @app.service
     class Sinks(Service):

@@ -42,3 +42,6 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
 def uid() -> str:
     """A short unique suffix for this test's topics, groups and key prefixes."""
     return uuid.uuid4().hex[:10]
+
+
+from tests.pg import database_url, own_postgres, pg_admin_url  # noqa: E402, F401 - fixtures

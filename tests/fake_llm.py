@@ -1,11 +1,12 @@
 """A local HTTP server that answers in the OpenAI and Anthropic APIs' shapes, for tests that
 drive the real ``openai`` and ``anthropic`` client libraries.
 
-``POST .../chat/completions`` answers as OpenAI (``base_url=fake.openai_url``) and
-``POST .../messages`` as Anthropic (``base_url=fake.url``), each as JSON or, when the request
-says ``stream: true``, as server-sent events over chunked HTTP/1.1: one delta per word of
-the reply text, the final usage chunk when ``stream_options.include_usage`` asks for it,
-``message_start`` / ``message_delta`` usage for Anthropic. The next replies can be scripted:
+``POST .../chat/completions``, ``.../responses`` and ``.../embeddings`` answer as OpenAI
+(``base_url=fake.openai_url``) and ``POST .../messages`` as Anthropic (``base_url=fake.url``),
+each as JSON or, when the request says ``stream: true``, as server-sent events over chunked
+HTTP/1.1: one delta per word of the reply text, the final usage chunk when
+``stream_options.include_usage`` asks for it, ``message_start`` / ``message_delta`` usage
+for Anthropic, ``response.completed`` usage for the Responses API. The next replies can be scripted:
 a 500, or a stream whose connection drops after some deltas (no terminating chunk, so the
 client sees a broken body, as from a real cut). Every request is recorded.
 
@@ -17,10 +18,12 @@ asked, for tests of the wrappers that do not need Redis.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import re
 import socket
+import struct
 import sys
 import threading
 import time
@@ -224,9 +227,63 @@ def _anthropic_events(rid: str, model: str, r: Reply) -> Iterator[bytes]:
     yield frame("message_stop", {})
 
 
+def _response_json(rid: str, model: str, r: Reply, status: str = "completed"
+                   ) -> dict[str, Any]:
+    done = status == "completed"
+    content = [{"type": "output_text", "text": r.text, "annotations": []}] if done else []
+    return {"id": rid, "object": "response", "created_at": int(time.time()), "model": model,
+            "status": status, "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+            "output": [{"type": "message", "id": "msg_" + rid, "status": status,
+                        "role": "assistant", "content": content}] if done else [],
+            "usage": {"input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+                      "total_tokens": r.input_tokens + r.output_tokens,
+                      "input_tokens_details": {"cached_tokens": r.cached_tokens},
+                      "output_tokens_details": {"reasoning_tokens": 0}} if done else None}
+
+
+def _response_events(rid: str, model: str, r: Reply) -> Iterator[bytes]:
+    seq = itertools.count()
+
+    def frame(kind: str, data: dict[str, Any]) -> bytes:
+        payload = {"type": kind, "sequence_number": next(seq), **data}
+        return f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
+
+    item_id = "msg_" + rid
+    yield frame("response.created", {"response": _response_json(rid, model, r, "in_progress")})
+    yield frame("response.output_item.added", {"output_index": 0, "item": {
+        "type": "message", "id": item_id, "status": "in_progress", "role": "assistant",
+        "content": []}})
+    yield frame("response.content_part.added", {
+        "item_id": item_id, "output_index": 0, "content_index": 0,
+        "part": {"type": "output_text", "text": "", "annotations": []}})
+    for word in words(r.text):
+        yield frame("response.output_text.delta", {"item_id": item_id, "output_index": 0,
+                                                   "content_index": 0, "delta": word,
+                                                   "logprobs": []})
+    yield frame("response.output_text.done", {"item_id": item_id, "output_index": 0,
+                                              "content_index": 0, "text": r.text,
+                                              "logprobs": []})
+    final = _response_json(rid, model, r)
+    yield frame("response.output_item.done", {"output_index": 0, "item": final["output"][0]})
+    yield frame("response.completed", {"response": final})
+
+
+def _embeddings_json(model: str, r: Reply, body: dict[str, Any]) -> dict[str, Any]:
+    inputs = body.get("input")
+    n = 1 if isinstance(inputs, str) else len(inputs or [])
+    vector = [0.25, -0.5, 1.0]
+    encoded: Any = vector
+    if body.get("encoding_format") == "base64":
+        encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return {"object": "list", "model": model,
+            "data": [{"object": "embedding", "index": i, "embedding": encoded}
+                     for i in range(n)],
+            "usage": {"prompt_tokens": r.input_tokens, "total_tokens": r.input_tokens}}
+
+
 def _is_delta(frame: bytes) -> bool:
     return b'"content": "' in frame and b'"content": ""' not in frame \
-        or b"content_block_delta" in frame
+        or b"content_block_delta" in frame or b"output_text.delta" in frame
 
 
 def _handler_for(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
@@ -236,8 +293,14 @@ def _handler_for(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
-            is_openai = self.path.rstrip("/").endswith("/chat/completions")
-            if not is_openai and not self.path.rstrip("/").endswith("/messages"):
+            path = self.path.rstrip("/")
+            is_openai = path.endswith("/chat/completions")
+            kind = ("responses" if path.endswith("/responses") else
+                    "embeddings" if path.endswith("/embeddings") else None)
+            if kind is not None:
+                self._openai_other(kind, body)
+                return
+            if not is_openai and not path.endswith("/messages"):
                 self._json(404, {"error": {"message": f"no route {self.path}"}})
                 return
             reply = fake._take(self.path, dict(self.headers.items()), body)
@@ -256,6 +319,20 @@ def _handler_for(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
             frames = (_openai_events(rid, model, reply, body) if is_openai
                       else _anthropic_events(rid, model, reply))
             self._stream(frames, reply.drop_after)
+
+        def _openai_other(self, kind: str, body: dict[str, Any]) -> None:
+            reply = fake._take(self.path, dict(self.headers.items()), body)
+            if reply.status >= 400:
+                self._json(reply.status, {"error": {"message": "fake failure",
+                                                    "type": "server_error"}})
+                return
+            rid, model = fake.next_id(), str(body.get("model", "unknown"))
+            if kind == "embeddings":
+                self._json(200, _embeddings_json(model, reply, body))
+            elif body.get("stream"):
+                self._stream(_response_events(rid, model, reply), reply.drop_after)
+            else:
+                self._json(200, _response_json(rid, model, reply))
 
         def _json(self, status: int, payload: dict[str, Any]) -> None:
             out = json.dumps(payload).encode()

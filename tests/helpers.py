@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -34,6 +35,16 @@ def wait_until(fn: Callable[[], T], timeout: float = 30.0, what: str = "conditio
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+async def wait_until_async(condition: Callable[[], object], timeout: float = 30.0,
+                           what: str = "condition", interval: float = 0.05) -> None:
+    """:func:`wait_until` for code on an event loop: polls without blocking the loop."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 async def send_in_order(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]

@@ -91,6 +91,10 @@ class UsageEvent(BaseModel):
     """True when the counts were made locally (a cut stream), not reported by the provider."""
     local_input_tokens: _TOKENS | None = None
     """The producer's own tiktoken count of the prompt, for the token-inflation audit."""
+    cache_hit: bool | None = None
+    """True for a call answered from the response cache (it costs nothing: tokens 0)."""
+    saved_usd: Decimal | None = None
+    """For a cache hit: what the original call cost, so the cache's savings add up."""
 
     @field_validator("event_id", "user_id", "feature", "model")
     @classmethod
@@ -123,7 +127,7 @@ class UsageEvent(BaseModel):
             raise ValueError("out of range (1970 to 2999)")
         return parsed.astimezone(UTC)
 
-    @field_validator("cost_usd", mode="before")
+    @field_validator("cost_usd", "saved_usd", mode="before")
     @classmethod
     def _parse_cost(cls, v: Any) -> Decimal | None:
         if v is None:
@@ -152,7 +156,7 @@ class UsageEvent(BaseModel):
     def _ser_ts(self, v: datetime) -> str:
         return v.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
-    @field_serializer("cost_usd")
+    @field_serializer("cost_usd", "saved_usd")
     def _ser_cost(self, v: Decimal | None) -> str | None:
         return None if v is None else str(v)
 
@@ -417,7 +421,7 @@ def _fast(d: dict[str, Any]) -> UsageEvent | None:
         "output_tokens": counts[1], "cached_input_tokens": counts[2],
         "cache_write_input_tokens": counts[3], "status": status,
         "finish_reason": finish, "cost_usd": cost, "estimated": estimated,
-        "local_input_tokens": local})
+        "local_input_tokens": local, "cache_hit": None, "saved_usd": None})
     _set(event, "__pydantic_fields_set__", _FIELDS)
     _set(event, "__pydantic_extra__", None)
     _set(event, "__pydantic_private__", None)

@@ -13,6 +13,12 @@ end of the window it describes:
 - ``spend:user:{user_id}``, ``spend:feature:{feature}``, ``spend:global:{period}``: live
   spend of the current window, refreshed in batches.
 
+The guard's own keys (not flags): ``rate:user:...`` sorted sets of recent calls (the
+per-minute limits, expiring with their minute); ``reserved:user:{user_id}`` and
+``reserved:global`` hashes of the calls in flight's reserved cost, with their
+``...:expiry`` sorted sets (pre-call reservations); ``cache:{feature}:{sha256}`` the
+response cache's answers, expiring after the feature's ``cache.ttl``.
+
 A cutoff or warn key's value is :func:`flag_value`'s object.
 """
 
@@ -125,6 +131,38 @@ def parse_flag(raw: bytes | str | None) -> dict[str, Any] | None:
 def rate_user(user_id: str) -> str:
     """The sorted set holding a user's recent requests (the guard's rate limit)."""
     return f"rate:user:{user_id}"
+
+
+def rate_feature(user_id: str, feature: str, unit: str) -> str:
+    """The sorted set of a user's recent calls of one feature (``unit`` ``requests`` or
+    ``tokens``): the feature's ``limits``."""
+    return f"rate:user:{user_id}:feature:{feature}:{unit}"
+
+
+def rate_tier(user_id: str, unit: str) -> str:
+    """The sorted set of a user's recent calls of any feature: the tier's ``limits``."""
+    return f"rate:user:{user_id}:tier:{unit}"
+
+
+def response_cache(feature: str, digest: str) -> str:
+    """A cached answer of one feature: ``digest`` is the SHA-256 of the request."""
+    return f"cache:{feature}:{digest}"
+
+
+RESERVED_GLOBAL: Final = "reserved:global"
+"""Hash of every call in flight's reserved cost (nano-USD) and their total (``_total``)."""
+RESERVED_GLOBAL_EXPIRY: Final = "reserved:global:expiry"
+"""Sorted set: when each global reservation expires (µs)."""
+
+
+def reserved_user(user_id: str) -> str:
+    """Hash of a user's calls in flight: reservation id → nano-USD, and ``_total``."""
+    return f"reserved:user:{user_id}"
+
+
+def reserved_user_expiry(user_id: str) -> str:
+    """Sorted set: when each of the user's reservations expires (µs)."""
+    return f"reserved:user:{user_id}:expiry"
 
 
 def spend(scope: Scope, subject: str) -> str:

@@ -13,10 +13,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
-from spendstream.domain.budgets import Feature
-from spendstream.errors import BudgetExceeded, ConfigError, FeatureDisabled, Refused, Throttled
+from spendstream.domain.budgets import Feature, Limit
+from spendstream.errors import (
+    BudgetExceeded,
+    ConfigError,
+    FeatureDisabled,
+    ModelNotAllowed,
+    Refused,
+    Throttled,
+)
 
 
 def parse_time(value: object) -> datetime | None:
@@ -81,6 +88,24 @@ class FlagSnapshot:
         spend = self.live(self.spend_user, now)
         return None if spend is None else _decimal(spend.get("remaining_usd"))
 
+    def remaining(self, tier: Limit | None, now: datetime) -> tuple[Decimal | None, int | None]:
+        """What is left today of the tier's USD and token budgets (``None`` where the tier
+        has no such budget): the budget less the live spend key's ``spent_usd`` /
+        ``spent_tokens``, never below 0; no spend key yet means nothing spent."""
+        if tier is None:
+            return None, None
+        spend = self.live(self.spend_user, now)
+        if spend is None:  # nothing spent yet today: the whole budget
+            return tier.usd, tier.tokens
+        usd = tokens = None
+        if tier.usd is not None:
+            spent = _decimal(spend.get("spent_usd")) or Decimal(0)
+            usd = max(tier.usd - spent, Decimal(0))
+        if tier.tokens is not None:
+            used = spend.get("spent_tokens")
+            tokens = max(tier.tokens - (used if isinstance(used, int) else 0), 0)
+        return usd, tokens
+
 
 def _error(cls: type[Refused], flag: dict[str, Any], default_reason: str, what_to_do: str
            ) -> Refused:
@@ -120,13 +145,28 @@ def refusal(snapshot: FlagSnapshot, user_id: str, feature: str, now: datetime
     return None
 
 
-def choose_model(feature: Feature, tier: str, requested: str | None, feature_name: str) -> str:
-    """The caller's model, else the feature's model for this tier, else the feature's."""
-    model = requested or feature.tier_models.get(tier) or feature.model
+def choose_model(feature: Feature, tier: str, requested: str | None, feature_name: str,
+                 allowed: tuple[str, ...] | None = None,
+                 on_not_allowed: Literal["refuse", "downgrade"] = "refuse") -> str:
+    """The caller's model, else the feature's model for this tier, else the feature's.
+
+    When the tier lists ``allowed`` models, a model outside them is never used: it is
+    refused (:class:`ModelNotAllowed`) or, with ``downgrade``, replaced by the feature's
+    model for the tier when that is allowed, else by the tier's first allowed model.
+    """
+    default = feature.tier_models.get(tier) or feature.model
+    model = requested or default
     if not model:
         raise ConfigError(f"feature {feature_name!r} has no model in the budgets file and the "
                           f"call gave none: pass model= or set features.{feature_name}.model")
-    return model
+    if allowed is None or model in allowed:
+        return model
+    if on_not_allowed == "downgrade" and allowed:
+        return default if default in allowed else allowed[0]
+    raise ModelNotAllowed(
+        f"tier {tier} may not use model {model!r} (allowed: {', '.join(allowed) or 'none'}); "
+        "call with an allowed model, or set users.on_model_not_allowed: downgrade",
+        reason="model not allowed for the tier", scope="tier", subject=tier)
 
 
 def choose_max_tokens(feature: Feature, requested: int | None) -> int | None:

@@ -11,13 +11,37 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from spendstream.errors import ConfigError
 
 Period = Literal["minute", "hour", "day", "month"]
 Money = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0)]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(value: object) -> object:
+    """``90``, ``"90s"``, ``"10m"``, ``"1h"``, ``"1d"`` as seconds; anything else is left
+    for pydantic to reject with its own message."""
+    if isinstance(value, str) and value[-1:] in _UNITS and value[:-1].strip():
+        try:
+            return float(value[:-1]) * _UNITS[value[-1]]
+        except ValueError:
+            return value
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_seconds), Field(gt=0, allow_inf_nan=False)]
+"""Seconds, or a number with a unit: ``30s``, ``10m``, ``1h``, ``1d``."""
 
 
 class _Strict(BaseModel):
@@ -56,13 +80,38 @@ class Limit(_Strict):
         return self
 
 
+class Rates(_Strict):
+    """Per-user call limits: requests and tokens (prompt plus ``max_tokens``) per minute."""
+
+    rpm: Annotated[int, Field(gt=0)] | None = None
+    tpm: Annotated[int, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Rates:
+        if self.rpm is None and self.tpm is None:
+            raise ValueError("give rpm, tpm or both")
+        return self
+
+
+class Tier(Limit):
+    """A user tier: its daily budget, the models its users may call, its call limits."""
+
+    allowed_models: tuple[str, ...] | None = None
+    """Models this tier may use; ``None``: any. A caller's model outside the list is
+    refused or tiered down (``users.on_model_not_allowed``)."""
+    limits: Rates | None = None
+
+
 class Users(_Strict):
     """Per-user budgets by tier, over one UTC day."""
 
     period: Literal["day"] = "day"
     default_tier: str = "free"
-    tiers: dict[str, Limit] = Field(default_factory=dict)
+    tiers: dict[str, Tier] = Field(default_factory=dict)
     members: dict[str, str] = Field(default_factory=dict)
+    on_model_not_allowed: Literal["refuse", "downgrade"] = "refuse"
+    """A caller's explicit model outside the tier's ``allowed_models``: refuse the call
+    (:class:`~spendstream.errors.ModelNotAllowed`) or use the feature's model for the tier."""
 
     @model_validator(mode="after")
     def _known_tiers(self) -> Users:
@@ -81,9 +130,16 @@ class Users(_Strict):
         """The tier a user belongs to: an explicit member entry, else the default tier."""
         return self.members.get(user_id, self.default_tier)
 
-    def limit_of(self, user_id: str) -> Limit | None:
+    def limit_of(self, user_id: str) -> Tier | None:
         """The user's daily limit, or ``None`` when no tiers are configured."""
         return self.tiers.get(self.tier_of(user_id))
+
+
+class Cache(_Strict):
+    """Identical calls (model, messages, parameters that change the answer) are answered
+    from Redis for ``ttl`` seconds."""
+
+    ttl: Duration
 
 
 class Feature(_Strict):
@@ -101,6 +157,10 @@ class Feature(_Strict):
     cutoff: bool = False
     """Write ``cutoff:feature:{name}`` at 100% of the budget (a hard cap); by default a
     feature budget is soft: warn at 80%, Slack alert at 120%, no cutoff."""
+    limits: Rates | None = None
+    """Per-user requests and tokens per minute on this feature."""
+    cache: Cache | None = None
+    """The response cache for this feature (off when absent)."""
 
     @property
     def limit(self) -> Limit | None:
@@ -128,14 +188,38 @@ class Price(_Strict):
     """Prompt-cache writes; the input rate when unset."""
 
 
+class Reservations(_Strict):
+    """Pre-call reservations (on when the section is present): ``admit`` holds each call's
+    worst-case cost in Redis and refuses when spent + reserved + this call would pass the
+    user's daily USD budget or ``global.daily_usd``."""
+
+    ttl: Duration = 600.0
+    """How long a reservation holds when its call is never recorded (a process died)."""
+    hold: Duration = 5.0
+    """How long a recorded call's actual cost keeps counting as reserved: until the
+    worker's live spend includes it (flag latency, a few seconds)."""
+
+
 class Budgets(_Strict):
     """The whole budgets file."""
 
     thresholds: Thresholds = Field(default_factory=Thresholds)
     users: Users = Field(default_factory=Users)
     features: dict[str, Feature] = Field(default_factory=dict)
+    default_feature: str | None = None
+    """The feature whose budget and limits a call naming an unknown feature gets (and
+    is recorded under); ``None``: such a call is refused with
+    :class:`~spendstream.errors.UnknownFeature`."""
     global_: Global = Field(default_factory=Global, alias="global")
     prices: dict[str, Price] = Field(default_factory=dict)
+    reservations: Reservations | None = None
+
+    @model_validator(mode="after")
+    def _known_default(self) -> Budgets:
+        if self.default_feature is not None and self.default_feature not in self.features:
+            raise ValueError(f"default_feature {self.default_feature!r} is not one of the "
+                             f"features {sorted(self.features)}")
+        return self
 
 
 def parse_budgets(data: object, source: str = "budgets") -> Budgets:

@@ -1,8 +1,11 @@
-"""A drop-in guard around the official ``anthropic`` client's ``messages.create``.
+"""A drop-in guard around the official ``anthropic`` client's ``messages``.
 
 ``wrap_anthropic(Anthropic(...), guard)`` (or ``AsyncAnthropic`` with an ``AsyncGuard``)
-returns a client whose ``messages.create`` takes ``user_id`` and ``feature`` (and
-optionally ``tier``) besides Anthropic's own arguments. The guard sees the chat as one
+returns a client whose ``messages.create`` (streamed or not), ``messages.parse`` and
+``messages.stream`` take ``user_id`` and ``feature`` (and optionally ``tier``) besides
+Anthropic's own arguments. ``messages.batches``, ``beta``, ``completions`` and the
+raw-response variants would spend unmetered: they raise
+:class:`~spendstream.errors.Unmetered`. The guard sees the chat as one
 list, the ``system=`` prompt first as a ``system`` message, and the admitted list is split
 again for the call. ``max_tokens`` is the admission's (Anthropic requires one).
 
@@ -20,8 +23,8 @@ from typing import Any
 from spendstream.errors import ConfigError
 from spendstream.producers.guard import Admission
 from spendstream.producers.wrappers.streams import (
+    GuardedClient,
     GuardedEndpoint,
-    Passthrough,
     StreamMeter,
 )
 
@@ -36,20 +39,30 @@ def wrap_anthropic(client: Any, guard: Any) -> GuardedAnthropic:
         raise ConfigError(
             "wrap_anthropic: an Anthropic client needs a Guard and an AsyncAnthropic client "
             f"an AsyncGuard (got {type(client).__name__} with {type(guard).__name__})")
-    messages = (AsyncMessages if is_async else Messages)(client.messages, guard)
-    return GuardedAnthropic(client, messages)
+    return GuardedAnthropic(client, guard, is_async)
 
 
-class GuardedAnthropic(Passthrough):
-    """The wrapped client: ``messages.create`` is guarded, the rest passes through."""
+class GuardedAnthropic(GuardedClient):
+    """The wrapped client; see the module docstring."""
 
-    def __init__(self, client: Any, messages: Messages | AsyncMessages) -> None:
-        super().__init__(client)
-        self.messages = messages
+    refused = frozenset({"beta", "completions", "with_raw_response",
+                         "with_streaming_response"})
+
+    def __init__(self, client: Any, guard: Any, is_async: bool) -> None:
+        super().__init__(client, guard)
+        self.messages: Messages | AsyncMessages = (
+            AsyncMessages if is_async else Messages)(client.messages, guard)
+
+    def with_options(self, **options: Any) -> GuardedAnthropic:
+        """The client's ``with_options(...)``, guarded the same way."""
+        return wrap_anthropic(self._inner.with_options(**options), self._guard)
+
+    copy = with_options
 
 
 class _Base(GuardedEndpoint):
     provider = PROVIDER
+    refused = GuardedEndpoint.refused | {"batches"}
 
     @staticmethod
     def observe(meter: StreamMeter, chunk: Any) -> None:
@@ -71,6 +84,17 @@ class Messages(_Base):
         guard first, recorded after; a stream is returned metered."""
         return self._create(user_id, feature, tier, kwargs)
 
+    def parse(self, *, user_id: str, feature: str, tier: str | None = None,
+              **kwargs: Any) -> Any:
+        """``messages.parse(**kwargs)`` (structured output), guarded and recorded."""
+        return self._create(user_id, feature, tier, kwargs, "parse")
+
+    def stream(self, *, user_id: str, feature: str, tier: str | None = None,
+               **kwargs: Any) -> Any:
+        """``messages.stream(**kwargs)``: admitted now; the ``with`` block's stream is
+        metered however it is read (``text_stream``, ``get_final_message()``...)."""
+        return self._helper(user_id, feature, tier, kwargs)
+
 
 class AsyncMessages(_Base):
     """``messages`` of an ``AsyncAnthropic`` client, guarded."""
@@ -79,6 +103,16 @@ class AsyncMessages(_Base):
                      **kwargs: Any) -> Any:
         """See :meth:`Messages.create`."""
         return await self._acreate(user_id, feature, tier, kwargs)
+
+    async def parse(self, *, user_id: str, feature: str, tier: str | None = None,
+                    **kwargs: Any) -> Any:
+        """See :meth:`Messages.parse`."""
+        return await self._acreate(user_id, feature, tier, kwargs, "parse")
+
+    def stream(self, *, user_id: str, feature: str, tier: str | None = None,
+               **kwargs: Any) -> Any:
+        """See :meth:`Messages.stream`; admitted when ``async with`` enters."""
+        return self._ahelper(user_id, feature, tier, kwargs)
 
 
 class _Request:

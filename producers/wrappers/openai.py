@@ -1,11 +1,16 @@
-"""A drop-in guard around the official ``openai`` client's ``chat.completions.create``.
+"""A drop-in guard around the official ``openai`` client.
 
 ``wrap_openai(OpenAI(...), guard)`` (or ``AsyncOpenAI`` with an ``AsyncGuard``) returns a
-client whose ``chat.completions.create`` takes two more keyword arguments, ``user_id`` and
-``feature`` (and optionally ``tier``): the guard admits the call first (and may refuse it,
-trim the messages, pick the model and cap ``max_tokens``), the real client makes it, and
-its usage is recorded. Everything else is the wrapped client's, so any OpenAI-compatible
-``base_url`` works.
+client whose model calls take two more keyword arguments, ``user_id`` and ``feature`` (and
+optionally ``tier``): the guard admits the call first (and may refuse it, trim the
+messages, pick the model and cap ``max_tokens``), the real client makes it, and its usage
+is recorded. Guarded: ``chat.completions.create`` (streamed or not), ``.parse`` and
+``.stream``; ``responses.create`` (streamed or not), ``.parse`` and ``.stream``;
+``embeddings.create``. Refused with :class:`~spendstream.errors.Unmetered`: the endpoints
+that spend outside those (legacy ``completions``, ``beta``, ``batches``, ``images``,
+``audio``, ``realtime``, ``videos`` and the raw-response variants). Everything else
+(``models``, ``files``...) is the wrapped client's, so any OpenAI-compatible ``base_url``
+works.
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ from typing import Any
 from spendstream.errors import ConfigError
 from spendstream.producers.guard import Admission
 from spendstream.producers.tokens import count_text
+from spendstream.producers.wrappers.responses import (
+    AsyncEmbeddings,
+    AsyncResponses,
+    Embeddings,
+    Responses,
+)
 from spendstream.producers.wrappers.streams import (
+    GuardedClient,
     GuardedEndpoint,
     Passthrough,
     StreamMeter,
@@ -33,17 +45,32 @@ def wrap_openai(client: Any, guard: Any) -> GuardedOpenAI:
         raise ConfigError(
             "wrap_openai: an OpenAI client needs a Guard and an AsyncOpenAI client an "
             f"AsyncGuard (got {type(client).__name__} with {type(guard).__name__})")
-    completions = (AsyncCompletions if is_async else Completions)(
-        client.chat.completions, guard)
-    return GuardedOpenAI(client, _Chat(client.chat, completions))
+    return GuardedOpenAI(client, guard, is_async)
 
 
-class GuardedOpenAI(Passthrough):
-    """The wrapped client: ``chat.completions.create`` is guarded, the rest passes through."""
+class GuardedOpenAI(GuardedClient):
+    """The wrapped client; see the module docstring."""
 
-    def __init__(self, client: Any, chat: _Chat) -> None:
-        super().__init__(client)
-        self.chat = chat
+    refused = frozenset({"completions", "beta", "batches", "images", "audio", "realtime",
+                         "videos", "with_raw_response", "with_streaming_response"})
+
+    def __init__(self, client: Any, guard: Any, is_async: bool) -> None:
+        super().__init__(client, guard)
+        completions = (AsyncCompletions if is_async else Completions)(
+            client.chat.completions, guard)
+        self.chat = _Chat(client.chat, completions)
+        responses = getattr(client, "responses", None)  # openai < 1.66 has no Responses API
+        if responses is not None:
+            self.responses: Responses | AsyncResponses = (
+                AsyncResponses if is_async else Responses)(responses, guard)
+        self.embeddings: Embeddings | AsyncEmbeddings = (
+            AsyncEmbeddings if is_async else Embeddings)(client.embeddings, guard)
+
+    def with_options(self, **options: Any) -> GuardedOpenAI:
+        """The client's ``with_options(...)``, guarded the same way."""
+        return wrap_openai(self._inner.with_options(**options), self._guard)
+
+    copy = with_options
 
 
 class _Chat(Passthrough):
@@ -75,6 +102,17 @@ class Completions(_Base):
         by the guard first, recorded after; a stream is returned metered."""
         return self._create(user_id, feature, tier, kwargs)
 
+    def parse(self, *, user_id: str, feature: str, tier: str | None = None,
+              **kwargs: Any) -> Any:
+        """``chat.completions.parse(**kwargs)`` (structured output), guarded and recorded."""
+        return self._create(user_id, feature, tier, kwargs, "parse")
+
+    def stream(self, *, user_id: str, feature: str, tier: str | None = None,
+               **kwargs: Any) -> Any:
+        """``chat.completions.stream(**kwargs)``: admitted now; the ``with`` block's
+        stream is metered whichever way it is read (events, ``get_final_completion()``)."""
+        return self._helper(user_id, feature, tier, kwargs)
+
 
 class AsyncCompletions(_Base):
     """``chat.completions`` of an ``AsyncOpenAI`` client, guarded."""
@@ -83,6 +121,16 @@ class AsyncCompletions(_Base):
                      **kwargs: Any) -> Any:
         """See :meth:`Completions.create`."""
         return await self._acreate(user_id, feature, tier, kwargs)
+
+    async def parse(self, *, user_id: str, feature: str, tier: str | None = None,
+                    **kwargs: Any) -> Any:
+        """See :meth:`Completions.parse`."""
+        return await self._acreate(user_id, feature, tier, kwargs, "parse")
+
+    def stream(self, *, user_id: str, feature: str, tier: str | None = None,
+               **kwargs: Any) -> Any:
+        """See :meth:`Completions.stream`; admitted when ``async with`` enters."""
+        return self._ahelper(user_id, feature, tier, kwargs)
 
 
 class _Request:

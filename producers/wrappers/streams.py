@@ -14,6 +14,8 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
+from spendstream.errors import Unmetered
+from spendstream.producers.cache import AsyncReplayStream, ReplayStream, Stored, cache_key
 from spendstream.producers.guard import Admission
 from spendstream.producers.tokens import count_text
 
@@ -71,6 +73,17 @@ class StreamMeter:
         self.model: str | None = None
         self._lock = threading.Lock()
         self._settled = False
+        self.keep: list[Any] | None = None
+        """Every chunk, when the answer is to be cached (``store`` is set)."""
+        self.store: Callable[[StreamMeter], None] | None = None
+        """Called once the stream completed with the provider's usage (never for a cut
+        or failed stream): the response cache stores :attr:`keep`."""
+
+    def usage(self) -> dict[str, Any]:
+        """The provider's usage of a completed stream, as ``record`` arguments."""
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "cached_input_tokens": self.cached_input_tokens,
+                "finish_reason": self.finish_reason, "model": self.model}
 
     @property
     def settled(self) -> bool:
@@ -84,6 +97,8 @@ class StreamMeter:
             self._observe(self, chunk)
         except Exception:
             logger.exception("spendstream could not read a %s stream chunk", self.provider)
+        if self.keep is not None:
+            self.keep.append(chunk)
 
     def settle(self, *, complete: bool) -> None:
         """Record the usage once: the provider's when the stream completed with it, else
@@ -99,6 +114,11 @@ class StreamMeter:
                           cached_input_tokens=self.cached_input_tokens,
                           cache_write_input_tokens=self.cache_write_input_tokens,
                           finish_reason=self.finish_reason, model=self.model)
+            if self.store is not None:
+                try:
+                    self.store(self)
+                except Exception:
+                    logger.exception("spendstream could not cache a %s stream", self.provider)
             return
         try:
             output = count_text("".join(self.parts), self.admission.model).tokens
@@ -126,6 +146,32 @@ class Passthrough:
         self._inner = inner
 
     def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class GuardedClient(Passthrough):
+    """A wrapped client: the guarded endpoints are set by the subclass; the endpoints that
+    spend money outside them (:attr:`refused`) raise :class:`~spendstream.errors.Unmetered`,
+    the rest (files, models...) pass through. ``unguarded`` is the client itself, for a
+    deliberate call that is metered some other way."""
+
+    refused: frozenset[str] = frozenset({"with_raw_response", "with_streaming_response"})
+
+    def __init__(self, client: Any, guard: Any) -> None:
+        super().__init__(client)
+        self._guard = guard
+
+    @property
+    def unguarded(self) -> Any:
+        """The wrapped client, untouched: calls through it are neither checked nor metered."""
+        return self._inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name in type(self).refused:
+            raise Unmetered(
+                f"client.{name} is not metered by spendstream, so it is refused: use a "
+                "guarded endpoint, or `wrapped.unguarded` deliberately and record the usage "
+                "yourself (guard.admit/record)")
         return getattr(self._inner, name)
 
 
@@ -249,14 +295,27 @@ class AsyncGuardedStream(Passthrough, Generic[T]):
 class GuardedEndpoint(Passthrough):
     """What both wrappers' endpoints share: attributes pass through to the client's own
     endpoint, and a call's outcome is recorded (free when it failed, metered when it
-    streams). Subclasses set :attr:`provider` and :attr:`observe` and read usage."""
+    streams). Subclasses set :attr:`provider` and :attr:`observe` and read usage.
+
+    The raw-response variants (``with_raw_response``, ``with_streaming_response``) would
+    reach the provider without the guard, so they raise :class:`~spendstream.errors.Unmetered`.
+    """
 
     provider: str = ""
     observe: Callable[[StreamMeter, Any], None]
+    refused: frozenset[str] = frozenset({"with_raw_response", "with_streaming_response"})
 
     def __init__(self, inner: Any, guard: Any) -> None:
         super().__init__(inner)
         self._guard = guard
+
+    def __getattr__(self, name: str) -> Any:
+        if name in type(self).refused:
+            raise Unmetered(
+                f"{type(self._inner).__name__}.{name} is not metered by spendstream: call "
+                "the guarded method, or take the unguarded client explicitly with "
+                "`wrapped.unguarded` and record the usage yourself (guard.admit/record)")
+        return getattr(self._inner, name)
 
     def _usage(self, response: Any, admission: Admission) -> dict[str, Any]:
         raise NotImplementedError
@@ -266,51 +325,152 @@ class GuardedEndpoint(Passthrough):
         ``max_tokens``, ``stream`` and ``params(admission)`` for the real call."""
         raise NotImplementedError
 
+    def _admit(self, user_id: str, feature: str, tier: str | None, request: Any) -> Admission:
+        admission: Admission = self._guard.admit(
+            user_id, feature, request.guard_messages, model=request.model,
+            max_tokens=request.max_tokens, tier=tier)
+        return admission
+
+    async def _aadmit(self, user_id: str, feature: str, tier: str | None, request: Any
+                      ) -> Admission:
+        admission: Admission = await self._guard.admit(
+            user_id, feature, request.guard_messages, model=request.model,
+            max_tokens=request.max_tokens, tier=tier)
+        return admission
+
     def _create(self, user_id: str, feature: str, tier: str | None,
-                kwargs: dict[str, Any]) -> Any:
-        """Admit, call the client's own ``create``, record (a failure free, a stream
-        metered)."""
+                kwargs: dict[str, Any], method: str = "create") -> Any:
+        """Admit, answer from the response cache or call the client's own ``method``,
+        record (a failure free, a stream metered, a cache hit free and marked)."""
         request = self._request(kwargs)
-        admission = self._guard.admit(user_id, feature, request.guard_messages,
-                                      model=request.model, max_tokens=request.max_tokens,
-                                      tier=tier)
+        admission = self._admit(user_id, feature, tier, request)
         params = request.params(admission)
+        key = self._cache_key(method, admission, params)
+        if key is not None:
+            raw = self._guard.cache_get(key)
+            hit = self._replay(admission, raw, request.stream, ReplayStream)
+            if hit is not None:
+                return hit
         try:
-            response = self._inner.create(**params)
+            response = getattr(self._inner, method)(**params)
         except BaseException:
             self._failed(admission)
             raise
         if request.stream:
-            return GuardedStream(response, self._meter(admission))
-        self._done(admission, response)
+            return GuardedStream(response, self._meter(admission, key))
+        self._done(admission, response, key)
         return response
 
     async def _acreate(self, user_id: str, feature: str, tier: str | None,
-                       kwargs: dict[str, Any]) -> Any:
+                       kwargs: dict[str, Any], method: str = "create") -> Any:
         """:meth:`_create` for asyncio clients and an ``AsyncGuard``."""
         request = self._request(kwargs)
-        admission = await self._guard.admit(user_id, feature, request.guard_messages,
-                                            model=request.model,
-                                            max_tokens=request.max_tokens, tier=tier)
+        admission = await self._aadmit(user_id, feature, tier, request)
         params = request.params(admission)
+        key = self._cache_key(method, admission, params)
+        if key is not None:
+            raw = await self._guard.cache_get(key)
+            hit = self._replay(admission, raw, request.stream, AsyncReplayStream)
+            if hit is not None:
+                return hit
         try:
-            response = await self._inner.create(**params)
+            response = await getattr(self._inner, method)(**params)
         except BaseException:
             self._failed(admission)
             raise
         if request.stream:
-            return AsyncGuardedStream(response, self._meter(admission))
-        self._done(admission, response)
+            return AsyncGuardedStream(response, self._meter(admission, key))
+        self._done(admission, response, key)
         return response
+
+    def _cache_key(self, method: str, admission: Admission, params: dict[str, Any]
+                   ) -> str | None:
+        """The response cache's key, when the feature caches and the call can be."""
+        if admission.cache_ttl is None or method != "create":
+            return None
+        prefix: str = self._guard.prefix
+        return cache_key(prefix, self.provider, type(self).__name__, admission.feature,
+                         params)
+
+    def _replay(self, admission: Admission, raw: bytes | None, stream: bool,
+                replay: Callable[[list[Any]], Any]) -> Any:
+        """A cache hit as the SDK's own objects (recorded as a hit), or ``None``."""
+        stored = Stored.decode(raw) if raw is not None else None
+        if stored is None or stored.stream != stream:
+            return None
+        try:
+            objects = stored.objects()
+        except Exception:
+            logger.warning("a cached %s answer could not be rebuilt; calling the model",
+                           self.provider, exc_info=True)
+            return None
+        try:
+            self._guard.record_hit(admission, provider=self.provider, usage=stored.usage)
+        except Exception:
+            logger.exception("spendstream could not record a cache hit")
+        return replay(objects) if stream else objects[0]
+
+    def _helper(self, user_id: str, feature: str, tier: str | None,
+                kwargs: dict[str, Any]) -> Any:
+        """Admit, then the client's own ``stream(...)`` helper with its stream metered."""
+        from spendstream.producers.wrappers.helpers import GuardedStreamManager
+
+        request = self._request(kwargs)
+        request.stream = True  # ask for the usage a stream reports (OpenAI: include_usage)
+        admission = self._admit(user_id, feature, tier, request)
+        try:
+            manager = self._inner.stream(**request.params(admission))
+        except BaseException:
+            self._failed(admission)
+            raise
+        return GuardedStreamManager(manager, self._meter(admission),
+                                    lambda: self._failed(admission))
+
+    def _ahelper(self, user_id: str, feature: str, tier: str | None,
+                 kwargs: dict[str, Any]) -> Any:
+        """:meth:`_helper` for asyncio clients. ``stream()`` is not awaited in the SDKs
+        (``async with client.messages.stream(...)``), so the guard admits the call when
+        the block is entered."""
+        from spendstream.producers.wrappers.helpers import AsyncGuardedStreamManager
+
+        async def open_() -> tuple[Any, StreamMeter, Callable[[], None]]:
+            request = self._request(kwargs)
+            request.stream = True
+            admission = await self._aadmit(user_id, feature, tier, request)
+            try:
+                manager = self._inner.stream(**request.params(admission))
+            except BaseException:
+                self._failed(admission)
+                raise
+            return manager, self._meter(admission), lambda: self._failed(admission)
+
+        return AsyncGuardedStreamManager(open_)
 
     def _failed(self, admission: Admission) -> None:
         # Failed calls are free: counted, at zero tokens.
         record_safely(self._guard, admission, provider=self.provider, input_tokens=0,
                       output_tokens=0, status="error")
 
-    def _meter(self, admission: Admission) -> StreamMeter:
-        return StreamMeter(self._guard, admission, self.provider, type(self).observe)
+    def _meter(self, admission: Admission, key: str | None = None) -> StreamMeter:
+        meter = StreamMeter(self._guard, admission, self.provider, type(self).observe)
+        ttl = admission.cache_ttl
+        if key is not None and ttl is not None:
+            meter.keep = []
 
-    def _done(self, admission: Admission, response: Any) -> None:
-        record_safely(self._guard, admission, provider=self.provider,
-                      **self._usage(response, admission))
+            def store(m: StreamMeter) -> None:
+                value = Stored.of_chunks(m.keep or [], m.usage()).encode()
+                self._guard.cache_put(key, value, ttl)
+
+            meter.store = store
+        return meter
+
+    def _done(self, admission: Admission, response: Any, key: str | None = None) -> None:
+        usage = self._usage(response, admission)
+        record_safely(self._guard, admission, provider=self.provider, **usage)
+        if key is None or admission.cache_ttl is None or usage.get("estimated"):
+            return
+        try:
+            self._guard.cache_put(key, Stored.of_response(response, usage).encode(),
+                                  admission.cache_ttl)
+        except Exception:
+            logger.exception("spendstream could not cache a %s answer", self.provider)

@@ -14,6 +14,12 @@ and max cost = the feature's ``max_output_tokens`` and the prompt at the overrid
 The test prints the bound and the measured overshoot, checks the overshoot against the
 bound, the worker's latency against "within seconds", and the worker's total against the
 sum of what the calls recorded, to the cent.
+
+With ``reservations:`` in the budgets file the same race runs again: ``admit`` holds each
+call's worst case (prompt + ``max_tokens`` at the price) in Redis until ``record``
+settles it, so the calls in flight count before they are spent and the bound is 0: the
+day's spend never passes the budget. The test prints how much of the budget was left
+unused (the price of refusing on the worst case).
 """
 
 from __future__ import annotations
@@ -68,12 +74,14 @@ class Call:
     cost: Decimal
 
 
+@pytest.mark.parametrize("reserve", [False, True], ids=["flags-only", "reservations"])
 def test_concurrent_calls_overshoot_the_budget_within_the_design_bound(broker, redis_url, uid,
-                                                                      tmp_path):
-    stack = Stack(broker.bootstrap, broker.url, redis_url, uid, tmp_path, BUDGETS, partitions=2)
+                                                                      tmp_path, reserve):
+    text = BUDGETS + ("reservations: {}\n" if reserve else "")
+    stack = Stack(broker.bootstrap, broker.url, redis_url, uid, tmp_path, text, partitions=2)
     stack.create_topics()
     keys = stack.redis()
-    budgets = parse_budgets(yaml.safe_load(BUDGETS))
+    budgets = parse_budgets(yaml.safe_load(text))
     worker = stack.worker()
     emitter = SyncEmitter(broker.bootstrap, stack.topic)
     guard = Guard(redis_url, budgets, emitter, prefix=stack.prefix, cache_ttl=CACHE_TTL)
@@ -86,7 +94,10 @@ def test_concurrent_calls_overshoot_the_budget_within_the_design_bound(broker, r
         stack.publish([message(usage(USER, cost=str(PREFILL)))])
         wait_until(lambda: keys.events(spend_user(USER)) == 1, 60, "the prefill",
                    check=worker.alive)
-        max_cost = cost(guard.admit(USER, "chat", MESSAGES).input_tokens_local, 1000)
+        probe = guard.admit(USER, "chat", MESSAGES)
+        max_cost = cost(probe.input_tokens_local, 1000)
+        guard.record(probe, provider="openai", input_tokens=0, output_tokens=0,
+                     status="error")  # releases its reservation; counted at $0
 
         def watch_flag() -> None:
             while not stop.is_set() and not flag_seen:
@@ -124,7 +135,7 @@ def test_concurrent_calls_overshoot_the_budget_within_the_design_bound(broker, r
             t.join(10)
         assert emitter.flush(10)
         spend = wait_until(lambda: (s := keys.get(spend_user(USER))) and s["events"]
-                           == 1 + len(calls) and s, 30, "every recorded call counted")
+                           == 2 + len(calls) and s, 30, "every recorded call counted")
     finally:
         stop.set()
         emitter.close()
@@ -135,6 +146,15 @@ def test_concurrent_calls_overshoot_the_budget_within_the_design_bound(broker, r
     recorded = PREFILL + sum((c.cost for c in calls), Decimal(0))
     assert Decimal(spend["spent_usd"]) == recorded  # nothing lost, nothing twice
     assert all(c.cost <= max_cost for c in calls)  # the guard's output cap held
+    if reserve:
+        overshoot = Decimal(spend["spent_usd"]) - BUDGET
+        rate = len(calls) / (min(refused) - min(c.admitted for c in calls))
+        print(f"\nwith reservations: budget ${BUDGET}, {len(calls)} calls admitted by "
+              f"{THREADS} threads at {rate:.0f} calls/s, max cost per call ${max_cost}; "
+              f"spent ${spend['spent_usd']}, overshoot ${overshoot} (bound $0), "
+              f"${-overshoot} of the budget left unused; cutoff flag seen: {bool(flag_seen)}")
+        assert overshoot <= 0
+        return
     total = PREFILL
     crossed = None
     for c in sorted(calls, key=lambda c: c.recorded):

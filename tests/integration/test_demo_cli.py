@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import redis
@@ -25,6 +27,14 @@ def test_demo_shows_warning_cutoff_and_alert_then_cleans_up(redis_server, tmp_pa
                  "acct-7's next call refused", "demo OK"):
         assert seen in text, (seen, text)
     assert out.stdout.rstrip().endswith("spendstream | stopped")
+    # It ends with the spend ledger's report, once the ledger holds every event.
+    emitted = int(re.search(r"the spend ledger holds all (\d+) events", text).group(1))
+    report = text[text.index("spend ledger report:"):]
+    calls = [int(c) for c in re.findall(r"^(?:summarize|chat)\s+(\d+)\s", report, re.M)]
+    assert len(calls) == 2 and sum(calls) == emitted, report
+    assert re.search(r"^acct-7\s+\d+\s+0\.14\b", report, re.M), report  # cut off at $0.14
+    data = Path(re.search(r"data in (\S+), deleted at exit", text).group(1))
+    assert not data.exists()  # the embedded PostgreSQL's cluster went with the demo
     r = redis.Redis.from_url(redis_server.url)
     cutoff = r.get("spendstream-demo:" + cutoff_user("acct-7"))
     assert cutoff is not None and r.ttl("spendstream-demo:" + cutoff_user("acct-7")) > 0

@@ -11,7 +11,6 @@ import asyncio
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -22,7 +21,7 @@ from aiokafka.structs import ConsumerRecord
 from spendstream.embedded import EmbeddedBroker
 from spendstream.producers import Emitter, SyncEmitter, UsageEvent, decode_event
 from spendstream.producers._packing import partition_of
-from tests.helpers import record_events
+from tests.helpers import record_events, wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -79,14 +78,6 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
             return set(parts)
         await consumer._client.force_metadata_update()  # no public way to ask for one topic
     raise AssertionError(f"topic {topic} has no partitions")
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def assert_delivered_exactly(records: list[ConsumerRecord], total: int,
@@ -225,7 +216,7 @@ async def test_events_emitted_while_the_broker_is_paused_arrive_after_resume(uid
         paused.pause()
         try:
             assert all([emitter.emit(e) for e in during])
-            await wait_until(lambda: emitter.stats.errors >= 1, 20, "a failed send attempt")
+            await wait_until_async(lambda: emitter.stats.errors >= 1, 20, "a failed send attempt")
             assert emitter.stats.buffered > 0
         finally:
             paused.resume()

@@ -6,15 +6,14 @@ is refused at once and the emitter's retry loop runs for real.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 import pytest
 
 from spendstream.embedded import free_port
 from spendstream.producers import Emitter, SyncEmitter, UsageEvent
+from tests.helpers import wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -23,14 +22,6 @@ LOGGER = "spendstream.producers.emitter"
 
 def _event(i: int) -> UsageEvent:
     return UsageEvent(user_id=f"acct-{i % 3}", feature="chat", model="gpt-4o", input_tokens=i)
-
-
-async def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_emitter_buffers_drops_and_never_raises_when_kafka_is_down(
@@ -51,7 +42,7 @@ async def test_emitter_buffers_drops_and_never_raises_when_kafka_is_down(
     # Several refused connection attempts, one warning: logged per outage, not per attempt.
     def attempts() -> list[logging.LogRecord]:
         return [r for r in caplog.records if "cannot connect" in r.getMessage()]
-    await _wait_until(lambda: len(attempts()) >= 3, 10, "three connection attempts")
+    await wait_until_async(lambda: len(attempts()) >= 3, 10, "three connection attempts")
     assert [r.levelno for r in attempts()].count(logging.WARNING) == 1
 
     started = time.monotonic()

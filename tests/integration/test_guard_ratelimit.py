@@ -69,19 +69,22 @@ def test_two_processes_admit_exactly_the_limit(redis_url: str, uid: str, tmp_pat
 def test_sliding_window_frees_slots_as_requests_age(redis_url: str, uid: str) -> None:
     import redis
 
-    from spendstream.producers.ratelimit import SCRIPT, RateDecision, rate_key
+    from spendstream.contract.keys import rate_user
+    from spendstream.producers.ratelimit import SCRIPT, RateDecision
 
     r = redis.Redis.from_url(redis_url)
     script = r.register_script(SCRIPT)
-    key = rate_key(f"sw-{uid}:", "u")
+    key = f"sw-{uid}:" + rate_user("u")
 
     def take(window_us: int) -> RateDecision:
-        return RateDecision.from_reply(script(keys=[key], args=[2, window_us, time.time_ns()]))
+        # ARGV: window, a unique member, then (limit, weight) per key.
+        return RateDecision.from_reply(script(keys=[key],
+                                              args=[window_us, time.time_ns(), 2, 1]))
 
     window = 300_000  # 0.3 s
     assert take(window).admitted and take(window).admitted
     refused = take(window)
-    assert not refused.admitted and refused.count == 2
+    assert not refused.admitted and refused.used == 2 and refused.index == 0
     assert 0 < r.pttl(key) <= 300
     deadline = time.monotonic() + 3
     while not take(window).admitted:  # a slot frees once the oldest entry is 0.3 s old

@@ -109,9 +109,10 @@ def test_warning_and_remaining_budget_are_exposed(redis_url: str, r: redis.Redis
                                                   prefix: str) -> None:
     g = guard(redis_url, prefix)
     a = g.admit("acct-1", "chat", HELLO)
-    assert a.warning is None and a.remaining_usd is None
+    # Nothing spent yet today: the whole budget of the free tier (USD only: no tokens).
+    assert a.warning is None and (a.remaining_usd, a.remaining_tokens) == (Decimal("0.13"), None)
     r.set(prefix + warn_user("acct-1"), flag("user", "acct-1", level="warn"), ex=60)
-    r.set(prefix + spend_user("acct-1"), orjson.dumps({"remaining_usd": "0.026"}), ex=60)
+    r.set(prefix + spend_user("acct-1"), orjson.dumps({"spent_usd": "0.104"}), ex=60)
     a = g.admit("acct-1", "chat", HELLO)
     assert a.warning is not None and a.warning["level"] == "warn"
     assert a.remaining_usd == Decimal("0.026")

@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaProducer
 
 from spendstream.cli import main
 from spendstream.contract.keys import cutoff_user
-from spendstream.domain.budgets import Budgets
+from spendstream.domain.budgets import parse_budgets
 from spendstream.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from spendstream.errors import ServiceUnavailable, SpendstreamError
 from spendstream.kafka_auth import kafka_client_kwargs
@@ -128,7 +128,7 @@ def test_guard_redis_errors_hide_the_password(locked_redis: EmbeddedRedis,
     for url in (f"redis://:{REDIS_PW}@127.0.0.1:{free_port()}/0",
                 f"redis://:{REDIS_PW}-wrong@127.0.0.1:{locked_redis.port}/0"):
         for fail_closed in (False, True):
-            guard = Guard(url, Budgets(), fail_closed=fail_closed)
+            guard = Guard(url, parse_budgets({"features": {"chat": {}}}), fail_closed=fail_closed)
             try:
                 guard.admit("acct-1", "chat", messages, model="gpt-4o")
             except ServiceUnavailable as e:

@@ -16,7 +16,7 @@ from fake_llm import TEXT, AsyncStandInGuard, FakeLLM, Reply, StandInGuard, word
 from fake_llm import fake_llm as fake_llm  # re-exported so pytest finds the fixture
 
 from spendstream.domain.pricing import Pricer
-from spendstream.errors import ConfigError
+from spendstream.errors import ConfigError, Unmetered
 from spendstream.producers.tokens import count_text
 from spendstream.producers.wrappers import wrap_openai
 
@@ -248,6 +248,9 @@ def test_other_client_attributes_pass_through_and_guards_must_match(
     raw = sync_client(fake_llm)
     wrapped = wrap_openai(raw, StandInGuard())
     assert wrapped.base_url == raw.base_url
-    assert wrapped.chat.completions.with_raw_response is not None
+    assert wrapped.chat.completions.messages is raw.chat.completions.messages
+    # A raw-response call would reach the provider without the guard: refused loudly.
+    with pytest.raises(Unmetered, match="with_raw_response is not metered"):
+        wrapped.chat.completions.with_raw_response.create(model="gpt-4o", messages=[])
     with pytest.raises(ConfigError, match="AsyncGuard"):
         wrap_openai(async_client(fake_llm), StandInGuard())

@@ -17,6 +17,7 @@ from spendstream.alerts.dispatch import AlertDispatcher
 from spendstream.alerts.format import render
 from spendstream.alerts.notifier import Notifier, NotifyError
 from spendstream.contract.alert import Alert, Level
+from tests.helpers import wait_until_async
 
 _seq = itertools.count(1)
 
@@ -59,11 +60,8 @@ def retryable(after: float | None = None) -> NotifyError:
 
 
 async def until(condition: Callable[[], bool], timeout: float = 1.0) -> None:
-    """Poll ``condition`` on the loop until it holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.001)
+    """Poll ``condition`` on the loop until it holds (finely: these lanes are fast)."""
+    await wait_until_async(condition, timeout, interval=0.001)
 
 
 def test_scripted_is_a_notifier() -> None:

@@ -38,6 +38,8 @@ def test_the_documented_example_loads_with_decimal_money(tmp_path):
     ({"users": {"tiers": {"free": {"usd": 1}}, "members": {"a": "pro"}}}, "users",
      "members.a: tier 'pro'"),
     ({"users": {"tiers": {"free": {}}}}, "users.tiers.free", "give usd, tokens or both"),
+    ({"default_feature": "other", "features": {"chat": {}}}, "(top level)",
+     "default_feature 'other' is not one of the features ['chat']"),
     ({"thresholds": {"warn": 1.5, "cutoff": 1.0}}, "thresholds", "warn <= cutoff"),
     ({"prices": {"x": {"input": 1}}}, "prices.x.output", "Field required"),
     ({"budget": {}}, "budget", "unknown key"),

@@ -65,8 +65,8 @@ def command_of(service: dict[str, Any]) -> list[str]:
     return command.split() if isinstance(command, str) else list(command)
 
 
-def test_the_three_services_and_no_zookeeper(services: dict[str, dict[str, Any]]) -> None:
-    assert {"kafka", "redis", "worker"} <= services.keys()
+def test_the_four_services_and_no_zookeeper(services: dict[str, dict[str, Any]]) -> None:
+    assert {"kafka", "redis", "postgres", "worker"} <= services.keys()
     for name, service in services.items():
         assert "zookeeper" not in name.lower()
         assert "zookeeper" not in str(service.get("image", "")).lower()
@@ -117,6 +117,23 @@ def test_redis(services: dict[str, dict[str, Any]]) -> None:
     assert "redis-cli ping" in (test if isinstance(test, str) else " ".join(test))
 
 
+def test_postgres_is_the_ledger_the_worker_writes(services: dict[str, dict[str, Any]],
+                                                  compose: dict[str, Any]) -> None:
+    postgres = services["postgres"]
+    assert postgres["image"].startswith("postgres:16")
+    env = env_of(postgres)
+    test = postgres["healthcheck"]["test"]
+    assert "pg_isready" in (test if isinstance(test, str) else " ".join(test))
+    url = urlsplit(env_of(services["worker"])["SPENDSTREAM_DATABASE_URL"])
+    assert url.scheme == "postgresql" and url.hostname == "postgres" and url.port == 5432
+    assert url.username == env["POSTGRES_USER"]
+    assert url.path == f"/{env['POSTGRES_DB']}"
+    # Both sides take the password from the same variable, with the same default.
+    assert url.password == env["POSTGRES_PASSWORD"]
+    data = [v for v in postgres["volumes"] if v.endswith(":/var/lib/postgresql/data")]
+    assert data and data[0].split(":")[0] in compose["volumes"]
+
+
 def test_worker_env_uses_only_names_settings_reads(services: dict[str, dict[str, Any]]) -> None:
     env = env_of(services["worker"])
     allowed = settings_env_names()
@@ -149,7 +166,7 @@ def test_worker_env_parses_and_points_at_the_services(
 def test_worker_waits_for_healthy_dependencies(services: dict[str, dict[str, Any]]) -> None:
     depends = services["worker"]["depends_on"]
     assert isinstance(depends, dict)
-    for name in ("kafka", "redis"):
+    for name in ("kafka", "redis", "postgres"):
         assert depends[name]["condition"] == "service_healthy"
         assert services[name].get("healthcheck"), f"{name} needs a healthcheck to be waited on"
 

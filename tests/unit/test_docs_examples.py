@@ -9,6 +9,9 @@ RUN_BY = {
     "tests/integration/test_guard_readme.py": [
         block_under(ROOT / "README.md", "## At the call site"),
         block_under(ROOT / "docs" / "sdk.md", "## Guard")],
+    "tests/integration/test_sdk_guide_callsite.py": [
+        block_under(ROOT / "docs" / "sdk.md",
+                    "### Limits, reservations and the response cache")],
     "tests/integration/test_wrappers_readme.py": [
         block_under(ROOT / "docs" / "sdk.md", "## OpenAI and Anthropic wrappers")],
     "tests/integration/test_readme_examples.py (examples/app.py)": [

@@ -16,11 +16,12 @@ from spendstream.domain.admission import (
     choose_model,
     refusal,
 )
-from spendstream.domain.budgets import Feature, parse_budgets
+from spendstream.domain.budgets import Feature, Limit, parse_budgets
 from spendstream.errors import (
     BudgetExceeded,
     ConfigError,
     FeatureDisabled,
+    ModelNotAllowed,
     Refused,
     SpendstreamError,
     Throttled,
@@ -152,3 +153,34 @@ def test_a_feature_without_a_model_names_itself_in_the_error():
     with pytest.raises(ConfigError) as e:
         choose_model(Feature(), "free", None, "chat")
     assert "features.chat.model" in str(e.value) and "{name}" not in str(e.value)
+
+
+@pytest.mark.parametrize(("requested", "policy", "expected"), [
+    (None, "refuse", "gpt-4o-mini"),           # the tier's model is allowed
+    ("gpt-4o-mini", "refuse", "gpt-4o-mini"),
+    ("gpt-4o", "refuse", ModelNotAllowed),      # never silently allowed
+    ("gpt-4o", "downgrade", "gpt-4o-mini"),     # the feature's model for the tier
+])
+def test_allowed_models(requested, policy, expected):
+    feature = Feature(model="gpt-4o", tier_models={"free": "gpt-4o-mini"})
+    allowed = ("gpt-4o-mini", "gpt-4.1-nano")
+    if expected is ModelNotAllowed:
+        with pytest.raises(ModelNotAllowed, match="tier free may not use model 'gpt-4o'"):
+            choose_model(feature, "free", requested, "chat", allowed, policy)
+    else:
+        assert choose_model(feature, "free", requested, "chat", allowed, policy) == expected
+
+
+def test_downgrade_picks_the_first_allowed_when_the_feature_model_is_not():
+    feature = Feature(model="gpt-4o")
+    assert choose_model(feature, "free", "o3", "chat", ("gpt-4.1-nano",), "downgrade") \
+        == "gpt-4.1-nano"
+
+
+def test_remaining_for_usd_token_and_no_tier():
+    spend = {"spent_usd": "0.40", "spent_tokens": 12000, "window_end": END}
+    snap = FlagSnapshot(spend_user=spend)
+    assert snap.remaining(Limit(usd=Decimal("0.50")), NOW) == (Decimal("0.10"), None)
+    assert snap.remaining(Limit(tokens=10000), NOW) == (None, 0)  # never below 0
+    assert FlagSnapshot().remaining(Limit(usd=Decimal(1), tokens=5), NOW) == (Decimal(1), 5)
+    assert snap.remaining(None, NOW) == (None, None)

@@ -1,0 +1,74 @@
+"""The ledger row: the one owner of how a counted event is stored in ``spend_ledger``
+(the table itself is ``spendstream.ledger.schema``; the writer copies these rows in).
+
+A row is built from a decoded :class:`UsageEvent`, the worker's :class:`Pricer` and the
+user's tier. Its cost follows the worker's rules exactly: a failed call costs 0, the
+event's own ``cost_usd`` wins, then the budgets file's ``prices:``, then the price table;
+an unknown model is stored with a NULL cost and ``price_source = 'unpriced'``, never a
+silent 0.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import NamedTuple
+
+from spendstream.contract.event import UsageEvent
+from spendstream.domain.pricing import Pricer
+
+COLUMNS = ("event_id", "ts", "date", "user_id", "feature", "model", "provider",
+           "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_input_tokens",
+           "status", "finish_reason", "tier", "estimated", "cache_hit", "cost_usd",
+           "price_source")
+"""The columns of ``spend_ledger`` in the order a :class:`LedgerRow` holds them."""
+TYPES = ("text", "timestamptz", "date", "text", "text", "text", "text", "int8", "int8", "int8",
+         "int8", "text", "text", "text", "bool", "bool", "numeric", "text")
+"""PostgreSQL types of :data:`COLUMNS`, for the writer's binary COPY."""
+
+
+class LedgerRow(NamedTuple):
+    """One counted event as ``spend_ledger`` stores it (field order = :data:`COLUMNS`)."""
+
+    event_id: str
+    ts: datetime
+    date: date
+    user_id: str
+    feature: str
+    model: str
+    provider: str | None
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    cache_write_input_tokens: int
+    status: str
+    finish_reason: str | None
+    tier: str | None
+    estimated: bool
+    cache_hit: bool
+    cost_usd: Decimal | None
+    price_source: str
+
+
+def _text(value: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL; ids are checked at decode, these free-text fields
+    # are not, and one NUL must not make a batch fail forever.
+    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
+
+
+def ledger_row(event: UsageEvent, pricer: Pricer, tier: str | None = None) -> LedgerRow:
+    """The row of one counted event: priced as the worker prices it, ``tier`` the user's
+    tier in the budgets file at the time it was written."""
+    priced = pricer.price_event(event)
+    ts = event.ts.astimezone(UTC)
+    # Optional in the event contract and not (yet) a field of the event model: read from
+    # the field values, not getattr (a miss on a pydantic model costs an exception).
+    fields = vars(event)
+    return LedgerRow(
+        event.event_id, ts, ts.date(), event.user_id, event.feature, event.model,
+        _text(event.provider), event.input_tokens, event.output_tokens,
+        event.cached_input_tokens,
+        int(fields.get("cache_write_input_tokens") or 0),
+        _text(event.status) or "ok", _text(event.finish_reason), tier, bool(event.estimated),
+        bool(event.cache_hit),
+        priced.cost if priced.priced else None, priced.source)

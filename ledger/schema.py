@@ -1,0 +1,112 @@
+"""The ledger's tables in PostgreSQL: the DDL, and monthly partitions made on demand.
+
+``spend_ledger`` holds one row per counted event, partitioned by month on ``date`` (the
+event's UTC day). Its primary key is ``(user_id, event_id, date)``: PostgreSQL requires
+the partition key in every unique key of a partitioned table. That does not weaken the
+dedup: an event's identity is ``(user_id, event_id)`` and its ``ts`` is fixed when the
+call is made (a producer retry or a Kafka redelivery carries the same ``ts``), so every
+copy of an event has the same ``date`` and lands in the same partition, where the key
+catches it.
+
+``spend_hourly`` is the rollup by (hour, user, feature, model) that month-level
+questions read; the writer keeps it in step in the same transaction as the rows. The
+view ``cost_logs`` is the public relation: plain SQL over it answers "who spent what on
+which model".
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+TABLE = "spend_ledger"
+ROLLUP = "spend_hourly"
+VIEW = "cost_logs"
+
+PRICE_SOURCES = ("event", "table", "override", "failed", "unpriced")
+"""Where a row's cost came from: the producer's ``cost_usd``, genai-prices' table, the
+budgets file's ``prices:``, a failed call (free), or nothing (unpriced: cost NULL)."""
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    event_id text NOT NULL,
+    ts timestamptz NOT NULL,
+    date date NOT NULL,
+    user_id text NOT NULL,
+    feature text NOT NULL,
+    model text NOT NULL,
+    provider text,
+    input_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL,
+    cached_input_tokens bigint NOT NULL,
+    cache_write_input_tokens bigint NOT NULL DEFAULT 0,
+    status text NOT NULL,
+    finish_reason text,
+    tier text,
+    estimated boolean NOT NULL DEFAULT false,
+    cache_hit boolean NOT NULL DEFAULT false,
+    cost_usd numeric,
+    price_source text NOT NULL CHECK (price_source IN {PRICE_SOURCES!r}),
+    CHECK ((cost_usd IS NULL) = (price_source = 'unpriced')),
+    PRIMARY KEY (user_id, event_id, date)
+) PARTITION BY RANGE (date);
+
+CREATE TABLE IF NOT EXISTS {ROLLUP} (
+    hour timestamptz NOT NULL,
+    user_id text NOT NULL,
+    feature text NOT NULL,
+    model text NOT NULL,
+    calls bigint NOT NULL,
+    input_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL,
+    cached_input_tokens bigint NOT NULL,
+    cost_usd numeric NOT NULL,
+    unpriced bigint NOT NULL,
+    PRIMARY KEY (hour, user_id, feature, model)
+);
+CREATE INDEX IF NOT EXISTS {ROLLUP}_user ON {ROLLUP} (user_id, hour);
+
+CREATE OR REPLACE VIEW {VIEW} AS
+SELECT event_id, ts, date, user_id, feature, model, provider, input_tokens, output_tokens,
+       cached_input_tokens, cache_write_input_tokens, status, finish_reason, tier,
+       estimated, cache_hit, cost_usd, price_source
+FROM {TABLE};
+"""
+"""Idempotent: run at every start of a writer (``IF NOT EXISTS``, ``CREATE OR REPLACE``)."""
+
+LOCK = "SELECT pg_advisory_xact_lock(hashtext('spendstream.ledger.ddl'))"
+"""Serialises DDL between workers: ``IF NOT EXISTS`` alone races on the catalog."""
+
+
+def month_start(day: date) -> date:
+    """The first day of ``day``'s month."""
+    return day.replace(day=1)
+
+
+def next_month(day: date) -> date:
+    """The first day of the month after ``day``'s."""
+    first = month_start(day)
+    return first.replace(year=first.year + 1, month=1) if first.month == 12 else (
+        first.replace(month=first.month + 1))
+
+
+def partition_name(day: date) -> str:
+    """The partition holding ``day``: ``spend_ledger_y2026m11`` for any day of Nov 2026."""
+    return f"{TABLE}_y{day.year:04d}m{day.month:02d}"
+
+
+def partition_month(name: str) -> date | None:
+    """The month a partition name stands for (its first day), ``None`` for other names."""
+    prefix = f"{TABLE}_y"
+    if not name.startswith(prefix) or len(name) != len(prefix) + 7 or name[-3] != "m":
+        return None
+    try:
+        return date(int(name[-7:-3]), int(name[-2:]), 1)
+    except ValueError:
+        return None
+
+
+def partition_ddl(day: date) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` of the monthly partition that holds ``day``."""
+    return (f"CREATE TABLE IF NOT EXISTS {partition_name(day)} PARTITION OF {TABLE} "
+            f"FOR VALUES FROM ('{month_start(day).isoformat()}') "
+            f"TO ('{next_month(day).isoformat()}')")

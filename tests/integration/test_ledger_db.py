@@ -1,0 +1,159 @@
+"""The ledger's writer, queries and CLI against a real PostgreSQL (one database per test).
+
+No broker here: rows are written by :class:`LedgerWriter` directly; the worker path is
+``test_ledger_worker.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from spendstream.contract.event import UsageEvent
+from spendstream.contract.ledger import LedgerRow, ledger_row
+from spendstream.domain.budgets import Price
+from spendstream.domain.pricing import Pricer
+from spendstream.ledger.queries import FOUR_QUERIES
+from spendstream.ledger.writer import LedgerWriter
+
+pytestmark = [pytest.mark.integration]
+
+PRICER = Pricer({"m": Price(input=Decimal("1"), output=Decimal("2"))})
+
+
+def rows_at(ts: str, n: int, user: str = "u1", feature: str = "chat", **kw: object
+            ) -> list[LedgerRow]:
+    return [ledger_row(UsageEvent.model_validate(
+        {"user_id": user, "feature": feature, "model": "m", "input_tokens": 1000 + i,
+         "output_tokens": 10 * i, "ts": ts, **kw}), PRICER, "free") for i in range(n)]
+
+
+def write(url: str, *batches: list[LedgerRow]) -> list[int]:
+    async def go() -> list[int]:
+        writer = await LedgerWriter.open(url)
+        try:
+            return [await writer.write(b) for b in batches]
+        finally:
+            await writer.close()
+    return asyncio.run(go())
+
+
+def one(url: str, sql: str) -> tuple[object, ...]:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql).fetchone()
+        assert row is not None
+        return row
+
+
+def cli(url: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "SPENDSTREAM_DATABASE_URL"}
+    if url is not None:
+        env["SPENDSTREAM_DATABASE_URL"] = url
+    return subprocess.run([sys.executable, "-m", "spendstream", *args], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+def test_replayed_batches_add_nothing_to_rows_or_rollup(database_url):
+    batch = rows_at("2026-11-23T10:15:00Z", 50)
+    assert write(database_url, batch + batch[:5], batch, batch[10:20]) == [50, 0, 0]
+    assert one(database_url, "SELECT count(*), sum(cost_usd) FROM cost_logs") == (
+        50, sum((r.cost_usd for r in batch), Decimal(0)))
+    assert one(database_url, "SELECT sum(calls), sum(cost_usd), sum(output_tokens) FROM "
+               "spend_hourly") == (50, sum((r.cost_usd for r in batch), Decimal(0)),
+                                   sum(r.output_tokens for r in batch))
+
+
+def test_months_get_partitions_and_prune_drops_whole_months(database_url):
+    write(database_url, rows_at("2026-09-30T23:59:59Z", 3) + rows_at("2026-10-01T00:00:00Z", 4)
+          + rows_at("2026-11-15T12:00:00Z", 5, user="u2"))
+    with psycopg.connect(database_url) as conn:
+        parts = [r[0] for r in conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'spend_ledger'::regclass ORDER BY 1").fetchall()]
+    assert parts == ["spend_ledger_y2026m09", "spend_ledger_y2026m10", "spend_ledger_y2026m11"]
+
+    dry = cli(database_url, "ledger", "prune", "--before", "2026-11-10", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would drop 2 partition(s)" in dry.stdout
+    assert one(database_url, "SELECT count(*) FROM cost_logs") == (12,)
+
+    done = cli(database_url, "ledger", "prune", "--before", "2026-11-10")
+    assert done.returncode == 0, done.stderr
+    assert ("dropped 2 partition(s) and their hourly rollup: spend_ledger_y2026m09, "
+            "spend_ledger_y2026m10") in done.stdout
+    assert "kept: spend_ledger_y2026m11" in done.stdout  # November is not over on the 10th
+    assert one(database_url, "SELECT count(*), min(date) FROM cost_logs") == (
+        5, date(2026, 11, 15))
+    assert one(database_url, "SELECT sum(calls), min(hour) FROM spend_hourly") == (
+        5, datetime(2026, 11, 15, 12, tzinfo=UTC))
+    again = cli(database_url, "ledger", "prune", "--before", "2026-11-10")
+    assert "nothing to drop" in again.stdout
+    # A writer that had the pruned month in its cache recreates it on demand.
+    assert write(database_url, rows_at("2026-10-02T00:00:00Z", 2, user="u3")) == [2]
+
+
+def test_sql_reads_and_refuses_writes(database_url):
+    write(database_url, rows_at("2026-11-23T10:00:00Z", 3))
+    ok = cli(database_url, "sql", "SELECT user_id, count(*) AS calls, sum(cost_usd) AS spend "
+             "FROM cost_logs GROUP BY 1", "--format", "csv")
+    assert ok.returncode == 0, ok.stderr
+    # 3003 input tokens at $1 and 30 output tokens at $2 per million
+    assert ok.stdout.splitlines() == ["user_id,calls,spend", "u1,3,0.003063"]
+    for write_sql in ("DELETE FROM spend_ledger", "DROP VIEW cost_logs",
+                      "UPDATE spend_hourly SET calls = 0"):
+        refused = cli(database_url, "sql", write_sql)
+        assert refused.returncode == 2
+        assert "refused: this runs in a READ ONLY transaction" in refused.stderr, refused.stderr
+    two = cli(database_url, "sql", "SELECT 1; DELETE FROM spend_ledger")
+    assert two.returncode == 2 and "one statement at a time" in two.stderr
+    assert one(database_url, "SELECT count(*), sum(calls) FROM cost_logs, "
+               "(SELECT sum(calls) AS calls FROM spend_hourly) h") == (3, 9)
+    typo = cli(database_url, "sql", "SELECT nope FROM cost_logs")
+    assert typo.returncode == 2 and 'column "nope" does not exist' in typo.stderr
+
+
+def test_commands_without_a_database_say_how_to_get_one():
+    for args in (["report"], ["sql", "SELECT 1"], ["ledger", "prune", "--before", "2026-01-01"]):
+        out = cli(None, *args)
+        assert out.returncode == 2
+        assert "set SPENDSTREAM_DATABASE_URL to a postgresql:// URL" in out.stderr, out.stderr
+    down = cli("postgresql://postgres:hunter2pw@127.0.0.1:1/x", "report")
+    assert down.returncode == 2 and "PostgreSQL unreachable at" in down.stderr
+    assert "hunter2pw" not in down.stderr
+
+
+def test_report_from_the_rollup_equals_the_verbatim_queries(database_url):
+    now = datetime.now(UTC)
+    ts = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    write(database_url, rows_at(ts, 7, user="u1") + rows_at(ts, 3, user="u2", feature="search")
+          + rows_at(ts, 2, user="u3", model="unknown-zz") + rows_at(ts, 2, user="u2",
+                                                                     status="error"))
+    out = cli(database_url, "report", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    import orjson
+
+    report = orjson.loads(out.stdout)
+    with psycopg.connect(database_url) as conn:
+        q = list(FOUR_QUERIES.values())
+        features = {f: s for f, s in conn.execute(q[0]).fetchall()}
+        users = {u: (n, s) for u, n, s in conn.execute(q[1]).fetchall()}
+        (per_user,) = conn.execute(q[2]).fetchone()
+        models = {m: (o, c) for m, o, c in conn.execute(q[3]).fetchall()}
+    assert {r["feature"]: Decimal(r["spend"]) for r in report["top_features"]} == features
+    assert {r["user_id"]: (int(r["calls"]), None if r["spend"] is None else Decimal(r["spend"]))
+            for r in report["top_users"]} == {u: (n, s if s is not None else Decimal(0))
+                                              for u, (n, s) in users.items()}
+    assert Decimal(report["cost_per_user"][0]["cost_per_user"]) == round(per_user, 8)
+    got = {r["model"]: (Decimal(r["avg_output"]),
+                        None if r["avg_cost"] is None else Decimal(r["avg_cost"]))
+           for r in report["model_efficiency"]}
+    assert got == {m: (round(o, 1).normalize(), None if c is None else round(c, 8).normalize())
+                   for m, (o, c) in models.items()}
+    assert report["model_efficiency"][1]["unpriced"] == 2  # unknown-zz: counted, unpriced
