@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 
@@ -69,11 +70,11 @@ def call_model(*args):
     return "hi!", {"prompt_tokens": 12, "completion_tokens": 3, "finish_reason": "stop"}
 '''
 DRIVE = '''
-import inspect as _inspect
-_prompt = "prompt" in _inspect.signature(answer).parameters
 for _i in range(5):
-    print(answer(f"{USERS}-{_i}", "hello" if _prompt else [{"role": "user", "content": "hello"}]))
+    print({FN}(f"{USERS}-{_i}", "hello" if {TEXT} else [{"role": "user", "content": "hello"}]))
 '''
+ENTRY = re.compile(r"^def (\w+)\(user_id: str, (\w+)", re.M)
+"""An example's entry point: a function of a user id and a prompt or messages."""
 
 
 @pytest.mark.integration
@@ -98,20 +99,25 @@ def test_every_python_example_runs_as_written_and_delivers(broker, redis_server,
     expected: dict[str, list[str]] = {topic: [], "spendstream.usage": []}
     for n, code in enumerate(examples):
         users = f"r{uid}-{n}"
-        script = STUB + (guard_block if "wrap_openai" in code else "") + code
-        if "def answer" in code:
-            script += DRIVE.replace("{USERS}", users)
+        builds_on_guard = "guard." in code or "(guard)" in code or ", guard)" in code
+        script = STUB + (guard_block if builds_on_guard and "Guard." not in code else "") + code
+        entry = ENTRY.search(code)
+        if entry:
+            script += DRIVE.replace("{USERS}", users).replace("{FN}", entry[1]).replace(
+                "{TEXT}", str(entry[2] != "messages"))
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                              timeout=120, env=env)
         assert out.returncode == 0, f"example {n}:\n{code}\n{out.stderr}"
         where = "spendstream.usage" if "SyncEmitter(os.environ" in code else topic
-        if "def answer" in code:
-            assert out.stdout == "hi!\n" * 5, out.stdout
+        if entry:
+            assert len(out.stdout.splitlines()) == 5, out.stdout
+            if "call_model(" in code:
+                assert out.stdout == "hi!\n" * 5, out.stdout
             expected[where] += [f"{users}-{i}" for i in range(5)]
         else:
             assert TEXT in out.stdout
             expected[where] += ["acct-7"] * 3  # the wrapper example's three calls
-    assert len(examples) == 3
+    assert len(examples) >= 3
 
     for where, users in expected.items():
         records = asyncio.run(read_topic(broker.bootstrap, where, 10_000, timeout=10))
