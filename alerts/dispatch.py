@@ -1,9 +1,15 @@
 """Deliver alerts in the background, so a Slack outage never stalls the stream worker.
 
 ``submit`` only enqueues. Two background lanes drain the queue: one delivers to the
-notifier in order with retries and exponential backoff, the other publishes each alert
-once to the alert topic. They are separate so that minutes of Slack retries never delay
-the alert topic, which is the durable record.
+notifier with retries and exponential backoff, the other publishes each alert once to the
+alert topic. They are separate so that minutes of Slack retries never delay the alert
+topic, which is the durable record.
+
+Delivery is concurrent across state machines and ordered within one: each alert key has
+its own little lane (at most ``concurrency`` requests at once), so one alert that Slack
+refuses, rate-limits or holds never delays the others, and one key's transitions still
+arrive in order. What is not delivered at ``stop`` is kept in :attr:`abandoned`, for the
+worker to hand to the next run.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
@@ -43,9 +50,10 @@ class AlertDispatcher:
         max_attempts: int = 8,
         base_delay: float = 0.5,
         max_delay: float = 30.0,
+        concurrency: int = 8,
     ) -> None:
-        if max_queue < 1 or max_attempts < 1:
-            raise ValueError("max_queue and max_attempts must be at least 1")
+        if max_queue < 1 or max_attempts < 1 or concurrency < 1:
+            raise ValueError("max_queue, max_attempts and concurrency must be at least 1")
         if base_delay < 0 or max_delay < 0:
             raise ValueError("base_delay and max_delay must not be negative")
         self.notifier = notifier
@@ -58,20 +66,36 @@ class AlertDispatcher:
         self.retries = 0
         self.publish_failed = 0
         self._publish = publish
-        self._queue: asyncio.Queue[Alert] = asyncio.Queue(max_queue)
+        self.max_queue = max_queue
+        self._queue: asyncio.Queue[Alert] = asyncio.Queue()
+        self._unfinished = 0
+        self._sending = 0
         self._publish_queue: asyncio.Queue[Alert] | None = (
             asyncio.Queue(max_queue) if publish is not None else None
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self._in_flight: Alert | None = None
+        self._slots = asyncio.Semaphore(concurrency)
+        self._backlog: dict[str, deque[Alert]] = {}
+        """Per alert key, what was taken off the queue and is not finished (head: in
+        flight)."""
+        self._lanes: dict[str, asyncio.Task[None]] = {}
+        self.abandoned: list[Alert] = []
+        """Alerts accepted but not delivered when :meth:`stop` returned, oldest first."""
         self._publishing: Alert | None = None
         self._closed = False
         self._overflowing = False
 
     @property
     def pending(self) -> int:
-        """Alerts waiting for the notifier, not counting the one in flight."""
-        return self._queue.qsize()
+        """Alerts waiting for the notifier, not counting those in flight."""
+        return self._unfinished - self._sending
+
+    def _enqueue(self, alert: Alert) -> None:
+        """Queue for the notifier; :class:`asyncio.QueueFull` past ``max_queue`` waiting."""
+        if self.pending >= self.max_queue:
+            raise asyncio.QueueFull
+        self._queue.put_nowait(alert)
+        self._unfinished += 1
 
     def submit(self, alert: Alert) -> bool:
         """Queue ``alert`` without waiting; ``False`` (and one more ``dropped``) if refused.
@@ -91,7 +115,7 @@ class AlertDispatcher:
                     self.publish_failed += 1
                     logger.error("alert %r not published: publish queue full", alert.key)
             try:
-                self._queue.put_nowait(alert)
+                self._enqueue(alert)
             except asyncio.QueueFull:
                 self.dropped += 1
                 # Once per overflow, not once per alert: an outage must not flood the log.
@@ -110,6 +134,18 @@ class AlertDispatcher:
             self.dropped += 1
             logger.exception("alert dropped: submit failed unexpectedly")
             return False
+
+    def resume(self, alert: Alert) -> bool:
+        """Queue ``alert`` for the notifier only: an alert an earlier run published to the
+        alert topic but did not deliver before it stopped. ``False`` if refused."""
+        if self._closed:
+            return False
+        try:
+            self._enqueue(alert)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            return False
+        return True
 
     async def start(self) -> None:
         """Start the background lanes on the running loop; a second call does nothing."""
@@ -141,18 +177,23 @@ class AlertDispatcher:
         if self._tasks:
             await self.wait_idle(timeout)
         # Read before cancelling: the lanes clear these on their way out.
-        in_flight = self._in_flight is not None
         publishing = self._publishing is not None
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._lanes.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        lost = _drain(self._queue) + in_flight
+        self.abandoned = [a for b in self._backlog.values() for a in b]
+        self._backlog.clear()
+        self.abandoned += _drain(self._queue)
+        self._unfinished = self._sending = 0
+        self.abandoned.sort(key=lambda a: a.at)
+        lost = len(self.abandoned)
         if lost:
             self.failed += lost
             logger.error("%d alert(s) not delivered before shutdown", lost)
         if self._publish_queue is not None:
-            unpublished = _drain(self._publish_queue) + publishing
+            unpublished = len(_drain(self._publish_queue)) + publishing
             if unpublished:
                 self.publish_failed += unpublished
                 logger.error("%d alert(s) not published before shutdown", unpublished)
@@ -181,19 +222,35 @@ class AlertDispatcher:
         return max(delay, retry_after or 0.0)
 
     async def _notify_lane(self) -> None:
+        """Route each alert to its key's lane (started when the key has none)."""
         while True:
             alert = await self._queue.get()
-            self._in_flight = alert
-            try:
-                await self._deliver(alert)
-            finally:
-                self._in_flight = None
+            key = alert.key
+            backlog = self._backlog.get(key)
+            if backlog is None:
+                backlog = self._backlog[key] = deque()
+            backlog.append(alert)
+            if key not in self._lanes:
+                self._lanes[key] = asyncio.create_task(self._key_lane(key, backlog),
+                                                       name="alerts-key")
+
+    async def _key_lane(self, key: str, backlog: deque[Alert]) -> None:
+        """Deliver one key's alerts in order, then end (a key rarely has a second)."""
+        try:
+            while backlog:
+                await self._deliver(backlog[0])
+                backlog.popleft()
+                self._unfinished -= 1
                 self._queue.task_done()
+        finally:
+            if not backlog:
+                self._backlog.pop(key, None)
+            self._lanes.pop(key, None)
 
     async def _deliver(self, alert: Alert) -> None:
         for attempt in range(1, self.max_attempts + 1):
             try:
-                await self.notifier.send(alert)
+                await self._send(alert)
             except NotifyError as e:
                 if not e.retryable:
                     self.failed += 1
@@ -225,6 +282,15 @@ class AlertDispatcher:
                 self.sent += 1
                 return
 
+    async def _send(self, alert: Alert) -> None:
+        """One attempt, in one of ``concurrency`` slots (a backoff holds none)."""
+        async with self._slots:
+            self._sending += 1
+            try:
+                await self.notifier.send(alert)
+            finally:
+                self._sending -= 1
+
     async def _publish_lane(self) -> None:
         assert self._publish_queue is not None and self._publish is not None
         while True:
@@ -240,10 +306,9 @@ class AlertDispatcher:
                 self._publish_queue.task_done()
 
 
-def _drain(queue: asyncio.Queue[Alert]) -> int:
-    n = 0
+def _drain(queue: asyncio.Queue[Alert]) -> list[Alert]:
+    out = []
     while not queue.empty():
-        queue.get_nowait()
+        out.append(queue.get_nowait())
         queue.task_done()
-        n += 1
-    return n
+    return out

@@ -21,7 +21,7 @@ _MAX_SUBJECT = 200
 _MAX_DETAIL = 500
 
 _CENT = Decimal("0.01")
-_SUB_CENT = Decimal("0.0001")
+_MAX_DECIMALS = 10
 
 _BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
@@ -53,19 +53,23 @@ def escape(text: str, limit: int | None = None) -> str:
 
 
 def format_amount(value: Decimal, unit: str) -> str:
-    """``$1,234.56`` for USD, ``12,345 tokens`` for tokens, ``<value> <unit>`` otherwise.
+    """``$1,234.56`` for USD, ``12,345 tokens`` for tokens, ``3 events`` for events,
+    ``<value> <unit>`` otherwise.
 
-    Amounts under a cent keep four decimals ($0.0042) so that a tiny free-tier budget
-    does not read as $0.00.
+    Dollars keep cents, and amounts under a dollar three significant digits ($0.0143,
+    $0.0100, $0.140), so that a small free-tier budget never reads as "$0.01 of $0.01".
     """
     u = unit.lower()
     if u == "usd":
         sign = "-" if value < 0 else ""
         mag = abs(value)
-        q = _SUB_CENT if 0 < mag < _CENT else _CENT
+        q = _CENT
+        if 0 < mag < 1:
+            q = Decimal(1).scaleb(-min(max(2, 2 - mag.adjusted()), _MAX_DECIMALS))
         return f"{sign}${mag.quantize(q, rounding=ROUND_HALF_UP):,}"
-    if u == "tokens":
-        return f"{value.quantize(Decimal(1), rounding=ROUND_HALF_UP):,} tokens"
+    if u in ("tokens", "events"):
+        n = value.quantize(Decimal(1), rounding=ROUND_HALF_UP)
+        return f"{n:,} {u[:-1] if n == 1 else u}"
     return f"{value:,} {escape(unit, 20)}"
 
 
@@ -101,11 +105,13 @@ def render(alert: Alert) -> tuple[str, list[dict[str, Any]]]:
     percent = format_percent(alert)
     window = format_window(alert.window_start, alert.window_end)
     transition = f"{alert.previous.name} → {level}"
+    # "global daily_cap", not "global daily daily_cap"; "global hourly spike".
+    what = (f"{scope} {kind.replace('_', ' ')}" if alert.scope == "global"
+            and alert.kind.startswith(alert.subject) else f"{scope} {subject} {kind}")
+    # Without a budget (an unpriced model) there is no percentage: say what was counted.
+    amount = (f"at {percent} ({spent} of {budget})" if alert.budget else f": {spent}")
 
-    text = (
-        f"spendstream {level}: {scope} {subject} {kind} at {percent} "
-        f"({spent} of {budget}), window {window}"
-    )
+    text = f"spendstream {level}: {what} {amount}, window {window}".replace(" :", ":")
     detail = escape(alert.detail, _MAX_DETAIL) if alert.detail else ""
     if detail:
         text += f". {detail}"
@@ -125,7 +131,7 @@ def render(alert: Alert) -> tuple[str, list[dict[str, Any]]]:
             "text": {
                 "type": "mrkdwn",
                 "text": f"*{scope}* {subject} crossed *{level}* on *{kind}*: "
-                f"{spent} of {budget} ({percent}).",
+                + (f"{spent} of {budget} ({percent})." if alert.budget else f"{spent}."),
             },
             "fields": [
                 _field("Scope", scope),

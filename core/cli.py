@@ -362,8 +362,9 @@ def _budgets_for_up(settings: Settings) -> Path:
     from spendstream.stack import say
 
     path = Path(settings.budgets)
-    if path.exists():
-        load_budgets(path)  # fail here, naming the key, not in the worker
+    if path.exists() or "budgets" in settings.model_fields_set:
+        # A file named explicitly (SPENDSTREAM_BUDGETS) must exist: never run on examples.
+        load_budgets(path)  # fail here, naming the key or the missing file, not in the worker
         return path.resolve()
     tmp = Path(tempfile.mkdtemp(prefix="spendstream-")) / "budgets.yaml"
     tmp.write_text(EXAMPLE_BUDGETS)

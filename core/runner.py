@@ -82,7 +82,8 @@ def run_worker(settings: Settings, budgets: Budgets, loglevel: str = "info") -> 
     digest = digest_services(settings, budgets, notifier)  # a bad schedule fails here
     counts = asyncio.run(ensure_topics(
         settings.bootstrap_servers,
-        [settings.topic, settings.rollup_topic, settings.dlq_topic, settings.alert_topic],
+        [settings.topic, settings.rollup_topic, settings.dlq_topic, settings.alert_topic,
+         settings.handover_topic],
         settings.partitions, settings.replication_factor, **kafka_client_kwargs(settings)))
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = build_app(settings, budgets, notifier, partitions=counts,

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     replication_factor: int = Field(default=1, ge=1, le=16)
     app_id: str = "spendstream"
     grace_seconds: int = Field(default=3600, ge=0)
+    max_future_seconds: int = Field(default=300, ge=0)
+    """How far ahead of the worker's clock an event's ``ts`` may be (producers' clock skew);
+    later events go to the dead-letter topic."""
     dedup_seconds: int = Field(default=3600, ge=60)
     """How long the worker remembers event ids; a redelivery later than this counts again."""
     flush_interval: float = Field(default=0.25, gt=0)
@@ -98,8 +101,7 @@ class Settings(BaseSettings):
     @field_validator("kafka_url")
     @classmethod
     def _kafka_scheme(cls, v: str) -> str:
-        if not v:
-            raise ValueError("must not be empty, e.g. kafka://localhost:9092")
+        kafka_bootstrap(v, require_scheme=True)  # ValueError names the problem
         return v
 
     @field_validator("database_url")
@@ -138,8 +140,16 @@ class Settings(BaseSettings):
 
     @property
     def rollup_topic(self) -> str:
-        """Internal: per-event feature/global contributions, keyed by feature."""
-        return f"{self.topic}.rollup"
+        """Internal: stage one's partial sums, keyed by feature. Named by the app id (as
+        faust names the changelogs, ``<app_id>-<table>-changelog``) and the usage topic:
+        two app ids reading one usage topic (staging and production, blue/green, a replay
+        after a price fix) each keep their own state."""
+        return f"{self.app_id}-{self.topic}-rollup"
+
+    @property
+    def handover_topic(self) -> str:
+        """Internal: alerts a run stopped before delivering, for the next run to deliver."""
+        return f"{self.app_id}-{self.topic}-alert-handover"
 
     @property
     def emitter_spill_dir(self) -> Path | None:
@@ -154,10 +164,27 @@ class Settings(BaseSettings):
         return kafka_bootstrap(self.kafka_url)
 
 
-def kafka_bootstrap(url: str) -> str:
-    """Turn ``kafka://h1:9092;h2:9092`` (faust style) into aiokafka's ``h1:9092,h2:9092``."""
-    hosts = url.split("://", 1)[-1]
-    return ",".join(h.strip().rstrip("/") for h in hosts.replace(";", ",").split(",") if h.strip())
+KAFKA_SCHEMES = ("kafka", "aiokafka")
+
+
+def kafka_bootstrap(url: str, require_scheme: bool = False) -> str:
+    """Turn ``kafka://h1:9092;h2:9092`` (faust style) into aiokafka's ``h1:9092,h2:9092``.
+
+    A bare ``host:port`` list is taken as is unless ``require_scheme``; any scheme other
+    than ``kafka://`` (or faust's ``aiokafka://``) is a :class:`ValueError`: a typo such as
+    ``kafak://`` must not pass silently.
+    """
+    scheme, sep, hosts = url.strip().rpartition("://")
+    if sep and scheme.lower() not in KAFKA_SCHEMES:
+        raise ValueError(f"unknown scheme {scheme + '://'!r} in {url!r}; use "
+                         "kafka://host:9092[,host2:9092]")
+    if not sep and require_scheme:
+        raise ValueError(f"{url!r} has no scheme; use kafka://host:9092[,host2:9092]")
+    servers = ",".join(h.strip().rstrip("/") for h in hosts.replace(";", ",").split(",")
+                       if h.strip())
+    if not servers:
+        raise ValueError("names no broker; use kafka://host:9092[,host2:9092]")
+    return servers
 
 
 def load_settings(settings_file: Path | None = None, **overrides: Any) -> Settings:

@@ -98,7 +98,10 @@ class Emitter:
             raise ConfigError(f"unknown Kafka producer setting(s): {', '.join(sorted(unknown))}")
         self.topic = topic
         # Accept SPENDSTREAM_KAFKA_URL as it is (kafka://h1:9092,h2:9092) or plain host:port.
-        bootstrap_servers = kafka_bootstrap(bootstrap_servers)
+        try:
+            bootstrap_servers = kafka_bootstrap(bootstrap_servers)
+        except ValueError as e:
+            raise ConfigError(f"bootstrap_servers: {e}") from e
         self.bootstrap_servers = bootstrap_servers
         self.buffer_size = buffer_size
         self._request_timeout = request_timeout_ms / 1000

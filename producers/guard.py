@@ -359,7 +359,7 @@ class _GuardBase:
     def record(self, admission: Admission, *, provider: str | None, input_tokens: int,
                output_tokens: int, cached_input_tokens: int = 0, status: str = "ok",
                finish_reason: str | None = None, estimated: bool = False,
-               model: str | None = None) -> UsageEvent:
+               model: str | None = None, cache_write_input_tokens: int = 0) -> UsageEvent:
         """Build and emit the usage event of a finished (or failed, or cut) call.
 
         A failed call is recorded with its ``status`` (the worker counts it at no cost);
@@ -370,7 +370,8 @@ class _GuardBase:
             user_id=admission.user_id, feature=admission.feature,
             model=model or admission.model, provider=provider,
             input_tokens=max(int(input_tokens), 0), output_tokens=max(int(output_tokens), 0),
-            cached_input_tokens=max(int(cached_input_tokens), 0), status=status,
+            cached_input_tokens=max(int(cached_input_tokens), 0),
+            cache_write_input_tokens=max(int(cache_write_input_tokens), 0), status=status,
             finish_reason=finish_reason, estimated=estimated,
             local_input_tokens=admission.input_tokens_local)
         if finish_reason == "length":

@@ -3,14 +3,23 @@
 ``SyncEmitter.emit`` appends to the :class:`Emitter`'s buffer from the caller's thread and
 only crosses into the loop's thread when the sender is idle, so a busy application pays
 for one lock and one append per event, not for a cross-thread call.
+
+Two process events are handled for the application: at interpreter exit every open
+emitter is closed (flushed for at most ``exit_timeout`` seconds), so a script that never
+calls ``close`` still delivers; and after ``os.fork()`` (gunicorn ``--preload``, uWSGI,
+Celery prefork) the child's emitter, whose thread did not survive the fork, starts a fresh
+sender at its first ``emit`` (the parent's buffered events stay the parent's).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
+import os
 import threading
+import weakref
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
@@ -29,13 +38,32 @@ if TYPE_CHECKING:
     from spendstream.settings import Settings
 
 
+_OPEN: weakref.WeakSet[SyncEmitter] = weakref.WeakSet()
+"""Emitters not closed yet: closed at interpreter exit, renewed in a forked child."""
+
+
+def _close_at_exit() -> None:
+    for emitter in list(_OPEN):
+        emitter._close_at_exit()
+
+
+def _after_fork_in_child() -> None:
+    for emitter in list(_OPEN):
+        emitter._forked()
+
+
+atexit.register(_close_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class SyncEmitter:
     """A thread-safe, non-blocking emitter for threaded or synchronous applications.
 
-    Takes the same arguments as :class:`Emitter`. Constructing it never waits for the
-    broker: an unreachable Kafka means buffered events and a logged warning, not an error.
-    Call :meth:`close` (or use ``with``) before exit, or buffered events are lost with the
-    daemon thread.
+    Takes the same arguments as :class:`Emitter`, plus ``exit_timeout``: how long the
+    interpreter's exit may wait for buffered events (0: not at all). Constructing it never
+    waits for the broker: an unreachable Kafka means buffered events and a logged warning,
+    not an error. :meth:`close` (or ``with``) at shutdown is still the way to know whether
+    everything was delivered; a forked child gets its own sender.
     """
 
     def __init__(self, bootstrap_servers: str, topic: str = DEFAULT_TOPIC, *,
@@ -43,24 +71,49 @@ class SyncEmitter:
                  request_timeout_ms: int = 10_000,
                  spill_dir: str | PathLike[str] | None = None,
                  spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES, pack: bool = True,
-                 **producer_kwargs: Any) -> None:
-        # Built here so that bad settings raise ConfigError in the caller's thread.
-        self._emitter = Emitter(bootstrap_servers, topic, buffer_size=buffer_size,
-                                linger_ms=linger_ms, request_timeout_ms=request_timeout_ms,
-                                spill_dir=spill_dir, spill_max_bytes=spill_max_bytes,
-                                pack=pack, **producer_kwargs)
+                 exit_timeout: float = 5.0, **producer_kwargs: Any) -> None:
+        self._args = (bootstrap_servers, topic)
+        self._options: dict[str, Any] = dict(
+            buffer_size=buffer_size, linger_ms=linger_ms, request_timeout_ms=request_timeout_ms,
+            spill_dir=spill_dir, spill_max_bytes=spill_max_bytes, pack=pack, **producer_kwargs)
+        self.exit_timeout = exit_timeout
+        self._stale = False
+        self._respawn_lock = threading.Lock()
+        self._closed = False
+        self._delivered_at_close = False
+        self._spawn()
+        _OPEN.add(self)
+
+    def _spawn(self) -> None:
+        """Build the emitter and start its loop thread (bad settings raise ConfigError in
+        the caller's thread)."""
+        self._emitter = Emitter(*self._args, **self._options)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name="spendstream-emitter", daemon=True)
         self._thread.start()
-        self._closed = False
-        self._delivered_at_close = False
         try:
             # Emitter.start only schedules the connection, so this returns in milliseconds.
             self._call(self._emitter.start(), timeout=30)
         except BaseException:
             self._stop_thread()
             raise
+
+    def _forked(self) -> None:
+        """In a forked child: the loop thread is gone; the next emit starts a new one."""
+        self._stale = True
+        self._respawn_lock = threading.Lock()  # the parent's may have been held at fork
+
+    def _respawn(self) -> None:
+        with self._respawn_lock:
+            if self._stale and not self._closed:
+                # The inherited buffer holds the parent's events: the parent sends them.
+                self._spawn()
+                self._stale = False
+
+    def _close_at_exit(self) -> None:
+        if not self._closed and not self._stale and self.exit_timeout > 0:
+            self.close(self.exit_timeout)
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> SyncEmitter:
@@ -80,6 +133,12 @@ class SyncEmitter:
 
     def emit(self, event: UsageEvent) -> bool:
         """Queue one event from any thread; True if accepted. Never raises, never blocks."""
+        if self._stale:
+            try:
+                self._respawn()
+            except Exception:  # never raise into the app: count it as dropped
+                self._emitter.stats.dropped += 1
+                return False
         emitter = self._emitter
         accepted = emitter._offer(event)
         if accepted and emitter._idle:
@@ -106,6 +165,9 @@ class SyncEmitter:
         if self._closed:
             return self._delivered_at_close
         self._closed = True
+        _OPEN.discard(self)
+        if self._stale:  # a forked child that never emitted: nothing of its own to send
+            return True
         try:
             self._delivered_at_close = bool(self._call(self._emitter.stop(timeout), timeout + 5))
         except concurrent.futures.TimeoutError:

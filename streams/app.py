@@ -17,10 +17,11 @@ import faust
 from faust.types import TP
 from mode import Service
 
-from spendstream.alerts import AlertDispatcher, Notifier
+from spendstream.alerts import AlertDispatcher, Notifier, handover
 from spendstream.contract.alert import Alert
 from spendstream.domain.budgets import Budgets
 from spendstream.domain.pricing import Pricer
+from spendstream.kafka_auth import kafka_client_kwargs
 from spendstream.settings import Settings
 from spendstream.streams.batches import Record, RollupBatches, UserBatches, recover
 from spendstream.streams.consumer import WorkerApp
@@ -194,11 +195,21 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
         await alert_topic.send(key=alert.key.encode(), value=alert.encode())
 
     dispatcher = AlertDispatcher(notifier, publish=publish)
+    kafka = kafka_client_kwargs(settings)
     counters = Counters()
     grace = timedelta(seconds=settings.grace_seconds)
     users = UserStage(budgets, pricer or Pricer(budgets.prices), ledger.aggregates, flags,
                       dispatcher.submit, grace, counters)
     features = RollupStage(budgets, rollups.aggregates, flags, dispatcher.submit, grace, counters)
+
+    def republish() -> None:
+        """Redis may have lost its data: every live spend key again, from the state."""
+        now = utcnow()
+        log.warning("writing %d user and %d feature/global spend keys again",
+                    users.republish(now), features.republish(now))
+
+    flags.on_recover = republish
+
     batches = BatchTimer()
     observed = ObservabilityServer(Sources(
         counters, flags, dispatcher, batches, lag=lambda: consumer_lag(app, settings.topic),
@@ -216,10 +227,30 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
             await dispatcher.start()
             if settings.metrics_port:
                 await observed.start()
+            try:
+                undelivered = await handover.take(settings.bootstrap_servers,
+                                                  settings.handover_topic, **kafka)
+            except Exception:
+                log.exception("could not read the alerts the last run left undelivered")
+                return
+            for alert in undelivered:
+                dispatcher.resume(alert)
+            if undelivered:
+                log.warning("%d alert(s) the last run did not deliver: delivering them now",
+                            len(undelivered))
 
         async def on_stop(self) -> None:
             await observed.stop()
             await dispatcher.stop()
+            if dispatcher.abandoned:
+                try:
+                    n = await handover.release(settings.bootstrap_servers,
+                                               settings.handover_topic, dispatcher.abandoned,
+                                               **kafka)
+                    log.warning("%d undelivered alert(s) handed over to the next run", n)
+                except Exception:
+                    log.exception("could not hand %d undelivered alert(s) over to the next "
+                                  "run", len(dispatcher.abandoned))
             await flags.stop()
 
     async def dead_letter(record: Record, reason: str, element: bytes | None = None) -> None:
@@ -241,7 +272,8 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
         await rollup.send(key=key, value=value)
 
     user_batches = UserBatches(users, ledger.aggregates, ledger.fresh, forward, dead_letter,
-                               flags.kick)
+                               flags.kick, topic=settings.topic,
+                               max_future_seconds=settings.max_future_seconds)
     rollup_batches = RollupBatches(features, dead_letter, flags.kick)
 
     @app.agent(usage, name="users")

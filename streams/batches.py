@@ -15,7 +15,13 @@ from typing import Any
 
 import orjson
 
-from spendstream.contract.event import MalformedEvent, UsageEvent, decode_events
+from spendstream.contract.event import (
+    MAX_FUTURE_SECONDS,
+    Horizon,
+    MalformedEvent,
+    UsageEvent,
+    decode_events,
+)
 from spendstream.contract.rollup import MalformedRollup, RollupMessage
 from spendstream.streams.rollup_stage import RollupStage
 from spendstream.streams.state import BatchedState
@@ -68,8 +74,13 @@ class UserBatches:
     within :data:`COMMIT_BYTES`, and forward the partial sums to the rollup topic."""
 
     def __init__(self, users: UserStage, state: BatchedState, fresh: set[int], forward: Send,
-                 dead_letter: DeadLetter, kick: Callable[[], None]) -> None:
+                 dead_letter: DeadLetter, kick: Callable[[], None], *, topic: str = "",
+                 max_future_seconds: float = MAX_FUTURE_SECONDS) -> None:
         self.users = users
+        self.topic = topic
+        """The usage topic: with a record's partition and offset, the id of an event that
+        came without one."""
+        self.max_future_seconds = max_future_seconds
         self.state = state
         self.fresh = fresh
         """Partitions assigned since their last batch (kept by the changelog table): their
@@ -85,9 +96,11 @@ class UserBatches:
                 self.users.resend(p)
                 self.fresh.discard(p)
         weight = 0
+        horizon = Horizon(now, self.max_future_seconds)
         for record in records:
+            origin = (self.topic, record.partition, record.offset)
             try:
-                decoded = decode_events(record.value)
+                decoded = decode_events(record.value, horizon, origin)
             except Exception as e:  # the decoder's own bug: one record, not the agent
                 log.exception("could not decode record %d/%d", record.partition, record.offset)
                 await self.dead_letter(record, f"could not decode: {e!r}", None)

@@ -2,7 +2,9 @@
 
 The worker never waits on Redis. Writes are coalesced per key (the newest value wins),
 flushed in one pipeline per interval, and kept and retried while Redis is down, so the
-flags converge once it returns.
+flags converge once it returns. A Redis that may have lost its data (it was unreachable,
+or its ``run_id`` changed: a restart, seen even while the worker is idle) gets every live
+flag again, and the worker's ``on_recover`` hook rewrites every live spend key.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from spendstream.contract import keys
 
@@ -31,6 +34,8 @@ return #KEYS
 """``SET key value EXAT t`` for many keys in one command: a pipeline of single SETs costs
 redis-py ~15 µs per key to pack and parse, the worker's largest cost after faust."""
 SET_MANY_KEYS = 1000
+PROBE_INTERVAL = 1.0
+"""Seconds between two checks of Redis's ``run_id`` (one ``INFO server``)."""
 
 
 class FlagStore(Protocol):
@@ -58,9 +63,15 @@ class RedisFlagSink:
     """A :class:`FlagStore` on Redis (redis-py asyncio), batched and outage-tolerant."""
 
     def __init__(self, url: str, prefix: str = "spendstream:", interval: float = 0.25,
-                 client: aioredis.Redis | None = None) -> None:
+                 client: aioredis.Redis | None = None,
+                 on_recover: Callable[[], None] | None = None) -> None:
         self.prefix = prefix
         self.interval = interval
+        self.on_recover = on_recover
+        """Called when Redis may have lost its data: the worker schedules every live spend
+        key again (flags are the sink's own to rewrite)."""
+        self._run_id: str | None = None
+        self._next_probe = 0.0
         self._redis = client or aioredis.from_url(
             url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10)
         self._pending: dict[str, tuple[bytes, int] | None] = {}
@@ -140,10 +151,7 @@ class RedisFlagSink:
             log.warning("Redis is back after %.1fs; flags written",
                         time.monotonic() - self._down_since)
             self._down_since = None
-            # A restarted Redis may have come back empty: assert every live flag again.
-            self._flags = {k: v for k, v in self._flags.items() if v[1] > now}
-            for k, v in self._flags.items():
-                self._pending.setdefault(k, v)
+            self._recover(now)
             self.stats.written += len(batch)
             self.stats.flushes += 1
             return await self.flush()
@@ -151,6 +159,46 @@ class RedisFlagSink:
         self.stats.flushes += 1
         self._forget_expired(now)
         return True
+
+    def _recover(self, now: int) -> None:
+        """Redis may have come back empty: assert every live flag and spend key again."""
+        self._flags = {k: v for k, v in self._flags.items() if v[1] > now}
+        for k, v in self._flags.items():
+            self._pending.setdefault(k, v)
+        self._expiry.clear()  # extend-only writes must not be skipped for keys Redis lost
+        if self.on_recover is not None:
+            try:
+                self.on_recover()
+            except Exception:  # the sink's loop must survive a bug in the hook
+                log.exception("could not schedule the live spend keys again")
+
+    async def probe(self) -> None:
+        """Notice a Redis that restarted between two writes (an idle worker writes nothing,
+        so a failed write cannot tell it): its ``run_id`` changed."""
+        if self._next_probe == float("inf"):
+            return
+        try:
+            info = await self._redis.info("server")
+        except ResponseError:  # INFO disabled (a managed Redis): outages still show
+            self._next_probe = float("inf")
+            return
+        except (RedisError, OSError) as e:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                log.warning("Redis unreachable (%s): %d flag writes kept, retrying",
+                            type(e).__name__, len(self._pending))
+            return
+        run_id = info.get("run_id") if isinstance(info, dict) else None
+        lost = self._down_since is not None or (
+            self._run_id is not None and run_id != self._run_id)
+        self._run_id = run_id
+        if lost:
+            if self._down_since is not None:
+                log.warning("Redis is back after %.1fs", time.monotonic() - self._down_since)
+            else:
+                log.warning("Redis restarted (new run_id): writing every live key again")
+            self._down_since = None
+            self._recover(int(time.time()))
 
     def _forget_expired(self, now: int) -> None:
         # Rebuilding on every flush once past a fixed size was quadratic (nothing expires
@@ -166,6 +214,10 @@ class RedisFlagSink:
                 await asyncio.wait_for(self._wake.wait(), delay)
             self._wake.clear()
             ok = await self.flush()
+            if ok and time.monotonic() >= self._next_probe:
+                await self.probe()
+                self._next_probe = max(self._next_probe, time.monotonic() + PROBE_INTERVAL)
+                ok = await self.flush()
             delay = self.interval if ok else min(delay * 2, 5.0)
 
     def start(self) -> None:

@@ -76,7 +76,7 @@ class RollupStage(Stage):
             if parts[0] == "unp":
                 self._unpriced(parts[1], window_from_key("day", parts[3]), totals, now)
             if parts[0] in ("f", "g"):
-                self._publish_spend(parts, totals)
+                self._publish_spend(parts, totals, now)
             if parts[0] == "f":
                 self._evaluate_feature(parts[1], window_from_key(parts[2], parts[3]), totals,
                                        now)
@@ -86,6 +86,19 @@ class RollupStage(Stage):
             elif parts[0] == "drift":
                 self._evaluate_drift(parts[1], window_from_key("day", parts[3]), totals, now)
         self._commit()
+
+    def republish(self, now: datetime) -> int:
+        """Schedule every live feature and global spend key again from the state (Redis
+        came back empty); the number of windows read."""
+        n = 0
+        for _, key, value in self.state.scan():
+            parts = split_key(key, 4)
+            if parts[0] in ("f", "g"):
+                window = window_from_key(parts[2], parts[3])
+                if window.start <= now < window.end:
+                    self._publish_spend(parts, Totals.from_json(value), now)
+                    n += 1
+        return n
 
     def _unpriced(self, model: str, d: Window, totals: Totals, now: datetime) -> None:
         """One alert per model and day whose events had no price."""
@@ -117,10 +130,13 @@ class RollupStage(Stage):
                           Decimal(totals.reported_input), Decimal(totals.local_input), "tokens",
                           window.start, window.end, now, detail))
 
-    def _publish_spend(self, parts: list[str], totals: Totals) -> None:
-        """Live spend of a feature's current period or a global window, for dashboards."""
+    def _publish_spend(self, parts: list[str], totals: Totals, now: datetime) -> None:
+        """Live spend of a feature's current period or a global window, for dashboards
+        (never a window that has not started: the keys show the current one)."""
         kind, subject, period, wkey = parts
         window = window_from_key(period, wkey)
+        if window.start > now:
+            return
         name = keys.spend_feature(subject) if kind == "f" else keys.spend_global(period)
         value: dict[str, Any] = {
             "scope": "feature" if kind == "f" else "global", "id": subject, "period": period,
@@ -154,7 +170,8 @@ class RollupStage(Stage):
                               f"({window.elapsed_fraction(now) * 100:.0f}% of the month gone)"))
         reason = f"{ADJECTIVE[window.period]} {m.unit} budget of feature {feature}"
         advanced = self._advance("feature", feature, totals, m,
-                                 feature_ladder(self.budgets.thresholds), reason, window)
+                                 feature_ladder(self.budgets.thresholds, conf.cutoff), reason,
+                                 window)
         if advanced is None:
             return
         tr, payload = advanced
@@ -167,16 +184,17 @@ class RollupStage(Stage):
     def _evaluate_global(self, window: Window, totals: Totals, now: datetime) -> None:
         g = self.budgets.global_
         if window.period == "hour" and g.hourly_usd_alert is not None:
-            rule = ("spike", totals.usd, g.hourly_usd_alert, "usd",
+            rule = ("spike", "hourly", totals.usd, g.hourly_usd_alert, "usd",
                     "hourly spend above hourly_usd_alert")
         elif window.period == "day" and g.daily_usd is not None:
-            rule = ("daily_cap", totals.usd, g.daily_usd, "usd", "global daily_usd cap")
+            rule = ("daily_cap", "daily", totals.usd, g.daily_usd, "usd",
+                    "global daily_usd cap")
         elif window.period == "minute" and g.tokens_per_minute is not None:
-            rule = ("tpm", Decimal(totals.tokens), Decimal(g.tokens_per_minute), "tokens",
-                    "global tokens_per_minute ceiling")
+            rule = ("tpm", "tpm", Decimal(totals.tokens), Decimal(g.tokens_per_minute),
+                    "tokens", "global tokens_per_minute ceiling")
         else:
             return
-        kind, spent, budget, unit, reason = rule
+        kind, subject, spent, budget, unit, reason = rule
         tr = step(Level(totals.level), spent / budget if budget else Decimal(1), cap_ladder())
         if tr is None:
             return
@@ -189,6 +207,9 @@ class RollupStage(Stage):
             log.warning("global tokens per minute %s over %s: cutoff until %s", spent, budget,
                         window.end.isoformat())
             return
-        self._alert(Alert("global", kind, kind, tr.current, tr.previous, spent, budget, unit,
+        # A spike cuts nothing off: it is announced as a warning.
+        level, previous = (Level.WARN, Level.OK) if kind == "spike" else (tr.current,
+                                                                          tr.previous)
+        self._alert(Alert("global", subject, kind, level, previous, spent, budget, unit,
                           window.start, window.end, now, reason))
 

@@ -39,6 +39,13 @@ def id_hash(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=16).digest(), "big")
 
 
+def identity_hash(user_id: str, event_id: str) -> int:
+    """The digest of an event's dedup identity, (``user_id``, ``event_id``): two users'
+    events never deduplicate each other (ids hold no control characters, so the separator
+    cannot be forged)."""
+    return id_hash(f"{user_id}\x1f{event_id}")
+
+
 class Dedup:
     """Event ids seen by one partition, forgotten after ``horizon`` seconds (processing time).
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -16,28 +16,50 @@ from spendstream.errors import ServiceUnavailable
 log = logging.getLogger("spendstream.topics")
 
 
+CONNECT_TIMEOUT = 10.0
+"""Seconds the worker waits for Kafka at start (a broker starting alongside it) before it
+gives up with one line naming the URL."""
+
+
+@contextlib.contextmanager
+def _quiet_connects() -> Iterator[None]:
+    """aiokafka logs every refused connection (about two a second): while the first
+    connection is retried, only the final verdict is worth a line."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int,
-                        replication: int = 1, timeout: float = 30.0, **client_kwargs: object
-                        ) -> dict[str, int]:
+                        replication: int = 1, timeout: float = CONNECT_TIMEOUT,
+                        **client_kwargs: object) -> dict[str, int]:
     """Create the topics that do not exist; return each topic's partition count.
 
     A topic that exists with another partition count is reported, not altered: state
-    keyed by partition cannot move silently.
+    keyed by partition cannot move silently. Raises :class:`ServiceUnavailable` when
+    Kafka does not answer within ``timeout`` seconds.
     """
     names = list(names)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000,
                                 **client_kwargs)
     deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            await admin.start()
-            break
-        except KafkaError as e:
-            if asyncio.get_running_loop().time() > deadline:
-                raise ServiceUnavailable(
-                    f"Kafka at {bootstrap} is not reachable ({e}); check SPENDSTREAM_KAFKA_URL"
-                ) from e
-            await asyncio.sleep(0.5)
+    with _quiet_connects():
+        while True:
+            try:
+                await admin.start()
+                break
+            except KafkaError as e:
+                if asyncio.get_running_loop().time() > deadline:
+                    with contextlib.suppress(Exception):
+                        await admin.close()
+                    raise ServiceUnavailable(
+                        f"Kafka at {bootstrap} did not answer within {timeout:g}s "
+                        f"({type(e).__name__}); check SPENDSTREAM_KAFKA_URL") from e
+                await asyncio.sleep(0.5)
     try:
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any
 
 from spendstream.contract import keys
@@ -36,7 +35,7 @@ from spendstream.streams.stages import (
     Counters,
     Stage,
 )
-from spendstream.streams.state import BatchedState, id_hash
+from spendstream.streams.state import BatchedState, identity_hash
 
 PART = "r|"
 """Prefix of the partial sums stage one keeps for stage two's windows."""
@@ -70,14 +69,15 @@ class UserStage(Stage):
         priced): everything the stage-two windows need, summed before they are touched."""
 
     def process(self, partition: int, offset: int, event: UsageEvent, now: datetime) -> bool:
-        """Fold one decoded event; ``False`` for a duplicate (an ``event_id`` seen before).
+        """Fold one decoded event; ``False`` for a duplicate (its ``user_id`` and
+        ``event_id`` seen before).
 
         Whatever can fail for one event (pricing, its windows) is worked out before any
         state changes; what follows only adds bounded numbers (the decoder caps tokens and
         cost) to dicts. So an exception leaves the stage as it was, and the caller may
-        dead-letter the event and go on with the batch (issue 11: no poison pill).
+        dead-letter the event and go on with the batch (no poison pill).
         """
-        digest = id_hash(event.event_id)
+        digest = identity_hash(event.user_id, event.event_id)
         if self.state.seen(partition, digest):
             self.counters.duplicates += 1
             return False
@@ -88,8 +88,11 @@ class UserStage(Stage):
         # Only provider-reported counts are worth auditing: an estimated event's input
         # is the app's own count already.
         local = event.local_input_tokens if event.ok and not event.estimated else None
-        c = Contribution(priced.cost, event.total_tokens, event.ok, priced.priced,
-                         event.input_tokens, local, event.finish_reason == "length")
+        # A failed call is counted but drains nothing: no money, and no tokens toward a
+        # tier or the tokens-per-minute ceiling (a retry storm must not use up a day).
+        c = Contribution(priced.cost, event.total_tokens if event.ok else 0, event.ok,
+                         priced.priced, event.input_tokens, local,
+                         event.finish_reason == "length")
         ts = event.ts
         day = window_of("day", ts)
         minute = window_of("minute", ts).start  # never raises, even for year 1 or 9999
@@ -158,13 +161,45 @@ class UserStage(Stage):
         usd, tokens = self._floors[tier]
         return (usd is None or totals.usd < usd) and (tokens is None or totals.tokens < tokens)
 
-    def _live_spend(self, partition: int, user: str, window: Window) -> bool:
-        """Whether ``window`` is the user's live spend: not over (Redis would drop the
-        write), and no later window of the user is already counting (clock skew)."""
-        if window.end_epoch <= self._now_epoch:
-            return False
-        later = f"u|{user}|{_next_day(window)}"
-        return (partition, later) not in self._dirty and self.state.get(partition, later) is None
+    def _live_spend(self, window: Window) -> bool:
+        """Whether ``window`` is the current one, so its spend is the user's live spend:
+        started (an event dated a little ahead must not replace today's figures) and not
+        over (Redis would drop the write)."""
+        return window.start_epoch <= self._now_epoch < window.end_epoch
+
+    def _publish_spend(self, user: str, window: Window, totals: Totals) -> None:
+        """The user's live spend key (the window open now)."""
+        users = self.budgets.users
+        tier = users.tier_of(user)
+        limit = users.tiers.get(tier)
+        spend: dict[str, Any] = {
+            "scope": "user", "id": user, "tier": tier, "spent_usd": str(totals.usd),
+            "spent_tokens": totals.tokens, "events": totals.events,
+            "unpriced_events": totals.unpriced,
+            "window_start": window.start_text, "window_end": window.end_text}
+        if limit is not None:
+            spend["budget_usd"] = None if limit.usd is None else str(limit.usd)
+            spend["budget_tokens"] = limit.tokens
+            if limit.usd is not None:
+                spend["remaining_usd"] = str(max(limit.usd - totals.usd, Decimal(0)))
+            if limit.tokens is not None:
+                spend["remaining_tokens"] = max(limit.tokens - totals.tokens, 0)
+        self.flags.set(keys.spend_user(user), spend, window.end_epoch)
+
+    def republish(self, now: datetime) -> int:
+        """Schedule every live user spend key again from the state (Redis came back
+        empty); the number written."""
+        self._now_epoch = now.timestamp()
+        n = 0
+        for _, key, value in self.state.scan():
+            if not key.startswith("u|"):
+                continue
+            _, user, wkey = split_key(key, 3)
+            window = window_from_key("day", wkey)
+            if self._live_spend(window):
+                self._publish_spend(user, window, Totals.from_json(value))
+                n += 1
+        return n
 
     def resend(self, partition: int) -> None:
         """Forward every partial of ``partition`` with the next batch (after a recovery, in
@@ -196,19 +231,8 @@ class UserStage(Stage):
         users = self.budgets.users
         tier = users.tier_of(user)
         limit = users.tiers.get(tier)
-        if self._live_spend(partition, user, window):
-            spend: dict[str, Any] = {
-                "scope": "user", "id": user, "tier": tier, "spent_usd": str(totals.usd),
-                "spent_tokens": totals.tokens, "events": totals.events,
-                "unpriced_events": totals.unpriced, "window_end": window.end_text}
-            if limit is not None:
-                spend["budget_usd"] = None if limit.usd is None else str(limit.usd)
-                spend["budget_tokens"] = limit.tokens
-                if limit.usd is not None:
-                    spend["remaining_usd"] = str(max(limit.usd - totals.usd, Decimal(0)))
-                if limit.tokens is not None:
-                    spend["remaining_tokens"] = max(limit.tokens - totals.tokens, 0)
-            self.flags.set(keys.spend_user(user), spend, window.end_epoch)
+        if self._live_spend(window):
+            self._publish_spend(user, window, totals)
         if limit is None or (not totals.level and self._below_first_step(tier, totals)):
             return
         m = measure(totals, limit)
@@ -221,8 +245,3 @@ class UserStage(Stage):
             self.flags.set(keys.cutoff_user(user), payload, window.end_epoch)
             self._alert(Alert("user", user, "budget", tr.current, tr.previous, m.spent,
                               m.budget, m.unit, window.start, window.end, now, reason))
-
-
-@lru_cache(maxsize=64)
-def _next_day(window: Window) -> str:
-    return window_of("day", window.end).key

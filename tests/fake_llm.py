@@ -57,6 +57,8 @@ class Reply:
     input_tokens: int = 21
     output_tokens: int = 17
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    """Anthropic's ``cache_creation_input_tokens``."""
     finish_reason: str = "stop"
     stop_reason: str = "end_turn"
     drop_after: int | None = None
@@ -194,7 +196,8 @@ def _openai_events(rid: str, model: str, r: Reply, body: dict[str, Any]) -> Iter
 
 def _anthropic_usage(r: Reply) -> dict[str, Any]:
     return {"input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
-            "cache_read_input_tokens": r.cached_tokens, "cache_creation_input_tokens": 0}
+            "cache_read_input_tokens": r.cached_tokens,
+            "cache_creation_input_tokens": r.cache_write_tokens}
 
 
 def _anthropic_json(rid: str, model: str, r: Reply) -> dict[str, Any]:
@@ -404,12 +407,13 @@ class StandInGuard:
     def record(self, admission: Admission, *, provider: str | None, input_tokens: int,
                output_tokens: int, cached_input_tokens: int = 0, status: str = "ok",
                finish_reason: str | None = None, estimated: bool = False,
-               model: str | None = None) -> UsageEvent:
+               model: str | None = None, cache_write_input_tokens: int = 0) -> UsageEvent:
         """Keep the event the real guard would emit."""
         event = UsageEvent(user_id=admission.user_id, feature=admission.feature,
                            model=model or admission.model, provider=provider,
                            input_tokens=input_tokens, output_tokens=output_tokens,
-                           cached_input_tokens=cached_input_tokens, status=status,
+                           cached_input_tokens=cached_input_tokens,
+                           cache_write_input_tokens=cache_write_input_tokens, status=status,
                            finish_reason=finish_reason, estimated=estimated,
                            local_input_tokens=admission.input_tokens_local)
         self.events.append(event)

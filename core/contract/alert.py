@@ -50,6 +50,23 @@ class Alert:
         """Identity of the state machine this alert came from: one message per transition."""
         return f"{self.scope}:{self.subject}:{self.kind}:{self.window_start.isoformat()}"
 
+    @property
+    def transition(self) -> str:
+        """Identity of this one message: its state machine and the level it announces."""
+        return f"{self.key}:{self.level.name.lower()}"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Alert:
+        """Inverse of :meth:`to_dict` (``percent`` is derived, so ignored)."""
+        def when(text: str) -> datetime:
+            return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+        return cls(scope=d["scope"], subject=d["subject"], kind=d["kind"],
+                   level=Level[d["level"].upper()], previous=Level[d["previous"].upper()],
+                   spent=Decimal(d["spent"]), budget=Decimal(d["budget"]), unit=d["unit"],
+                   window_start=when(d["window_start"]), window_end=when(d["window_end"]),
+                   at=when(d["at"]), detail=d.get("detail", ""))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as published on the alert topic."""
         d = asdict(self)

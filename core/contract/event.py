@@ -7,10 +7,13 @@ the dead-letter topic.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
@@ -24,6 +27,7 @@ from pydantic import (
     ValidationError,
     field_serializer,
     field_validator,
+    model_validator,
 )
 
 from spendstream.errors import SpendstreamError
@@ -33,6 +37,11 @@ MAX_TOKENS_PER_EVENT = 50_000_000
 """Above this a count is absurd (no model has such a context), so the event is rejected."""
 MAX_COST_PER_EVENT = Decimal("100000")
 MAX_EVENT_BYTES = 64 * 1024
+MAX_FUTURE_SECONDS = 300
+"""Default of how far ahead of the worker's clock an event's ``ts`` may be (clock skew)."""
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(3000, 1, 1, tzinfo=UTC)
+"""Timestamps outside ``[_EARLIEST, _LATEST)`` are absurd, whatever form they come in."""
 
 _ID = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 _TOKENS = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS_PER_EVENT)]
@@ -72,6 +81,9 @@ class UsageEvent(BaseModel):
     input_tokens: _TOKENS = 0
     output_tokens: _TOKENS = 0
     cached_input_tokens: _TOKENS = 0
+    cache_write_input_tokens: _TOKENS = 0
+    """Prompt-cache writes, part of ``input_tokens`` like cache reads, priced at the table's
+    cache-write rate (a worker that predates the field prices them as plain input)."""
     status: Annotated[StrictStr, Field(min_length=1, max_length=32)] = "ok"
     finish_reason: Annotated[StrictStr, Field(max_length=64)] | None = None
     cost_usd: Decimal | None = None
@@ -95,8 +107,8 @@ class UsageEvent(BaseModel):
         if isinstance(v, bool):
             raise ValueError("must be an RFC 3339 string or epoch seconds")
         if isinstance(v, int | float):
-            if not 0 <= v < 32_503_680_000:
-                raise ValueError("epoch seconds out of range")
+            if not 0 <= v < _LATEST.timestamp():
+                raise ValueError("epoch seconds out of range (1970 to 2999)")
             return datetime.fromtimestamp(v, UTC)
         if isinstance(v, datetime):
             parsed = v
@@ -111,6 +123,8 @@ class UsageEvent(BaseModel):
             raise ValueError("must be an RFC 3339 string or epoch seconds")
         if parsed.tzinfo is None:
             raise ValueError("must carry a UTC offset, e.g. 2026-11-23T10:00:00Z")
+        if not _EARLIEST <= parsed < _LATEST:
+            raise ValueError("out of range (1970 to 2999)")
         return parsed.astimezone(UTC)
 
     @field_validator("cost_usd", "saved_usd", mode="before")
@@ -118,7 +132,10 @@ class UsageEvent(BaseModel):
     def _parse_cost(cls, v: Any) -> Decimal | None:
         if v is None:
             return None
-        if isinstance(v, bool) or not isinstance(v, str | int | float | Decimal):
+        if isinstance(v, int | float):  # bool too
+            raise ValueError("must be a decimal string such as \"0.0123\", not a JSON number "
+                             "(a binary float cannot hold every amount exactly)")
+        if not isinstance(v, str | Decimal):
             raise ValueError("must be a decimal string such as \"0.0123\"")
         try:
             d = Decimal(str(v))
@@ -127,6 +144,13 @@ class UsageEvent(BaseModel):
         if not d.is_finite() or d < 0 or d > MAX_COST_PER_EVENT:
             raise ValueError(f"must be between 0 and {MAX_COST_PER_EVENT}")
         return d
+
+    @model_validator(mode="after")
+    def _cache_within_input(self) -> UsageEvent:
+        if self.cached_input_tokens + self.cache_write_input_tokens > self.input_tokens:
+            raise ValueError("cached_input_tokens + cache_write_input_tokens exceed input_tokens "
+                             "(cache reads and writes are part of the input)")
+        return self
 
     @field_serializer("ts")
     def _ser_ts(self, v: datetime) -> str:
@@ -147,8 +171,12 @@ class UsageEvent(BaseModel):
         return self.input_tokens + self.output_tokens
 
     def to_json(self) -> bytes:
-        """The wire form: compact UTF-8 JSON, ``None`` fields left out."""
-        return orjson.dumps(self.model_dump(by_alias=True, exclude_none=True))
+        """The wire form: compact UTF-8 JSON, ``None`` fields left out (and no cache writes
+        when there were none, so the common event is what it always was)."""
+        data = self.model_dump(by_alias=True, exclude_none=True)
+        if not self.cache_write_input_tokens:
+            del data["cache_write_input_tokens"]
+        return orjson.dumps(data)
 
     @property
     def key(self) -> bytes:
@@ -162,8 +190,53 @@ MAX_RECORD_EVENTS = 10_000
 """Elements of one packed record (the SDK emitter sends at most 500)."""
 
 
-def decode_event(raw: bytes | None) -> UsageEvent:
-    """Decode one message value into a :class:`UsageEvent` or raise :class:`MalformedEvent`."""
+@dataclass(frozen=True, slots=True)
+class Horizon:
+    """The latest event time a decoder accepts: ``now`` plus the allowed clock skew.
+
+    The worker builds one per batch from its own clock (the decoder reads no clock), so
+    one event dated days ahead cannot open a future window and cut someone off now.
+    """
+
+    now: datetime
+    max_future_seconds: float = MAX_FUTURE_SECONDS
+
+    @property
+    def latest(self) -> datetime:
+        """Events dated after this go to the dead-letter topic."""
+        return self.now + timedelta(seconds=self.max_future_seconds)
+
+    def check(self, event: UsageEvent) -> UsageEvent:
+        """``event``, or :class:`MalformedEvent` when it is dated too far ahead."""
+        if event.ts > self.latest:
+            ahead = (event.ts - self.now).total_seconds()
+            raise MalformedEvent(
+                f"ts: {event.ts:%Y-%m-%dT%H:%M:%SZ} is {ahead:.0f}s ahead of the worker's "
+                f"clock ({self.now:%Y-%m-%dT%H:%M:%SZ}); at most "
+                f"{self.max_future_seconds:g}s is allowed (SPENDSTREAM_MAX_FUTURE_SECONDS)")
+        return event
+
+
+Origin = tuple[str, int, int]
+"""Where a record was read: (topic, partition, offset)."""
+
+
+def origin_id(origin: Origin, index: int | None = None) -> str:
+    """The ``event_id`` of an event that came without one: its Kafka coordinates (plus its
+    index in a packed record), the same at every redelivery of the record."""
+    topic, partition, offset = origin
+    text = f"kafka:{topic}/{partition}/{offset}" + ("" if index is None else f"/{index}")
+    return text if len(text) <= 256 else "kafka:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def decode_event(raw: bytes | None, horizon: Horizon | None = None,
+                 origin: Origin | None = None) -> UsageEvent:
+    """Decode one message value into a :class:`UsageEvent` or raise :class:`MalformedEvent`.
+
+    With a ``horizon``, an event dated beyond it is malformed too. An event without an
+    ``event_id`` takes :func:`origin_id` of ``origin``, and is malformed without one (a
+    random id would count a redelivered record twice).
+    """
     if raw is None:
         raise MalformedEvent("empty message (no value)")
     if len(raw) > MAX_EVENT_BYTES:
@@ -172,10 +245,15 @@ def decode_event(raw: bytes | None) -> UsageEvent:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise MalformedEvent(f"not JSON: {e}") from e
-    return _validate(data)
+    if type(data) is dict and _may_repeat(raw, len(data)):
+        repeated = _repeated_keys(raw)
+        if repeated and repeated[0]:
+            raise MalformedEvent(_repeated_reason(repeated[0]))
+    return _validate(data, horizon, origin and (origin, None))
 
 
-def decode_events(raw: bytes | None) -> list[UsageEvent | MalformedEvent]:
+def decode_events(raw: bytes | None, horizon: Horizon | None = None,
+                  origin: Origin | None = None) -> list[UsageEvent | MalformedEvent]:
     """Decode a message that holds one event (an object) or a packed record (an array).
 
     Every element gets its own outcome, in order: a bad element is a
@@ -185,7 +263,7 @@ def decode_events(raw: bytes | None) -> list[UsageEvent | MalformedEvent]:
     """
     if raw is None or raw[:1] != b"[":
         try:
-            return [decode_event(raw)]
+            return [decode_event(raw, horizon, origin)]
         except MalformedEvent as e:
             return [e]
     if len(raw) > MAX_RECORD_BYTES:
@@ -198,31 +276,82 @@ def decode_events(raw: bytes | None) -> list[UsageEvent | MalformedEvent]:
     if not items or len(items) > MAX_RECORD_EVENTS:
         return [MalformedEvent(f"packed record holds {len(items)} events; 1 to "
                                f"{MAX_RECORD_EVENTS} are allowed")]
+    keys = sum(len(item) for item in items if type(item) is dict)
+    repeated = _repeated_keys(raw) if _may_repeat(raw, keys) else None
     out: list[UsageEvent | MalformedEvent] = []
     for i, item in enumerate(items):
         try:
-            out.append(_validate(item))
+            key = repeated[i] if repeated else None
+            if key:
+                raise MalformedEvent(_repeated_reason(key))
+            out.append(_validate(item, horizon, origin and (origin, i)))
         except MalformedEvent as e:
             out.append(MalformedEvent(f"element {i} of {len(items)}: {e.reason}",
                                       element=orjson.dumps(item)))
     return out
 
 
-def _validate(data: Any) -> UsageEvent:
+def _validate(data: Any, horizon: Horizon | None = None,
+              origin: tuple[Origin, int | None] | None = None) -> UsageEvent:
     if not isinstance(data, dict):
         raise MalformedEvent(f"not a JSON object but {type(data).__name__}")
     event = _fast(data)
-    if event is not None:
-        return event
-    schema = data.get("schema")
-    if schema != SCHEMA_VERSION:
-        raise MalformedEvent(
-            f"unknown schema {schema!r}; this worker reads schema {SCHEMA_VERSION}"
-        )
+    if event is None:
+        schema = data.get("schema")
+        if schema != SCHEMA_VERSION:
+            raise MalformedEvent(
+                f"unknown schema {schema!r}; this worker reads schema {SCHEMA_VERSION}"
+            )
+        anonymous = data.get("event_id") is None
+        if anonymous and origin is not None:
+            data = {**data, "event_id": origin_id(*origin)}
+        try:
+            event = UsageEvent.model_validate(data)
+        except ValidationError as e:
+            raise MalformedEvent(_explain(e)) from e
+        if anonymous and origin is None:
+            raise MalformedEvent("event_id: missing, and no record coordinates to derive a "
+                                 "stable one from")
+    return event if horizon is None else horizon.check(event)
+
+
+def _may_repeat(raw: bytes, keys: int) -> bool:
+    """A cheap screen for a repeated key (orjson keeps the last value silently, so a second
+    ``user_id`` would move the event to another user): in compact JSON every key ends in
+    ``":``, so a text with more of those than the parsed objects have keys may repeat one.
+    Texts the screen cannot judge (escapes, a space before a colon) go to the exact check
+    too; only a text that fails the screen pays for it."""
+    return raw.count(b'":') != keys or b"\\u" in raw or b'" :' in raw
+
+
+class _Pairs(dict[str, Any]):
+    """A JSON object as the exact check reads it, with its first repeated key."""
+
+    repeated: str | None = None
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> _Pairs:
+    obj = _Pairs()
+    for key, value in pairs:
+        if key in obj and obj.repeated is None:
+            obj.repeated = key
+        obj[key] = value
+    return obj
+
+
+def _repeated_keys(raw: bytes) -> list[str | None] | None:
+    """The first repeated top-level key of each event in ``raw`` (one object or an array of
+    them), ``None`` where there is none; the stdlib parser, slow but exact."""
     try:
-        return UsageEvent.model_validate(data)
-    except ValidationError as e:
-        raise MalformedEvent(_explain(e)) from e
+        doc = json.loads(raw, object_pairs_hook=_pairs)
+    except ValueError:
+        return None
+    items = doc if isinstance(doc, list) else [doc]
+    return [item.repeated if isinstance(item, _Pairs) else None for item in items]
+
+
+def _repeated_reason(key: str) -> str:
+    return f"{key}: repeated key (a JSON object must name each field once)"
 
 
 _FIELDS = frozenset(UsageEvent.model_fields)
@@ -255,10 +384,13 @@ def _fast(d: dict[str, Any]) -> UsageEvent | None:
         return None
     if not (finish is None or (type(finish) is str and len(finish) <= 64)):
         return None
-    counts = (g("input_tokens", 0), g("output_tokens", 0), g("cached_input_tokens", 0))
+    counts = (g("input_tokens", 0), g("output_tokens", 0), g("cached_input_tokens", 0),
+              g("cache_write_input_tokens", 0))
     for n in counts:
         if type(n) is not int or not 0 <= n <= MAX_TOKENS_PER_EVENT:
             return None
+    if counts[2] + counts[3] > counts[0]:
+        return None
     local = g("local_input_tokens")
     if local is not None and (type(local) is not int or not 0 <= local <= MAX_TOKENS_PER_EVENT):
         return None
@@ -280,13 +412,14 @@ def _fast(d: dict[str, Any]) -> UsageEvent | None:
         at = datetime.fromisoformat(ts.replace("Z", "+00:00"))
     except ValueError:
         return None
-    if at.tzinfo is None:
+    if at.tzinfo is None or not _EARLIEST <= at < _LATEST:
         return None
     event = _new_event(UsageEvent)
     _set(event, "__dict__", {
         "schema_": 1, "event_id": event_id, "ts": at.astimezone(UTC), "user_id": user,
         "feature": feature, "model": model, "provider": provider, "input_tokens": counts[0],
-        "output_tokens": counts[1], "cached_input_tokens": counts[2], "status": status,
+        "output_tokens": counts[1], "cached_input_tokens": counts[2],
+        "cache_write_input_tokens": counts[3], "status": status,
         "finish_reason": finish, "cost_usd": cost, "estimated": estimated,
         "local_input_tokens": local, "cache_hit": None, "saved_usd": None})
     _set(event, "__pydantic_fields_set__", _FIELDS)

@@ -29,9 +29,12 @@ def json_schema() -> dict[str, Any]:
         "description": "RFC 3339 with a UTC offset (2026-11-23T10:00:00Z) or epoch seconds; "
                        "defaults to the time the event was built",
     }
-    schema["properties"]["cost_usd"]["description"] = (
-        "USD as a decimal string such as \"0.0123\" (0 to 100000); absent: the worker "
-        "prices the tokens")
+    # A JSON number is refused (money is never a float); pydantic sees only Decimal.
+    schema["properties"]["cost_usd"] = {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "default": None, "title": "Cost Usd",
+        "description": "USD as a decimal string such as \"0.0123\" (0 to 100000), never a "
+                       "JSON number; absent: the worker prices the tokens"}
     return {"$schema": DIALECT, **schema}
 
 

@@ -69,11 +69,15 @@ class FlagSnapshot:
     spend_user: dict[str, Any] | None = None
 
     def live(self, flag: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
-        """``flag`` unless its window ended before ``now`` (a cached value outlived it)."""
+        """``flag`` unless its window ended before ``now`` (a cached value outlived it) or
+        has not started yet (an event dated ahead, within the worker's allowed skew)."""
         if flag is None:
             return None
         end = parse_time(flag.get("window_end"))
-        return None if end is not None and end <= now else flag
+        if end is not None and end <= now:
+            return None
+        start = parse_time(flag.get("window_start"))
+        return None if start is not None and start > now else flag
 
     def warning(self, now: datetime) -> dict[str, Any] | None:
         """The user's warn flag, else the feature's: what a banner should show."""
@@ -154,7 +158,7 @@ def choose_model(feature: Feature, tier: str, requested: str | None, feature_nam
     model = requested or default
     if not model:
         raise ConfigError(f"feature {feature_name!r} has no model in the budgets file and the "
-                          "call gave none: pass model= or set features.{name}.model")
+                          f"call gave none: pass model= or set features.{feature_name}.model")
     if allowed is None or model in allowed:
         return model
     if on_not_allowed == "downgrade" and allowed:

@@ -184,6 +184,8 @@ class Price(_Strict):
     input: Money
     output: Money
     cached_input: Money | None = None
+    cache_write_input: Money | None = None
+    """Prompt-cache writes; the input rate when unset."""
 
 
 class Reservations(_Strict):

@@ -40,9 +40,11 @@ def user_ladder(t: Thresholds) -> Ladder:
     return Ladder(warn=t.warn, cutoff=t.cutoff, alert=None, escalate=None)
 
 
-def feature_ladder(t: Thresholds) -> Ladder:
-    """Features: warn, cutoff (flag only when the feature opts in), the 120% alert, then 2x."""
-    return Ladder(warn=t.warn, cutoff=t.cutoff, alert=t.alert, escalate=t.alert * 2 - t.cutoff)
+def feature_ladder(t: Thresholds, hard_cap: bool = True) -> Ladder:
+    """Features: warn, cutoff (only for a feature with ``cutoff: true``: nothing is cut off
+    otherwise, so nothing is announced as such), the 120% alert, then 2x."""
+    return Ladder(warn=t.warn, cutoff=t.cutoff if hard_cap else None, alert=t.alert,
+                  escalate=t.alert * 2 - t.cutoff)
 
 
 def cap_ladder() -> Ladder:

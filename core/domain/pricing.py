@@ -5,9 +5,9 @@ installed ``genai-prices`` wheel; its optional auto-updater (``genai_prices.Upda
 a background thread that fetches prices over HTTP) is never started here, so pricing never
 touches the network. An unknown model is *unpriced* (``None``), never a silent $0.
 
-genai-prices counts cache reads as part of ``input_tokens`` (it raises if
-``cache_read_tokens`` exceeds ``input_tokens``), which is also the usage event's contract,
-so counts pass through unchanged.
+genai-prices counts cache reads and cache writes as part of ``input_tokens`` (it raises if
+they exceed ``input_tokens``), which is also the usage event's contract, so counts pass
+through unchanged.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ _MAX_CACHED = 4096
 # Price keys the fast path computes itself, and keys whose usage is always 0 for a usage
 # event (it reports only text input, cached input and output tokens), so they add nothing.
 # Any other key sends that price card through genai-prices' own (slower) calculation.
-_TOKEN_KEYS = frozenset({"input_mtok", "output_mtok", "cache_read_mtok"})
+_TOKEN_KEYS = frozenset({"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok"})
 _FAST_KEYS = _TOKEN_KEYS | {"requests_kcount"}
 _IDLE_KEYS = frozenset({
-    "cache_write_mtok", "cache_write_1h_mtok", "web_searches_kcount",
+    "cache_write_1h_mtok", "web_searches_kcount",
     "storage_searches_kcount", "input_audio_mtok", "output_audio_mtok",
     "input_image_mtok", "output_image_mtok", "cache_audio_read_mtok",
     "cache_image_read_mtok", "input_video_mtok", "output_video_mtok",
@@ -66,6 +66,8 @@ class Call(Protocol):
     @property
     def cached_input_tokens(self) -> int: ...
     @property
+    def cache_write_input_tokens(self) -> int: ...
+    @property
     def ts(self) -> datetime: ...
 
 
@@ -91,6 +93,7 @@ class _Rates:
     input: Decimal | TieredPrices | None
     output: Decimal | TieredPrices | None
     cache_read: Decimal | TieredPrices | None
+    cache_write: Decimal | TieredPrices | None
     per_request: Decimal | None
 
 
@@ -115,15 +118,19 @@ def _compile(price: ModelPrice) -> _Card:
         input=keys.get("input_mtok"),
         output=keys.get("output_mtok"),
         cache_read=keys.get("cache_read_mtok"),
+        cache_write=keys.get("cache_write_mtok"),
         per_request=None if per_request is None else per_request / 1000,
     )
 
 
-def _override_cost(p: Price, input_tokens: int, output_tokens: int, cached: int) -> Decimal:
+def _override_cost(p: Price, input_tokens: int, output_tokens: int, cached: int,
+                   written: int = 0) -> Decimal:
     # `is None`, not `or`: a cached_input rate of 0 (free cache reads) is a real price.
     cached_rate = p.input if p.cached_input is None else p.cached_input
+    write_rate = p.input if p.cache_write_input is None else p.cache_write_input
     return (
-        (input_tokens - cached) * p.input + cached * cached_rate + output_tokens * p.output
+        (input_tokens - cached - written) * p.input + cached * cached_rate
+        + written * write_rate + output_tokens * p.output
     ) / _MTOK
 
 
@@ -157,14 +164,17 @@ class Pricer:
         output_tokens: int,
         cached_input_tokens: int = 0,
         at: datetime | None = None,
+        cache_write_input_tokens: int = 0,
     ) -> Decimal | None:
         """The USD cost of one call, or ``None`` when it cannot be priced (unknown model).
 
-        ``cached_input_tokens`` is part of ``input_tokens``. ``at`` picks time-dependent
+        ``cached_input_tokens`` and ``cache_write_input_tokens`` are part of
+        ``input_tokens``. ``at`` picks time-dependent
         prices (default: now; naive means UTC). Invalid input (negative counts, cached
         above input, non-string model) is unpriced too: ``None``, never an exception.
         """
-        priced = self._price(model, provider, input_tokens, output_tokens, cached_input_tokens, at)
+        priced = self._price(model, provider, input_tokens, output_tokens, cached_input_tokens, at,
+                             cache_write_input_tokens)
         return None if priced is None else priced[0]
 
     def price_event(self, event: Call) -> Priced:
@@ -175,7 +185,7 @@ class Pricer:
             return Priced(event.cost_usd, True, "event")
         priced = self._price(
             event.model, event.provider, event.input_tokens, event.output_tokens,
-            event.cached_input_tokens, event.ts,
+            event.cached_input_tokens, event.ts, event.cache_write_input_tokens,
         )
         if priced is None:
             return Priced(_ZERO, False, "unpriced")
@@ -183,7 +193,7 @@ class Pricer:
 
     def _price(
         self, model: str, provider: str | None, input_tokens: int, output_tokens: int,
-        cached: int, at: datetime | None,
+        cached: int, at: datetime | None, written: int = 0,
     ) -> tuple[Decimal, Source] | None:
         # The annotations are what callers should pass; the checks are for what they may
         # pass anyway (decoded JSON, a mistaken call), which must be unpriced, not a crash.
@@ -191,18 +201,20 @@ class Pricer:
             isinstance(model, str)
             and (provider is None or isinstance(provider, str))
             and _valid_count(input_tokens) and _valid_count(output_tokens) and _valid_count(cached)
+            and _valid_count(written)
             and (at is None or isinstance(at, datetime))
         ):
             return None
-        if cached > input_tokens:
+        if cached + written > input_tokens:
             return None  # breaks the event contract; genai-prices would raise too
         try:
             rule = self._resolve(model, provider)
             if rule is None:
                 return None
             if isinstance(rule, Price):
-                return _override_cost(rule, input_tokens, output_tokens, cached), "override"
-            cost = self._table_cost(rule, input_tokens, output_tokens, cached, at)
+                return (_override_cost(rule, input_tokens, output_tokens, cached, written),
+                        "override")
+            cost = self._table_cost(rule, input_tokens, output_tokens, cached, at, written)
             return None if cost is None else (cost, "table")
         except Exception:  # a bug or odd data in the table must not stop the worker
             logger.exception("pricing %r (provider %r) failed; counting it as unpriced", model,
@@ -247,7 +259,7 @@ class Pricer:
 
     def _table_cost(
         self, info: ModelInfo, input_tokens: int, output_tokens: int, cached: int,
-        at: datetime | None,
+        at: datetime | None, written: int = 0,
     ) -> Decimal | None:
         if at is None:
             at = datetime.now(UTC)
@@ -269,17 +281,21 @@ class Pricer:
             return None
         if card == _SLOW:
             usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens,
-                          cache_read_tokens=cached)
+                          cache_read_tokens=cached, cache_write_tokens=written)
             return price.calc_price(usage)["total_price"]
         assert isinstance(card, _Rates)
-        # The same arithmetic as genai-prices: cache reads are a slice of input priced at
-        # their own rate when the card has one; tiers are chosen by total input tokens.
-        uncached = input_tokens if card.cache_read is None else input_tokens - cached
+        # The same arithmetic as genai-prices: cache reads and writes are slices of input
+        # priced at their own rates when the card has them; tiers are chosen by total input.
+        uncached = input_tokens
         cost = _ZERO
+        if card.cache_read is not None:
+            uncached -= cached
+            cost += calc_unit_price(card.cache_read, cached, input_tokens, 1_000_000)
+        if card.cache_write is not None:
+            uncached -= written
+            cost += calc_unit_price(card.cache_write, written, input_tokens, 1_000_000)
         if card.input is not None:
             cost += calc_unit_price(card.input, uncached, input_tokens, 1_000_000)
-        if card.cache_read is not None:
-            cost += calc_unit_price(card.cache_read, cached, input_tokens, 1_000_000)
         if card.output is not None:
             cost += calc_unit_price(card.output, output_tokens, input_tokens, 1_000_000)
         if card.per_request is not None:

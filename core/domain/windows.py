@@ -46,6 +46,7 @@ class Window:
     end: datetime
     key: str = field(init=False, compare=False)
     """Compact, sortable identity such as ``2026-11-23`` or ``2026-11-23T10``."""
+    start_epoch: int = field(init=False, compare=False)
     end_epoch: int = field(init=False, compare=False)
     """The end as epoch seconds, for Redis ``EXPIREAT``."""
     start_text: str = field(init=False, compare=False)
@@ -55,6 +56,7 @@ class Window:
     def __post_init__(self) -> None:
         # Computed once: windows are cached and their keys are read for every event.
         object.__setattr__(self, "key", _text(self.start)[:_KEY_LENGTH[self.period]])
+        object.__setattr__(self, "start_epoch", int(self.start.timestamp()))
         object.__setattr__(self, "end_epoch", int(self.end.timestamp()))
         object.__setattr__(self, "start_text", _text(self.start))
         object.__setattr__(self, "end_text", _text(self.end))

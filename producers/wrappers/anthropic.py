@@ -10,7 +10,9 @@ list, the ``system=`` prompt first as a ``system`` message, and the admitted lis
 again for the call. ``max_tokens`` is the admission's (Anthropic requires one).
 
 Anthropic reports ``input_tokens`` without the prompt-cache reads and writes; the event's
-``input_tokens`` is their sum, with the cache reads as ``cached_input_tokens``.
+``input_tokens`` is their sum (the contract: reads and writes are part of input), with the
+reads as ``cached_input_tokens`` and the writes as ``cache_write_input_tokens``, so the
+worker prices each at its own rate.
 """
 
 from __future__ import annotations
@@ -164,22 +166,24 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) else 0
 
 
-def _input(usage: Any) -> tuple[int, int] | None:
-    """(input tokens including cache reads and writes, cache reads) of a usage object."""
+def _input(usage: Any) -> tuple[int, int, int] | None:
+    """(input tokens including cache reads and writes, cache reads, cache writes) of a
+    usage object."""
     uncached = getattr(usage, "input_tokens", None)
     if not isinstance(uncached, int):
         return None
     read = _int(getattr(usage, "cache_read_input_tokens", None))
     written = _int(getattr(usage, "cache_creation_input_tokens", None))
-    return uncached + read + written, read
+    return uncached + read + written, read, written
 
 
 def usage_of(response: Any) -> dict[str, Any]:
     """``record`` arguments for a ``Message``."""
     usage = getattr(response, "usage", None)
     model = getattr(response, "model", None)
-    inputs = _input(usage) or (0, 0)
+    inputs = _input(usage) or (0, 0, 0)
     return {"input_tokens": inputs[0], "cached_input_tokens": inputs[1],
+            "cache_write_input_tokens": inputs[2],
             "output_tokens": _int(getattr(usage, "output_tokens", None)),
             "finish_reason": _finish(getattr(response, "stop_reason", None)),
             "model": model if isinstance(model, str) and model else None}
@@ -196,7 +200,8 @@ def observe_event(meter: StreamMeter, event: Any) -> None:
             meter.model = model
         inputs = _input(getattr(message, "usage", None))
         if inputs is not None:
-            meter.input_tokens, meter.cached_input_tokens = inputs
+            meter.input_tokens, meter.cached_input_tokens, meter.cache_write_input_tokens = (
+                inputs)
     elif kind == "content_block_delta":
         delta = getattr(event, "delta", None)
         for attr in ("text", "partial_json", "thinking"):
@@ -212,5 +217,6 @@ def observe_event(meter: StreamMeter, event: Any) -> None:
             meter.output_tokens = output
             inputs = _input(usage)  # newer API versions repeat the input count here
             if inputs is not None and inputs[0] > 0:
-                meter.input_tokens, meter.cached_input_tokens = inputs
+                (meter.input_tokens, meter.cached_input_tokens,
+                 meter.cache_write_input_tokens) = inputs
             meter.usage_final = meter.input_tokens is not None

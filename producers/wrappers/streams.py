@@ -31,7 +31,7 @@ class Recorder(Protocol):
     def record(self, admission: Admission, *, provider: str | None, input_tokens: int,
                output_tokens: int, cached_input_tokens: int = 0, status: str = "ok",
                finish_reason: str | None = None, estimated: bool = False,
-               model: str | None = None) -> Any:
+               model: str | None = None, cache_write_input_tokens: int = 0) -> Any:
         """Build and emit the usage event of a finished, failed or cut call."""
         ...
 
@@ -66,6 +66,7 @@ class StreamMeter:
         """Input tokens as the provider reported them, when it did."""
         self.output_tokens: int | None = None
         self.cached_input_tokens = 0
+        self.cache_write_input_tokens = 0
         self.usage_final = False
         """Whether the provider reported the complete usage of the answer."""
         self.finish_reason: str | None = None
@@ -111,6 +112,7 @@ class StreamMeter:
             record_safely(self.guard, self.admission, provider=self.provider,
                           input_tokens=self.input_tokens, output_tokens=self.output_tokens,
                           cached_input_tokens=self.cached_input_tokens,
+                          cache_write_input_tokens=self.cache_write_input_tokens,
                           finish_reason=self.finish_reason, model=self.model)
             if self.store is not None:
                 try:
@@ -126,11 +128,13 @@ class StreamMeter:
         if self.input_tokens is not None:
             # The provider already said how long the prompt was (Anthropic's message_start).
             input_tokens, cached = self.input_tokens, self.cached_input_tokens
+            written = self.cache_write_input_tokens
         else:
-            input_tokens, cached = self.admission.input_tokens_local, 0
+            input_tokens, cached, written = self.admission.input_tokens_local, 0, 0
         record_safely(self.guard, self.admission, provider=self.provider,
                       input_tokens=input_tokens, output_tokens=output,
-                      cached_input_tokens=cached, finish_reason=self.finish_reason,
+                      cached_input_tokens=cached, cache_write_input_tokens=written,
+                      finish_reason=self.finish_reason,
                       estimated=True, model=self.model)
 
 

@@ -217,6 +217,8 @@ class Ledger:
         if event.get("status", "ok") != "ok":
             usd = Decimal(0)
         tokens = int(event.get("input_tokens", 0)) + int(event.get("output_tokens", 0))
+        if event.get("status", "ok") != "ok":
+            tokens = 0  # failed calls are counted, but free in money and in tokens
         for scope in (("user", event["user_id"]), ("feature", event["feature"]),
                       ("global", "day")):
             self.usd[scope] += usd

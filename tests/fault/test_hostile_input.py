@@ -125,8 +125,8 @@ def valid(value: bytes | None, ids: set[str]) -> dict[str, Any] | None:
     A valid event that the ledger could not price exactly (no ``cost_usd``), that falls in
     another day, or whose id was already used is reported as ``"skip"`` by the caller.
     """
-    try:
-        e = decode_event(value)
+    try:  # any coordinates: an event without an id takes them as its id
+        e = decode_event(value, origin=("t", 0, 0))
     except MalformedEvent:
         return None
     return {"event_id": e.event_id, "user_id": e.user_id, "feature": e.feature,

@@ -96,6 +96,85 @@ def test_alerts_survive_429_500_and_timeouts_exactly_once_without_stalling(
     assert posted == expected  # each transition posted exactly once, nothing extra
     failed = [r.reply.status for r in requests if r not in slack.delivered]
     assert failed == [429, 500, 500, 503]
-    assert requests[1].at - requests[0].at >= RETRY_AFTER  # Retry-After honoured
-    assert requests[4].at - requests[3].at >= DEFAULT_TIMEOUT  # the slow reply timed out
+    # Alerts go out concurrently, so a retry is the next request with the same text.
+    def retry_of(i: int) -> float:
+        return next(r.at for r in requests[i + 1:] if r.json == requests[i].json)
+
+    slow = next(i for i, r in enumerate(requests) if r.reply.status == 503)
+    assert retry_of(0) - requests[0].at >= RETRY_AFTER  # Retry-After honoured
+    assert retry_of(slow) - requests[slow].at >= DEFAULT_TIMEOUT  # the slow reply timed out
     assert "s3cr3tW3bh00kP4th" not in worker.output()
+
+
+USER_BUDGETS = """\
+users:
+  tiers: {free: {usd: 0.05}}
+features:
+  chat: {period: month, usd: 1000}
+"""
+
+
+def posted_users(slack: SlackFake) -> Counter[str]:
+    """How many times each user's cutoff was posted (accepted by Slack)."""
+    return Counter(m.group(3) for p in slack.delivered
+                   if (m := TEXT.match(p.json["text"])) and m.group(2) == "user")
+
+
+def test_one_stuck_alert_holds_up_no_other(broker, redis_url, uid, tmp_path):
+    """The first cutoff's post hangs past the client timeout: five other users' cutoffs
+    are posted meanwhile, and the stuck one once, after its retry."""
+    stack = Stack(broker.bootstrap, broker.url, redis_url, uid, tmp_path, USER_BUDGETS)
+    stack.create_topics()
+    ledger = Ledger()
+    with SlackFake() as slack:
+        slack.script(Reply(500, delay=DEFAULT_TIMEOUT + 10))
+        worker = stack.worker(SLACK_WEBHOOK_URL=slack.webhook_url)
+        try:
+            send_usage(stack, ledger, "acct-stuck", 6, "0.01")
+            first = wait_until(lambda: slack.requests, 60, "the first post", check=worker.alive)
+            others = [f"acct-{i}" for i in range(5)]
+            for user in others:
+                send_usage(stack, ledger, user, 6, "0.01")
+            wait_until(lambda: set(posted_users(slack)) >= set(others), 60, "the others",
+                       check=worker.alive)
+            waited = time.monotonic() - first[0].at
+            assert waited < DEFAULT_TIMEOUT, f"the others waited {waited:.1f}s behind one post"
+            assert "acct-stuck" not in posted_users(slack)
+            wait_until(lambda: "acct-stuck" in posted_users(slack), 60, "the stuck one",
+                       check=worker.alive)
+        finally:
+            stack.close()
+    assert worker.proc.returncode == 0, worker.output()
+    assert posted_users(slack) == Counter({u: 1 for u in ["acct-stuck", *others]})
+
+
+def test_alerts_left_at_a_clean_stop_are_posted_after_the_restart_once(
+        broker, redis_url, uid, tmp_path):
+    """Slack fails for the whole first run, which stops cleanly with its cutoff alerts
+    undelivered; the next run posts each of them once (and nothing twice)."""
+    stack = Stack(broker.bootstrap, broker.url, redis_url, uid, tmp_path, USER_BUDGETS)
+    stack.create_topics()
+    ledger = Ledger()
+    users = [f"acct-{i}" for i in range(6)]
+    with SlackFake() as down, SlackFake() as up:
+        down.script(*[Reply(500)] * 1000)
+        first = stack.worker("w", SLACK_WEBHOOK_URL=down.webhook_url)
+        try:
+            for user in users:
+                send_usage(stack, ledger, user, 6, "0.01")
+            wait_until(lambda: first.status()["alerts"] == len(users), 60, "six cutoffs",
+                       check=first.alive)
+            assert first.stop() == 0, first.output()
+            assert "handed over to the next run" in first.output()
+            assert not down.delivered
+            second = stack.worker("w", SLACK_WEBHOOK_URL=up.webhook_url)
+            wait_until(lambda: len(posted_users(up)) == len(users), 60,
+                       "every cutoff posted by the next run", check=second.alive)
+            assert second.stop() == 0, second.output()
+            third = stack.worker("w", SLACK_WEBHOOK_URL=up.webhook_url)
+            wait_until(lambda: third.status_line(), 60, "a third run", check=third.alive)
+        finally:
+            stack.close()
+    alerts = stack.read(".alerts", len(users), 10)
+    assert len(alerts) == len(users)  # published once, by the first run
+    assert posted_users(up) == Counter(dict.fromkeys(users, 1))  # the third posted nothing

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from spendstream.contract.keys import cutoff_user, spend_user
+from spendstream.settings import load_settings
 from spendstream.streams.topics import ensure_topics
 from tests.helpers import WorkerProcess, read_topic, send_in_order, wait_until
 from tests.slack_fake import SlackFake
@@ -75,7 +76,8 @@ def test_raw_events_to_cutoff_flag_slack_dlq_and_dedup(broker, redis_server, uid
             messages += [(b"acct-1", g) for g in GARBAGE]
             asyncio.run(publish(broker.bootstrap, topic, messages))
             # A stray message on the internal rollup topic must not crash-loop stage two.
-            asyncio.run(publish(broker.bootstrap, f"{topic}.rollup", [(b"chat", b"junk")]))
+            rollup = load_settings(topic=topic, app_id=f"app{uid}").rollup_topic
+            asyncio.run(publish(broker.bootstrap, rollup, [(b"chat", b"junk")]))
 
             r = redis.Redis.from_url(redis_server.url)
             cutoff = wait_until(lambda: r.get(prefix + cutoff_user("acct-7")), 90,

@@ -32,7 +32,7 @@ def async_client(fake: FakeLLM) -> anthropic.AsyncAnthropic:
 
 def test_non_stream_records_usage_with_cache_reads_in_the_input(fake_llm: FakeLLM) -> None:
     fake_llm.script(Reply(input_tokens=30, cached_tokens=100, output_tokens=12,
-                          stop_reason="max_tokens"))
+                          cache_write_tokens=1000, stop_reason="max_tokens"))
     guard = StandInGuard(model=MODEL, cap=50)
     client = wrap_anthropic(sync_client(fake_llm), guard)
 
@@ -48,7 +48,10 @@ def test_non_stream_records_usage_with_cache_reads_in_the_input(fake_llm: FakeLL
     assert request.json["max_tokens"] == 50  # the admission's, not the caller's 1000
     [event] = guard.events
     assert (event.provider, event.model, event.status) == ("anthropic", MODEL, "ok")
-    assert (event.input_tokens, event.cached_input_tokens, event.output_tokens) == (130, 100, 12)
+    # Cache reads and writes are part of the input, each also in its own field (priced at
+    # its own rate by the worker).
+    assert (event.input_tokens, event.cached_input_tokens, event.cache_write_input_tokens,
+            event.output_tokens) == (1130, 100, 1000, 12)
     assert (event.finish_reason, event.estimated) == ("length", False)
 
 
@@ -62,7 +65,8 @@ def test_max_tokens_comes_from_the_admission_when_the_caller_gave_none(
 
 
 def test_stream_takes_usage_from_message_start_and_message_delta(fake_llm: FakeLLM) -> None:
-    fake_llm.script(Reply(input_tokens=40, cached_tokens=10, output_tokens=19))
+    fake_llm.script(Reply(input_tokens=40, cached_tokens=10, output_tokens=19,
+                          cache_write_tokens=7))
     guard = StandInGuard(model=MODEL)
     client = wrap_anthropic(sync_client(fake_llm), guard)
 
@@ -72,7 +76,8 @@ def test_stream_takes_usage_from_message_start_and_message_delta(fake_llm: FakeL
 
     assert text == TEXT
     [event] = guard.events
-    assert (event.input_tokens, event.cached_input_tokens, event.output_tokens) == (50, 10, 19)
+    assert (event.input_tokens, event.cached_input_tokens, event.cache_write_input_tokens,
+            event.output_tokens) == (57, 10, 7, 19)
     assert (event.finish_reason, event.estimated) == ("end_turn", False)
 
 

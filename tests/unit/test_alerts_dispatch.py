@@ -69,19 +69,68 @@ def test_scripted_is_a_notifier() -> None:
     assert isinstance(LogNotifier(), Notifier)
 
 
-async def test_delivers_in_order() -> None:
+def transitions(subject: str, n: int) -> list[Alert]:
+    """``n`` alerts of one state machine (one key), in the order of its levels."""
+    return [Alert(scope="user", subject=subject, kind="budget", level=Level(1 + i % 4),
+                  previous=Level(i % 4), spent=Decimal(i), budget=Decimal(1), unit="usd",
+                  window_start=datetime(2026, 11, 23, tzinfo=UTC),
+                  window_end=datetime(2026, 11, 24, tzinfo=UTC)) for i in range(n)]
+
+
+async def test_delivers_everything_in_order_per_key() -> None:
     n = Scripted()
-    alerts = [make_alert() for _ in range(50)]
+    alerts = [a for i in range(10) for a in transitions(f"acct-{i}", 5)]
     async with AlertDispatcher(n) as d:
         assert all(d.submit(a) for a in alerts)
         assert await d.wait_idle(2)
-    assert n.delivered == alerts
+    assert sorted(n.delivered, key=alerts.index) == alerts
+    for i in range(10):
+        mine = [a for a in n.delivered if a.subject == f"acct-{i}"]
+        assert mine == [a for a in alerts if a.subject == f"acct-{i}"]
     assert (d.sent, d.failed, d.dropped, d.retries) == (50, 0, 0, 0)
+
+
+async def test_one_failing_alert_holds_up_no_other() -> None:
+    """The first alert's Slack request hangs (then fails and is retried): the five users'
+    alerts behind it are delivered meanwhile."""
+    hold = asyncio.Event()
+
+    class HangsFirst(Scripted):
+        async def send(self, alert: Alert) -> None:
+            if alert.subject == "stuck" and not hold.is_set():
+                self.attempts.append((time.monotonic(), alert))
+                await hold.wait()
+                raise retryable()
+            await super().send(alert)
+
+    n = HangsFirst()
+    stuck, *later = transitions("stuck", 2)
+    others = [make_alert() for _ in range(5)]
+    async with AlertDispatcher(n, base_delay=0.001) as d:
+        for a in [stuck, *others, *later]:
+            d.submit(a)
+        await until(lambda: len(n.delivered) == 5)
+        assert n.delivered == others  # the stuck key's second alert waits for its first
+        hold.set()
+        assert await d.wait_idle(2)
+    assert n.delivered[-2:] == [stuck, *later]
+
+
+async def test_stop_keeps_what_it_did_not_deliver() -> None:
+    hold = asyncio.Event()
+    d = AlertDispatcher(Scripted(hold=hold), concurrency=1)
+    await d.start()
+    alerts = [make_alert() for _ in range(3)]
+    for a in alerts:
+        d.submit(a)
+    await until(lambda: d.pending == 2)  # one in flight, two waiting
+    await d.stop(timeout=0.05)
+    assert d.abandoned == alerts
 
 
 async def test_retries_keep_order() -> None:
     n = Scripted(retryable(), retryable())
-    alerts = [make_alert() for _ in range(3)]
+    alerts = transitions("acct-r", 3)
     async with AlertDispatcher(n, base_delay=0.001) as d:
         for a in alerts:
             d.submit(a)
@@ -224,7 +273,7 @@ async def test_publish_once_per_alert_even_with_retries() -> None:
             d.submit(a)
         assert await d.wait_idle(2)
     assert published == alerts
-    assert n.delivered == alerts
+    assert sorted(n.delivered, key=alerts.index) == alerts
 
 
 async def test_publish_errors_are_logged_and_delivery_goes_on(
@@ -265,7 +314,7 @@ async def test_full_notify_queue_still_publishes() -> None:
     hold = asyncio.Event()
     n = Scripted(hold=hold)
     a, b, c = make_alert(), make_alert(), make_alert()
-    async with AlertDispatcher(n, publish=publish, max_queue=1) as d:
+    async with AlertDispatcher(n, publish=publish, max_queue=1, concurrency=1) as d:
         assert d.submit(a) is True
         await until(lambda: len(n.attempts) == 1)  # a is in flight, the queue is empty
         assert d.submit(b) is True  # the queue is full now

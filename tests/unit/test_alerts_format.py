@@ -47,8 +47,13 @@ def all_text(blocks: list[dict[str, Any]]) -> str:
         (D("12.345"), "usd", "$12.35"),  # half up, not banker's
         (D("0"), "usd", "$0.00"),
         (D("1234567.8"), "usd", "$1,234,567.80"),
-        (D("0.0042"), "usd", "$0.0042"),  # under a cent keeps its digits
-        (D("0.13"), "USD", "$0.13"),
+        (D("0.0042"), "usd", "$0.00420"),  # under a dollar: three significant digits
+        (D("0.13"), "USD", "$0.130"),
+        (D("0.014271"), "usd", "$0.0143"),
+        (D("0.01"), "usd", "$0.0100"),
+        (D("0.999"), "usd", "$0.999"),
+        (D("1"), "events", "1 event"),
+        (D("3"), "events", "3 events"),
         (D("-3.5"), "usd", "-$3.50"),
         (D("10000"), "tokens", "10,000 tokens"),
         (D("1234567"), "tokens", "1,234,567 tokens"),
@@ -144,9 +149,32 @@ def test_tokens_alert() -> None:
 
 
 def test_zero_budget_is_not_zero_percent() -> None:
-    text, _ = render(make(kind="unpriced", budget=D(0), spent=D("0.5")))
-    assert "no budget" in text
-    assert "0.0%" not in text
+    text, _ = render(make(kind="budget", budget=D(0), spent=D("0.5")))
+    assert "0.0%" not in text and "$0.500" in text
+
+
+def test_unpriced_model_reads_as_a_count() -> None:
+    text, blocks = render(make(scope="model", subject="gpt-9", kind="unpriced", unit="events",
+                               spent=D(1), budget=D(0), level=Level.ALERT, previous=Level.OK,
+                               detail="no price in the table or the budgets file's prices:"))
+    assert text.startswith("spendstream ALERT: model gpt-9 unpriced: 1 event, window ")
+    assert "no budget" not in text and "of 0" not in text
+    assert "*model* gpt-9 crossed *ALERT* on *unpriced*: 1 event." in all_text(blocks)
+
+
+def test_small_amounts_keep_their_digits() -> None:
+    text, _ = render(make(spent=D("0.014271"), budget=D("0.01")))
+    assert "at 142.7% ($0.0143 of $0.0100)" in text
+
+
+@pytest.mark.parametrize(("subject", "kind", "level", "phrase"), [
+    ("hourly", "spike", Level.WARN, "spendstream WARN: global hourly spike at 142.7%"),
+    ("daily", "daily_cap", Level.CUTOFF, "spendstream CUTOFF: global daily cap at 142.7%"),
+])
+def test_global_alerts_read_once(subject: str, kind: str, level: Level, phrase: str) -> None:
+    text, _ = render(make(scope="global", subject=subject, kind=kind, level=level,
+                          previous=Level.OK, spent=D("71.35"), budget=D("50")))
+    assert text.startswith(phrase), text
 
 
 def test_no_detail_no_detail_block() -> None:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
 import pytest
 
-from spendstream.contract.event import MalformedEvent, UsageEvent, decode_event, decode_events
+from spendstream.contract.event import (
+    Horizon,
+    MalformedEvent,
+    UsageEvent,
+    decode_event,
+    decode_events,
+)
 
 BASE = {"schema": 1, "event_id": "b3f1", "ts": "2026-11-23T10:00:00Z", "user_id": "acct-7",
         "feature": "chat", "model": "gpt-4o", "provider": "openai", "input_tokens": 1200,
@@ -51,6 +57,10 @@ def test_timestamps(ts, expected):
     (raw(output_tokens=True), "output_tokens"),
     (raw(ts="yesterday"), "RFC 3339"),
     (raw(ts="2026-11-23T10:00:00"), "UTC offset"),
+    (raw(ts="0001-01-01T00:00:00Z"), "out of range"),  # strings are range-checked like epochs
+    (raw(ts="9999-12-31T23:59:59Z"), "out of range"),
+    (raw(ts="1969-12-31T23:59:59+00:00"), "out of range"),
+    (raw(ts=32_503_680_000), "out of range"),
     (raw(cost_usd="-0.01"), "cost_usd"),
     (raw(cost_usd="NaN"), "cost_usd"),
     (raw(user_id=""), "user_id"),
@@ -81,6 +91,8 @@ VARIANTS = [
     {"input_tokens": 1.0}, {"user_id": "u" * 256}, {"user_id": "u" * 257},
     {"user_id": "a\x7fb"}, {"model": "m\x00"}, {"event_id": 5}, {"provider": "p" * 65},
     {"schema": True}, {"schema": 1.0}, {"extra_field": [1, 2]}, {"status": None},
+    {"cache_write_input_tokens": 5}, {"cache_write_input_tokens": -1},
+    {"cache_write_input_tokens": "5"},
 ]
 
 
@@ -129,3 +141,73 @@ def test_everyday_events_take_the_fast_path():
     for change in ({}, {"provider": None, "cost_usd": None}, {"local_input_tokens": 5},
                    {"ts": "2026-11-23T11:00:00+01:00"}):
         assert _fast({**BASE, **change}) is not None
+
+
+def test_events_dated_beyond_the_horizon_are_rejected_with_the_skew():
+    now = datetime(2026, 11, 23, 10, tzinfo=UTC)
+    horizon = Horizon(now, 300)
+    ahead = lambda s: (now + timedelta(seconds=s)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: E731
+    assert decode_event(raw(ts=ahead(299)), horizon).ts == now + timedelta(seconds=299)
+    with pytest.raises(MalformedEvent) as e:
+        decode_event(raw(ts=ahead(2 * 86400)), horizon)
+    assert "172800s ahead" in e.value.reason and "SPENDSTREAM_MAX_FUTURE_SECONDS" in e.value.reason
+    epoch = (now + timedelta(days=3)).timestamp()  # epoch seconds too, and packed elements
+    out = decode_events(orjson.dumps([{**BASE, "ts": epoch}, BASE]), horizon)
+    assert isinstance(out[0], MalformedEvent) and "ahead" in out[0].reason
+    assert isinstance(out[1], UsageEvent)
+    assert decode_event(raw(ts=ahead(2 * 86400))).ts > now  # no horizon: no clock check
+
+
+def test_cache_writes_are_an_optional_field_of_schema_1():
+    """Old events (no field) stay valid with 0 writes and encode as before; new ones round
+    trip."""
+    old = decode_event(raw())
+    assert old.cache_write_input_tokens == 0
+    assert b"cache_write" not in old.to_json()
+    new = decode_event(raw(input_tokens=5000, cache_write_input_tokens=4000))
+    assert new.cache_write_input_tokens == 4000
+    assert decode_event(new.to_json()) == new
+
+
+def test_an_event_without_an_id_takes_its_record_coordinates():
+    """Stable across redelivery: the same record decodes to the same id; a packed record's
+    elements get their index; with no coordinates an id-less event is malformed."""
+    anonymous = {k: v for k, v in BASE.items() if k != "event_id"}
+    where = ("spendstream.usage", 3, 1234)
+    one = decode_events(orjson.dumps(anonymous), origin=where)[0]
+    assert one.event_id == "kafka:spendstream.usage/3/1234"
+    assert decode_events(orjson.dumps(anonymous), origin=where)[0] == one
+    assert decode_event(orjson.dumps({**anonymous, "event_id": None}), origin=where) == one
+    packed = decode_events(orjson.dumps([anonymous, BASE, anonymous]), origin=where)
+    assert [e.event_id for e in packed] == ["kafka:spendstream.usage/3/1234/0", "b3f1",
+                                            "kafka:spendstream.usage/3/1234/2"]
+    with pytest.raises(MalformedEvent, match="event_id: missing"):
+        decode_event(orjson.dumps(anonymous))
+    long = decode_events(orjson.dumps(anonymous), origin=("t" * 249, 0, 1))[0]
+    assert long.event_id.startswith("kafka:") and len(long.event_id) == 70
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (raw(cached_input_tokens=1201), "exceed input_tokens"),
+    (raw(input_tokens=100, cached_input_tokens=60, cache_write_input_tokens=41),
+     "exceed input_tokens"),
+    (raw(cost_usd=0.0123), "not a JSON number"),
+    (raw(cost_usd=1), "not a JSON number"),
+    (raw()[:-1] + b',"user_id":"acct-8"}', "user_id: repeated key"),
+    (raw()[:-1] + b',"user\\u005fid":"acct-8"}', "user_id: repeated key"),  # escaped
+    (b'{"schema": 1, "user_id": "a", "feature": "f", "model": "m", "user_id" : "b"}',
+     "user_id: repeated key"),
+])
+def test_contract_checks(value, reason):
+    with pytest.raises(MalformedEvent) as e:
+        decode_event(value, origin=("t", 0, 0))
+    assert reason in e.value.reason
+
+
+def test_a_repeated_key_costs_only_its_own_element():
+    dup = raw()[:-1] + b',"user_id":"acct-8"}'
+    out = decode_events(b"[" + raw() + b"," + dup + b"," + raw(event_id="x") + b"]")
+    assert [type(e).__name__ for e in out] == ["UsageEvent", "MalformedEvent", "UsageEvent"]
+    assert "element 1 of 3: user_id: repeated key" in out[1].reason
+    # A repeated key inside a string value is not a repeated key.
+    assert decode_event(raw(finish_reason='"user_id":"x"')).user_id == "acct-7"

@@ -55,6 +55,11 @@ CASES: list[tuple[str, FlagSnapshot, type[Refused] | None, str | None]] = [
      FeatureDisabled, "feature"),
     ("global wins over user", FlagSnapshot(cutoff_user=USER, cutoff_global=DAILY),
      BudgetExceeded, "global"),
+    ("flag of a window that has not started ignored (an event dated ahead)",
+     FlagSnapshot(cutoff_user={**USER, "window_start": "2026-11-24T00:00:00Z",
+                               "window_end": "2026-11-25T00:00:00Z"},
+                  cutoff_global={**DAILY, "window_start": "2026-11-26T00:00:00Z",
+                                 "window_end": "2026-11-27T00:00:00Z"}), None, None),
     ("expired cached flag ignored",
      FlagSnapshot(cutoff_user=flag("user", "acct-7", end="2026-11-23T09:59:59Z")), None, None),
     ("flag without a window end still refuses", FlagSnapshot(cutoff_feature={}),
@@ -142,6 +147,12 @@ def test_tier_comes_from_the_budgets_members() -> None:
     b = parse_budgets({"users": {"tiers": {"free": {"usd": 1}, "pro": {"usd": 5}},
                                  "members": {"acct-9": "pro"}}})
     assert b.users.tier_of("acct-9") == "pro" and b.users.tier_of("acct-1") == "free"
+
+
+def test_a_feature_without_a_model_names_itself_in_the_error():
+    with pytest.raises(ConfigError) as e:
+        choose_model(Feature(), "free", None, "chat")
+    assert "features.chat.model" in str(e.value) and "{name}" not in str(e.value)
 
 
 @pytest.mark.parametrize(("requested", "policy", "expected"), [

@@ -102,6 +102,33 @@ def test_table_treats_cached_as_part_of_input() -> None:
     assert lib.total_price == expected
 
 
+def test_cache_writes_are_priced_at_the_cache_write_rate() -> None:
+    """100,000 prompt-cache write tokens on claude-sonnet-4-5 cost what genai-prices says
+    ($3.75/MTok, not the $3 input rate), as a part of input_tokens, from an event too."""
+    p = Pricer()
+    lib = genai_prices.calc_price(Usage(input_tokens=100_000, cache_write_tokens=100_000),
+                                  "claude-sonnet-4-5", provider_id="anthropic").total_price
+    assert lib == Decimal("0.375")
+    assert p.price("claude-sonnet-4-5", "anthropic", 100_000, 0,
+                   cache_write_input_tokens=100_000) == lib
+    event = UsageEvent(user_id="u", feature="f", model="claude-sonnet-4-5", provider="anthropic",
+                       input_tokens=100_051, cached_input_tokens=0,
+                       cache_write_input_tokens=100_000, output_tokens=10)
+    mixed = genai_prices.calc_price(Usage(input_tokens=100_051, cache_write_tokens=100_000,
+                                          output_tokens=10), "claude-sonnet-4-5",
+                                    provider_id="anthropic").total_price
+    assert p.price_event(event).cost == mixed
+    # An override without a cache-write rate charges writes as input; with one, its rate.
+    over = Pricer({"m": Price(input=Decimal(3), output=Decimal(15))})
+    assert over.price("m", None, 100_000, 0, cache_write_input_tokens=100_000) == Decimal("0.3")
+    over = Pricer({"m": Price(input=Decimal(3), output=Decimal(15),
+                              cache_write_input=Decimal("3.75"))})
+    assert over.price("m", None, 100_000, 0, cache_write_input_tokens=100_000) == lib
+    # Reads and writes together beyond the input break the contract: unpriced.
+    assert p.price("claude-sonnet-4-5", "anthropic", 100, 0, 60, cache_write_input_tokens=60) \
+        is None
+
+
 def test_fast_path_matches_genai_prices_for_every_table_model() -> None:
     """The hot path computes common cards itself; it must agree with the library exactly."""
     at = datetime(2026, 11, 23, tzinfo=UTC)
@@ -112,14 +139,17 @@ def test_fast_path_matches_genai_prices_for_every_table_model() -> None:
         for provider in data_snapshot.get_snapshot().providers:
             for info in provider.models:
                 card = info.get_prices(at)
-                for inp, out, cached in [(1200, 300, 100), (300_000, 5000, 250_000), (M, M, 0)]:
-                    mine = p._table_cost(info, inp, out, cached, at)
+                for inp, out, cached, written in [(1200, 300, 100, 0), (300_000, 5000, 250_000, 0),
+                                                  (M, M, 0, 0), (300_000, 5000, 100_000, 150_000),
+                                                  (1200, 300, 0, 1000)]:
+                    mine = p._table_cost(info, inp, out, cached, at, written)
                     if mine is None:
                         continue  # priced per hour/page/character: unpriced by design
                     lib = card.calc_price(
-                        Usage(input_tokens=inp, output_tokens=out, cache_read_tokens=cached)
+                        Usage(input_tokens=inp, output_tokens=out, cache_read_tokens=cached,
+                              cache_write_tokens=written)
                     )["total_price"]
-                    assert mine == lib, (provider.id, info.id, inp, out, cached)
+                    assert mine == lib, (provider.id, info.id, inp, out, cached, written)
                     checked += 1
     assert checked > 1000
 

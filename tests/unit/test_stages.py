@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from spendstream.alerts.format import render
 from spendstream.contract.alert import Level
 from spendstream.contract.event import UsageEvent
 from spendstream.contract.keys import (
@@ -149,6 +150,23 @@ def test_failed_calls_are_free_but_counted():
     assert spend["spent_usd"] == "0" and spend["events"] == 1
 
 
+def test_failed_calls_drain_no_token_tier_and_no_tokens_per_minute():
+    """15,000 failed tokens against a 10,000-token tier and a 20,000 tokens-per-minute
+    ceiling (30,000 with the rest): counted as calls, no flag."""
+    w = World(parse_budgets({"users": {"tiers": {"free": {"tokens": 10000}}},
+                             "global": {"tokens_per_minute": 20000},
+                             "prices": {"m": {"input": 10, "output": 10}}}))
+    w.send(*[ev(status="error", tokens=1000) for _ in range(15)])
+    w.send(*[ev(user="u2", status="error", tokens=1000) for _ in range(15)])
+    w.send(ev(tokens=100))
+    spend, _ = w.flags.keys["spend:user:u1"]
+    assert spend["events"] == 16 and spend["spent_tokens"] == 100
+    assert not [k for k in w.flags.keys if k.startswith(("cutoff:", "warn:"))]
+    minute = w.flags.keys["spend:global:minute"][0]
+    assert minute["events"] == 31 and minute["failed_events"] == 30
+    assert minute["spent_tokens"] == 100
+
+
 def test_feature_alert_at_120_percent_is_one_message_per_transition():
     w = World(parse_budgets({"features": {"chat": {"usd": "1.00"}}, "prices": {
         "m": {"input": 10, "output": 10}}}))
@@ -265,13 +283,49 @@ def test_answers_cut_at_the_output_cap_are_counted_per_feature():
 
 
 def test_the_spend_key_shows_the_live_window_only():
-    """``spend:user`` is written for a window that is still open, and not for it once a later
-    window of the user is counting (an app clock ahead by a day): a stale window never
-    replaces the live one, without a per-user expiry map in the flag sink."""
+    """``spend:user`` and the global and feature spend keys are written for the window that
+    is open now only: never for one that has not started (an event dated a little ahead
+    of the worker's clock), never for one that is over."""
     w = World()
-    w.send(ev(tokens=1000, ts=NOW + timedelta(days=1)))  # tomorrow, by a skewed clock
+    w.send(ev(tokens=1000, ts=NOW + timedelta(hours=12, minutes=2)))  # tomorrow, 2 min on
+    assert "spend:user:u1" not in w.flags.keys
+    assert "spend:global:day" not in w.flags.keys and "spend:feature:chat" in w.flags.keys
     w.send(ev(tokens=2000))  # today, after it
-    spend, expire = w.flags.keys[spend_user("u1")]
-    assert spend["spent_usd"] == "0.01" and spend["window_end"] == "2026-11-25T00:00:00Z"
+    spend, expire = w.flags.keys["spend:user:u1"]
+    assert spend["spent_usd"] == "0.02" and spend["window_end"] == "2026-11-24T00:00:00Z"
+    assert w.flags.keys["spend:global:day"][0]["spent_usd"] == "0.02"
     w.send(ev(user="u2", tokens=1000, ts=NOW - timedelta(days=1)))  # yesterday: over
-    assert spend_user("u2") not in w.flags.keys
+    assert "spend:user:u2" not in w.flags.keys
+
+
+def test_dedup_identity_is_user_and_event_id():
+    """Two users' events with one ``event_id`` (two producers that number their own events)
+    are two events; the same user's is a duplicate."""
+    w = World()
+    w.send(ev(user="u1", eid="e-1"), ev(user="u2", eid="e-1"), ev(user="u1", eid="e-1"))
+    assert w.counters.events == 2 and w.counters.duplicates == 1
+    assert w.flags.keys["spend:user:u2"][0]["events"] == 1
+
+
+def test_an_hourly_spike_is_a_warning_and_reads_once():
+    w = World(parse_budgets({"global": {"hourly_usd_alert": "0.05"},
+                             "prices": {"m": {"input": 10, "output": 10}}}))
+    w.send(*[ev(user=f"u{i}", tokens=1000) for i in range(6)])  # $0.06 in the hour
+    [spike] = [a for a in w.alerts if a.kind == "spike"]
+    assert (spike.level, spike.subject) == (Level.WARN, "hourly")
+    assert "cutoff:global" not in w.flags.keys
+    assert render(spike)[0].startswith("spendstream WARN: global hourly spike at 120.0%")
+
+
+def test_a_feature_without_a_hard_cap_is_never_announced_as_cutoff():
+    w = World(parse_budgets({"features": {"soft": {"usd": "0.10"},
+                                          "hard": {"usd": "0.10", "cutoff": True}},
+                             "prices": {"m": {"input": 10, "output": 10}}}))
+    for i in range(13):  # to 130%
+        w.send(ev(user=f"u{i}", feature="soft", tokens=1000),
+               ev(user=f"v{i}", feature="hard", tokens=1000))
+    soft = [a.level for a in w.alerts if a.subject == "soft" and a.kind == "budget"]
+    hard = [a.level for a in w.alerts if a.subject == "hard" and a.kind == "budget"]
+    assert soft == [Level.WARN, Level.ALERT] and "cutoff:feature:soft" not in w.flags.keys
+    assert hard == [Level.WARN, Level.CUTOFF, Level.ALERT]
+    assert "cutoff:feature:hard" in w.flags.keys

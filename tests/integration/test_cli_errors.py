@@ -1,0 +1,61 @@
+"""Configuration mistakes at the command line: one clear line and exit 2, fast."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spendstream.embedded import free_port
+from spendstream.errors import ConfigError
+from spendstream.producers import Emitter, SyncEmitter
+from spendstream.settings import load_settings
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "spendstream", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **env})
+
+
+def budgets(tmp_path: Path) -> str:
+    path = tmp_path / "budgets.yaml"
+    path.write_text("users: {tiers: {free: {usd: 1}}}\n")
+    return str(path)
+
+
+def test_an_unreachable_kafka_fails_fast_with_one_line(tmp_path):
+    started = time.monotonic()
+    out = cli("worker", env={"SPENDSTREAM_KAFKA_URL": f"kafka://127.0.0.1:{free_port()}",
+                             "SPENDSTREAM_BUDGETS": budgets(tmp_path)})
+    took = time.monotonic() - started
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, lines
+    assert "did not answer within 10s" in lines[0] and "SPENDSTREAM_KAFKA_URL" in lines[0]
+    assert took < 25, f"{took:.0f}s"
+
+
+def test_a_mistyped_scheme_is_one_line_in_the_cli_and_a_config_error_in_the_emitter(tmp_path):
+    out = cli("worker", env={"SPENDSTREAM_KAFKA_URL": "kafak://127.0.0.1:9092",
+                             "SPENDSTREAM_BUDGETS": budgets(tmp_path)}, timeout=30)
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, lines
+    assert "SPENDSTREAM_KAFKA_URL" in lines[0] and "kafak://" in lines[0]
+    for make in (Emitter, SyncEmitter):
+        with pytest.raises(ConfigError, match="unknown scheme 'kafak://'"):
+            make("kafak://127.0.0.1:9092")
+    with pytest.raises(ConfigError, match="SPENDSTREAM_KAFKA_URL"):
+        load_settings(kafka_url="kafak://127.0.0.1:9092")
+
+
+def test_up_with_a_budgets_file_that_does_not_exist_exits_2_like_worker(tmp_path):
+    missing = str(tmp_path / "nope.yaml")
+    for command in ("up", "worker"):
+        out = cli(command, env={"SPENDSTREAM_BUDGETS": missing}, timeout=30)
+        assert out.returncode == 2, (command, out.stdout, out.stderr)
+        assert "nope.yaml" in out.stderr and "example budgets" not in out.stdout + out.stderr
