@@ -47,7 +47,8 @@ def ledger_services(settings: Settings, budgets: Budgets, registry: Any = None) 
     consumer = LedgerConsumer(
         settings.database_url.get_secret_value(), settings.bootstrap_servers, settings.topic,
         settings.ledger_group, budgets, kafka_kwargs=kafka_client_kwargs(settings),
-        status_interval=settings.status_interval)
+        status_interval=settings.status_interval,
+        max_future_seconds=settings.max_future_seconds)
     if registry is not None:
         registry.register(LedgerCollector(consumer.stats))
     return [LedgerService(consumer)]

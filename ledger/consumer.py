@@ -23,9 +23,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from spendstream.contract.event import MalformedEvent, decode_events
+from spendstream.contract.event import MAX_FUTURE_SECONDS, Horizon, MalformedEvent, decode_events
 from spendstream.contract.ledger import LedgerRow, ledger_row
 from spendstream.domain.budgets import Budgets
 from spendstream.domain.pricing import Pricer
@@ -66,8 +67,10 @@ class LedgerConsumer:
     def __init__(self, database_url: str, bootstrap: str, topic: str, group: str,
                  budgets: Budgets, pricer: Pricer | None = None,
                  kafka_kwargs: dict[str, Any] | None = None,
-                 max_records: int = MAX_RECORDS, status_interval: float = 10.0) -> None:
+                 max_records: int = MAX_RECORDS, status_interval: float = 10.0,
+                 max_future_seconds: float = MAX_FUTURE_SECONDS) -> None:
         self.database_url = database_url
+        self.max_future_seconds = max_future_seconds
         self.bootstrap = bootstrap
         self.topic = topic
         self.group = group
@@ -82,11 +85,14 @@ class LedgerConsumer:
         self._tier: Callable[[str], str] = budgets.users.tier_of
 
     def rows(self, records: Iterable[Any]) -> list[LedgerRow]:
-        """Decode and price records (single events or packed arrays); bad ones are the
-        worker's to dead-letter, so they are skipped here."""
+        """Decode and price records (single events or packed arrays) by the worker's rules:
+        the same future horizon, the same stable id for an event without ``event_id`` (from
+        its record's coordinates); what the worker dead-letters is skipped here."""
         out = []
+        horizon = Horizon(datetime.now(UTC), self.max_future_seconds)
         for record in records:
-            for event in decode_events(record.value):
+            origin = (record.topic, record.partition, record.offset)
+            for event in decode_events(record.value, horizon, origin):
                 if not isinstance(event, MalformedEvent):
                     out.append(ledger_row(event, self.pricer, self._tier(event.user_id)))
         return out

@@ -153,3 +153,30 @@ def test_without_a_database_url_the_worker_has_no_ledger_and_no_psycopg() -> Non
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_the_ledger_keeps_exactly_what_the_worker_counts() -> None:
+    """An event dated beyond the horizon is the worker's to dead-letter, so the ledger
+    skips it; an event without an event_id gets the worker's id from its coordinates."""
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    import orjson
+
+    from spendstream.contract.event import origin_id
+    from spendstream.domain.budgets import parse_budgets
+    from spendstream.ledger.consumer import LedgerConsumer
+
+    now = datetime.now(UTC)
+    base = {"schema": 1, "user_id": "u", "feature": "chat", "model": "gpt-4o",
+            "input_tokens": 10, "output_tokens": 2, "cost_usd": "0.01"}
+    records = [
+        SimpleNamespace(topic="t", partition=0, offset=7, value=orjson.dumps(
+            {**base, "ts": now.isoformat()})),
+        SimpleNamespace(topic="t", partition=0, offset=8, value=orjson.dumps(
+            {**base, "event_id": "far", "ts": (now + timedelta(days=2)).isoformat()})),
+    ]
+    consumer = LedgerConsumer("postgresql://unused", "127.0.0.1:9", "t", "g",
+                              parse_budgets({}), max_future_seconds=300)
+    rows = consumer.rows(records)
+    assert [r.event_id for r in rows] == [origin_id(("t", 0, 7))]
