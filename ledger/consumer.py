@@ -92,9 +92,20 @@ class LedgerConsumer:
         horizon = Horizon(datetime.now(UTC), self.max_future_seconds)
         for record in records:
             origin = (record.topic, record.partition, record.offset)
-            for event in decode_events(record.value, horizon, origin):
-                if not isinstance(event, MalformedEvent):
+            try:
+                events = decode_events(record.value, horizon, origin)
+            except Exception:  # the worker dead-letters it ("could not decode")
+                log.exception("ledger: skipping record %s/%d/%d the decoder failed on",
+                              record.topic, record.partition, record.offset)
+                continue
+            for event in events:
+                if isinstance(event, MalformedEvent):
+                    continue
+                try:
                     out.append(ledger_row(event, self.pricer, self._tier(event.user_id)))
+                except Exception:  # the worker dead-letters it ("could not count")
+                    log.exception("ledger: skipping event %r that could not be priced",
+                                  event.event_id)
         return out
 
     async def run(self, stop: asyncio.Event) -> None:

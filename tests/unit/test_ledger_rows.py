@@ -180,3 +180,27 @@ def test_the_ledger_keeps_exactly_what_the_worker_counts() -> None:
                               parse_budgets({}), max_future_seconds=300)
     rows = consumer.rows(records)
     assert [r.event_id for r in rows] == [origin_id(("t", 0, 7))]
+
+
+def test_an_event_that_cannot_be_priced_is_skipped_not_fatal() -> None:
+    """The worker dead-letters an event whose pricing raises; the ledger skips it and
+    keeps the rest of the batch (no poison pill here either)."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    import orjson
+
+    from spendstream.domain.budgets import parse_budgets
+    from spendstream.ledger.consumer import LedgerConsumer
+
+    class Exploding:
+        def price_event(self, event: object) -> object:
+            raise ArithmeticError("boom")
+
+    ts = datetime.now(UTC).isoformat()
+    records = [SimpleNamespace(topic="t", partition=0, offset=i, value=orjson.dumps(
+        {"schema": 1, "event_id": f"e{i}", "ts": ts, "user_id": "u", "feature": "chat",
+         "model": "gpt-4o", "input_tokens": 1})) for i in range(2)]
+    consumer = LedgerConsumer("postgresql://unused", "127.0.0.1:9", "t", "g",
+                              parse_budgets({}), pricer=Exploding())  # type: ignore[arg-type]
+    assert consumer.rows(records) == []
