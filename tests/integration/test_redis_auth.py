@@ -11,7 +11,7 @@ import pytest
 
 from spendstream.cli import main
 from spendstream.contract.keys import cutoff_feature
-from spendstream.domain.budgets import Budgets
+from spendstream.domain.budgets import parse_budgets
 from spendstream.embedded import EmbeddedRedis
 from spendstream.errors import FeatureDisabled, ServiceUnavailable
 from spendstream.producers.guard import AsyncGuard, Guard
@@ -22,6 +22,9 @@ pytestmark = pytest.mark.integration
 PASSWORD = "rds-AuthTest-pw-4Kq9"
 WRONG = "not-the-pw-7Lm2"
 MESSAGES = [{"role": "user", "content": "hi"}]
+
+CHAT = parse_budgets({"features": {"chat": {"max_output_tokens": 50}}})
+"""A budgets file that knows the feature the calls name (unknown ones are refused)."""
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,7 @@ def test_cli_and_guard_work_with_the_password(locked_redis: EmbeddedRedis,
     assert PASSWORD not in out
 
     settings = load_settings()
-    guard = Guard.from_settings(settings, Budgets(), None)
+    guard = Guard.from_settings(settings, CHAT, None)
     guard.cache_ttl = 0
     with pytest.raises(FeatureDisabled, match="incident 42"):
         guard.admit("acct-1", "chat", MESSAGES, model="gpt-4o")
@@ -67,7 +70,7 @@ def test_cli_and_guard_work_with_the_password(locked_redis: EmbeddedRedis,
 
 async def test_the_async_guard_works_with_the_password(locked_redis: EmbeddedRedis,
                                                        uid: str) -> None:
-    guard = AsyncGuard(_url(locked_redis, PASSWORD), Budgets(), prefix=f"auth{uid}:",
+    guard = AsyncGuard(_url(locked_redis, PASSWORD), CHAT, prefix=f"auth{uid}:",
                        fail_closed=True)
     assert (await guard.admit("acct-1", "chat", MESSAGES, model="gpt-4o")).model
     assert guard.stats.redis_errors == 0
@@ -95,7 +98,7 @@ def test_the_guard_says_the_credentials_were_refused(locked_redis: EmbeddedRedis
                                                      caplog: pytest.LogCaptureFixture,
                                                      fail_closed: bool) -> None:
     caplog.set_level(logging.DEBUG)
-    guard = Guard(_url(locked_redis, WRONG), Budgets(), fail_closed=fail_closed)
+    guard = Guard(_url(locked_redis, WRONG), CHAT, fail_closed=fail_closed)
     if fail_closed:
         with pytest.raises(ServiceUnavailable, match="credentials") as e:
             guard.admit("acct-1", "chat", MESSAGES, model="gpt-4o")
