@@ -32,7 +32,7 @@ from spendstream.producers import SyncEmitter, UsageEvent
 from spendstream.streams.topics import ensure_topics
 from tests.helpers import record_events, wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
 PAUSE = 30.0
 """Seconds the broker is frozen: three of the emitter's 10 s request timeouts."""

@@ -152,6 +152,7 @@ def test_one_stuck_alert_holds_up_no_other(broker, redis_url, uid, tmp_path):
     assert posted_users(slack) == Counter({u: 1 for u in ["acct-stuck", *others]})
 
 
+@pytest.mark.slow
 def test_alerts_left_at_a_clean_stop_are_posted_after_the_restart_once(
         broker, redis_url, uid, tmp_path):
     """Slack fails for the whole first run, which stops cleanly with its cutoff alerts

@@ -17,7 +17,7 @@ import pytest
 
 from tests.helpers import wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
 
 def _get(url: str) -> dict:

@@ -13,7 +13,7 @@ import redis
 
 from spendstream.contract.keys import DEFAULT_PREFIX, cutoff_user
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_demo_shows_warning_cutoff_and_alert_then_cleans_up(redis_server, tmp_path):

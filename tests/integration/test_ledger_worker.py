@@ -157,6 +157,7 @@ def first_batch(pub: Published) -> list[tuple[bytes | None, bytes | None]]:
     return messages
 
 
+@pytest.mark.slow
 def test_four_queries_match_what_was_published_through_a_worker_sigkill(
         broker, redis_server, database_url, uid, tmp_path):
     pub = Published()
@@ -237,6 +238,7 @@ def ledger_rows_of(worker: Any) -> int:
     return int(found[-1]) if found else 0
 
 
+@pytest.mark.slow
 def test_rebalances_between_two_workers_write_each_event_once(
         broker, redis_server, database_url, uid, tmp_path):
     """A second worker joins while events stream in, then the first leaves: the ledger's

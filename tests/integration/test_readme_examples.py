@@ -78,6 +78,7 @@ ENTRY = re.compile(r"^def (\w+)\(user_id: str, (\w+)", re.M)
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_every_python_example_runs_as_written_and_delivers(broker, redis_server, uid, tmp_path,
                                                            fake_llm):
     """Each python block of the README and docs/, in a fresh interpreter with only the model

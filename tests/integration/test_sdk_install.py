@@ -21,7 +21,7 @@ import pytest
 
 from spendstream.embedded import EmbeddedBroker
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 def _sources() -> tuple[str, ...]:
