@@ -280,7 +280,9 @@ async def test_full_queue_drops_and_counts(
     await d.start()
     assert await d.wait_idle(5)
     await d.stop()
-    assert [text_of(r) for r in slack_fake.requests] == [render(a)[0] for a in alerts[:2]]
+    # Alerts of different keys go out concurrently: the two kept are posted, in any order.
+    assert sorted(text_of(r) for r in slack_fake.requests) == sorted(
+        render(a)[0] for a in alerts[:2])
     assert d.sent == 2
 
 
