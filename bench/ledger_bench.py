@@ -142,26 +142,32 @@ async def bench_consumer(url: str, evs: list[dict[str, Any]]) -> tuple[float, fl
 GENERATE = f"""
 INSERT INTO {TABLE} (event_id, ts, date, user_id, feature, model, provider, input_tokens,
                      output_tokens, cached_input_tokens, status, finish_reason, tier,
-                     estimated, cost_usd, price_source)
+                     estimated, cache_hit, cost_usd, price_source, saved_usd)
 SELECT 'e' || g, t, (t AT TIME ZONE 'UTC')::date, 'acct-' || (b * 7919 %% %(users)s),
        'feature-' || (b %% 20), 'model-' || (b / 20 %% 8), 'openai', 500 + g %% 1500,
        50 + g %% 700, (g %% 3) * 100, CASE WHEN g %% 50 = 0 THEN 'error' ELSE 'ok' END,
-       'stop', 'free', false,
-       CASE WHEN g %% 100 = 1 THEN NULL WHEN g %% 50 = 0 THEN 0
+       'stop', 'free', false, g %% 20 = 3,
+       CASE WHEN g %% 100 = 1 THEN NULL WHEN g %% 50 = 0 OR g %% 20 = 3 THEN 0
             ELSE round((500 + g %% 1500) * 0.0000025 + (50 + g %% 700) * 0.00001, 8) END,
        CASE WHEN g %% 100 = 1 THEN 'unpriced' WHEN g %% 50 = 0 THEN 'failed'
-            ELSE 'table' END
+            WHEN g %% 20 = 3 THEN 'event' ELSE 'table' END,
+       CASE WHEN g %% 20 = 3
+            THEN round((500 + g %% 1500) * 0.0000025 + (50 + g %% 700) * 0.00001, 8) END
 FROM (SELECT g, g / %(burst)s AS b,
              %(start)s::timestamptz + (g * %(span)s / %(rows)s) * interval '1 second' AS t
       FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) g) s
 """
 """Calls come in bursts of ``burst`` consecutive calls by one user on one feature and
-model (a session), spread evenly from the start of last month to now."""
+model (a session), spread evenly from the start of last month to now; 1% unpriced, 2%
+failed, 5% response-cache hits (cost 0, ``saved_usd`` what the call would have cost)."""
 
 FILL_ROLLUP = f"""
-INSERT INTO {ROLLUP} SELECT date_trunc('hour', ts, 'UTC'), user_id, feature, model, count(*),
+INSERT INTO {ROLLUP} (hour, user_id, feature, model, calls, input_tokens, output_tokens,
+                      cached_input_tokens, cost_usd, unpriced, cache_hits, saved_usd)
+SELECT date_trunc('hour', ts, 'UTC'), user_id, feature, model, count(*),
     sum(input_tokens), sum(output_tokens), sum(cached_input_tokens), coalesce(sum(cost_usd), 0),
-    count(*) FILTER (WHERE cost_usd IS NULL)
+    count(*) FILTER (WHERE cost_usd IS NULL), count(*) FILTER (WHERE cache_hit),
+    coalesce(sum(saved_usd), 0)
 FROM {TABLE} GROUP BY 1, 2, 3, 4
 """
 

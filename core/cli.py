@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
                        "group and split the partitions.")
     w.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
+    w.add_argument("--no-ledger", action="store_true",
+                   help="do not write the spend ledger from this worker even with "
+                   "SPENDSTREAM_DATABASE_URL set (it runs as `spendstream ledger run`)")
 
     u = sub.add_parser("up", help="embedded broker + Redis + worker in the foreground",
                        description="Start the embedded Kafka broker (Tansu, memory only), a "
@@ -201,10 +204,26 @@ examples:
     q.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                    help="cancel the query after this long (default: %(default)s)")
 
-    g = sub.add_parser("ledger", help="ledger maintenance: prune old months",
-                       formatter_class=raw, description="Maintenance of the spend ledger."
-                       + LEDGER_NOTE)
+    g = sub.add_parser("ledger", help="the ledger's own consumer; prune old months",
+                       formatter_class=raw, description="The spend ledger's own consumer "
+                       "process, and its maintenance." + LEDGER_NOTE)
     gsub = g.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
+    rn = gsub.add_parser(
+        "run", help="write the ledger from its own process (scale it out)",
+        formatter_class=raw, description="""\
+Run the ledger's consumer alone in the foreground until SIGINT/SIGTERM: it reads the usage
+topic in the ledger's consumer group (SPENDSTREAM_APP_ID + ".ledger") and writes every
+event once into SPENDSTREAM_DATABASE_URL, as the worker's ledger thread does. Several of
+these (and workers) in one group split the topic's partitions. Start the workers with
+`spendstream worker --no-ledger` when the ledger runs on its own.
+
+example:
+  spendstream worker --no-ledger &
+  spendstream ledger run &
+  spendstream ledger run &   # a second one: half the partitions each
+""" + LEDGER_NOTE)
+    rn.add_argument("--log-level", default="info",
+                    choices=["debug", "info", "warning", "error"])
     pr = gsub.add_parser(
         "prune", help="drop whole months before a date", formatter_class=raw,
         description="""\
@@ -353,7 +372,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from spendstream.runner import run_worker
 
     budgets = load_budgets(settings.budgets)
-    return run_worker(settings, budgets, args.log_level)
+    return run_worker(settings, budgets, args.log_level, ledger=not args.no_ledger)
 
 
 def _budgets_for_up(settings: Settings) -> Path:
@@ -604,6 +623,11 @@ def _ledger(args: argparse.Namespace, settings: Settings) -> int:
     from spendstream.extras import require
 
     require("worker", "ledger")  # psycopg
+    if args.ledger_command == "run":
+        from spendstream.domain.budgets import load_budgets
+        from spendstream.runner import run_ledger
+
+        return run_ledger(settings, load_budgets(settings.budgets), args.log_level)
     from spendstream.ledger.queries import connect, partitions, prune
     from spendstream.ledger.schema import next_month
 

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -37,10 +37,11 @@ log = logging.getLogger("spendstream.ledger")
 
 MAX_RECORDS = 500
 """Kafka records per batch (a packed record carries up to 500 events)."""
-CHUNK = 5000
-"""Rows per transaction: a batch of packed records is written in several, and its offsets
-are committed after the last one (a crash in between replays the batch; the chunks
-already in are skipped row by row, and so is their share of the rollup)."""
+CHUNK_BYTES = 1 << 20
+"""Record bytes per transaction (about 4,000 events): a batch is decoded and written in
+groups of records this big, and its offsets are committed after the last one (a crash in
+between replays the batch; the groups already in are skipped row by row, and so is their
+share of the rollup)."""
 WRITE_TIMEOUT = 30.0
 """A write that takes longer counts as an outage (a hung server must not hang the ledger)."""
 BACKOFF = (0.2, 5.0)
@@ -133,11 +134,10 @@ class LedgerConsumer:
 
     async def _store(self, consumer: Any, records: list[Any], stop: asyncio.Event) -> None:
         """Write ``records`` (retrying through outages), then commit their offsets."""
-        rows = self.rows(records)
         delay = BACKOFF[0]
         while True:
             try:
-                written = await asyncio.wait_for(self._write(rows), WRITE_TIMEOUT)
+                rows, written = await asyncio.wait_for(self._write(records), WRITE_TIMEOUT)
                 break
             except asyncio.CancelledError:
                 raise
@@ -152,26 +152,45 @@ class LedgerConsumer:
                 # new partitions meanwhile, whose records join this batch.
                 more = await consumer.getmany(timeout_ms=int(delay * 1000),
                                               max_records=self.max_records)
-                extra = [r for msgs in more.values() for r in msgs]
-                if extra:
-                    records += extra
-                    rows += self.rows(extra)
+                records += [r for msgs in more.values() for r in msgs]
                 delay = min(delay * 2, BACKOFF[1])
         consumer.resume(*consumer.assignment())
         self._up()
         self.stats.records += len(records)
-        self.stats.rows += len(rows)
+        self.stats.rows += rows
         self.stats.written += written
         self.stats.batches += 1
         await self._commit(consumer, records)
 
-    async def _write(self, rows: list[LedgerRow]) -> int:
+    async def _write(self, records: list[Any]) -> tuple[int, int]:
+        """Decode and write ``records`` in groups, one transaction each; return the rows
+        and how many were new.
+
+        The next group is decoded in a thread while the previous one is in PostgreSQL:
+        the database's half of the work (insert, dedup, rollup) overlaps the Python half
+        (decode, price) instead of following it. One write is in flight at a time, on the
+        one connection, so the groups still commit in order.
+        """
         if self._writer is None:
             self._writer = await LedgerWriter.open(self.database_url)
-        written = 0
-        for i in range(0, len(rows), CHUNK):
-            written += await self._writer.write(rows[i:i + CHUNK])
-        return written
+        writer = self._writer
+        rows = written = 0
+        pending: asyncio.Task[int] | None = None
+        try:
+            for group in _groups(records, CHUNK_BYTES):
+                batch = await asyncio.to_thread(self.rows, group)
+                rows += len(batch)
+                if pending is not None:
+                    written += await pending
+                pending = asyncio.ensure_future(writer.write(batch))
+            if pending is not None:
+                written += await pending
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()  # a failed decode or a timeout: the connection is dropped
+                with contextlib.suppress(BaseException):
+                    await pending
+        return rows, written
 
     async def _drop_writer(self) -> None:
         writer, self._writer = self._writer, None
@@ -227,3 +246,18 @@ class LedgerConsumer:
         self.stats.down_since = None
         log.warning("ledger: PostgreSQL is back after %.1fs; catching up from the last "
                     "committed offset", took)
+
+
+def _groups(records: list[Any], size: int) -> Iterator[list[Any]]:
+    """``records`` in order, in groups of at least ``size`` value bytes (the last may be
+    smaller)."""
+    group: list[Any] = []
+    total = 0
+    for record in records:
+        group.append(record)
+        total += len(record.value or b"")
+        if total >= size:
+            yield group
+            group, total = [], 0
+    if group:
+        yield group

@@ -9,7 +9,8 @@ copy of an event has the same ``date`` and lands in the same partition, where th
 catches it.
 
 ``spend_hourly`` is the rollup by (hour, user, feature, model) that month-level
-questions read; the writer keeps it in step in the same transaction as the rows. The
+questions read (calls, tokens, cost, unpriced calls, response-cache hits and what they
+saved); the writer keeps it in step in the same transaction as the rows. The
 view ``cost_logs`` is the public relation: plain SQL over it answers "who spent what on
 which model".
 """
@@ -46,6 +47,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     cache_hit boolean NOT NULL DEFAULT false,
     cost_usd numeric,
     price_source text NOT NULL CHECK (price_source IN {PRICE_SOURCES!r}),
+    saved_usd numeric,
     CHECK ((cost_usd IS NULL) = (price_source = 'unpriced')),
     PRIMARY KEY (user_id, event_id, date)
 ) PARTITION BY RANGE (date);
@@ -61,14 +63,31 @@ CREATE TABLE IF NOT EXISTS {ROLLUP} (
     cached_input_tokens bigint NOT NULL,
     cost_usd numeric NOT NULL,
     unpriced bigint NOT NULL,
+    cache_hits bigint NOT NULL DEFAULT 0,
+    saved_usd numeric NOT NULL DEFAULT 0,
     PRIMARY KEY (hour, user_id, feature, model)
 );
 CREATE INDEX IF NOT EXISTS {ROLLUP}_user ON {ROLLUP} (user_id, hour);
 
+-- Columns added after the ledger's first version, added to a ledger made before them. The
+-- check comes first: ALTER TABLE locks the table even when the column is there, and would
+-- queue every writer behind a long report query at each start.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = '{TABLE}'::regclass
+                   AND attname = 'saved_usd' AND NOT attisdropped) THEN
+        ALTER TABLE {TABLE} ADD COLUMN saved_usd numeric;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = '{ROLLUP}'::regclass
+                   AND attname = 'saved_usd' AND NOT attisdropped) THEN
+        ALTER TABLE {ROLLUP} ADD COLUMN cache_hits bigint NOT NULL DEFAULT 0,
+                             ADD COLUMN saved_usd numeric NOT NULL DEFAULT 0;
+    END IF;
+END $$;
+
 CREATE OR REPLACE VIEW {VIEW} AS
 SELECT event_id, ts, date, user_id, feature, model, provider, input_tokens, output_tokens,
        cached_input_tokens, cache_write_input_tokens, status, finish_reason, tier,
-       estimated, cache_hit, cost_usd, price_source
+       estimated, cache_hit, cost_usd, price_source, saved_usd
 FROM {TABLE};
 """
 """Idempotent: run at every start of a writer (``IF NOT EXISTS``, ``CREATE OR REPLACE``)."""

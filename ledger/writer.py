@@ -25,19 +25,20 @@ log = logging.getLogger("spendstream.ledger")
 STAGE = "ledger_in"
 _COLS = ", ".join(COLUMNS)
 _SUMS = ("calls", "input_tokens", "output_tokens", "cached_input_tokens", "cost_usd",
-         "unpriced")
+         "unpriced", "cache_hits", "saved_usd")
 
 INSERT = f"""
 WITH new AS (
     INSERT INTO {TABLE} ({_COLS}) SELECT {_COLS} FROM {STAGE}
     ON CONFLICT DO NOTHING
     RETURNING ts, user_id, feature, model, input_tokens, output_tokens, cached_input_tokens,
-              cost_usd
+              cost_usd, cache_hit, saved_usd
 ), rolled AS (
     INSERT INTO {ROLLUP} AS h (hour, user_id, feature, model, {", ".join(_SUMS)})
     SELECT date_trunc('hour', ts, 'UTC'), user_id, feature, model, count(*),
            sum(input_tokens), sum(output_tokens), sum(cached_input_tokens),
-           coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL)
+           coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL),
+           count(*) FILTER (WHERE cache_hit), coalesce(sum(saved_usd), 0)
     FROM new GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
     ON CONFLICT (hour, user_id, feature, model) DO UPDATE SET
         {", ".join(f"{c} = h.{c} + excluded.{c}" for c in _SUMS)}

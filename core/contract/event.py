@@ -397,6 +397,8 @@ def _fast(d: dict[str, Any]) -> UsageEvent | None:
     estimated = g("estimated", False)
     if type(estimated) is not bool:
         return None
+    if g("cache_hit") is not None or g("saved_usd") is not None:
+        return None  # a response-cache hit: rare enough for the full path, which keeps both
     cost_text = g("cost_usd")
     cost = None
     if cost_text is not None:

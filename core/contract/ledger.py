@@ -20,10 +20,10 @@ from spendstream.domain.pricing import Pricer
 COLUMNS = ("event_id", "ts", "date", "user_id", "feature", "model", "provider",
            "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_input_tokens",
            "status", "finish_reason", "tier", "estimated", "cache_hit", "cost_usd",
-           "price_source")
+           "price_source", "saved_usd")
 """The columns of ``spend_ledger`` in the order a :class:`LedgerRow` holds them."""
 TYPES = ("text", "timestamptz", "date", "text", "text", "text", "text", "int8", "int8", "int8",
-         "int8", "text", "text", "text", "bool", "bool", "numeric", "text")
+         "int8", "text", "text", "text", "bool", "bool", "numeric", "text", "numeric")
 """PostgreSQL types of :data:`COLUMNS`, for the writer's binary COPY."""
 
 
@@ -48,6 +48,9 @@ class LedgerRow(NamedTuple):
     cache_hit: bool
     cost_usd: Decimal | None
     price_source: str
+    saved_usd: Decimal | None
+    """For a response-cache hit: what the answer it reused cost (the event's ``saved_usd``,
+    which the guard prices from the cached call's usage); NULL otherwise or when unknown."""
 
 
 def _text(value: str | None) -> str | None:
@@ -60,15 +63,15 @@ def ledger_row(event: UsageEvent, pricer: Pricer, tier: str | None = None) -> Le
     """The row of one counted event: priced as the worker prices it, ``tier`` the user's
     tier in the budgets file at the time it was written."""
     priced = pricer.price_event(event)
-    ts = event.ts.astimezone(UTC)
-    # Optional in the event contract and not (yet) a field of the event model: read from
-    # the field values, not getattr (a miss on a pydantic model costs an exception).
-    fields = vars(event)
+    ts = event.ts
+    if ts.tzinfo is not UTC:  # the decoders give UTC already; a hand-built event may not
+        ts = ts.astimezone(UTC)
+    provider, status, finish = event.provider, event.status, event.finish_reason
     return LedgerRow(
         event.event_id, ts, ts.date(), event.user_id, event.feature, event.model,
-        _text(event.provider), event.input_tokens, event.output_tokens,
-        event.cached_input_tokens,
-        int(fields.get("cache_write_input_tokens") or 0),
-        _text(event.status) or "ok", _text(event.finish_reason), tier, bool(event.estimated),
-        bool(event.cache_hit),
-        priced.cost if priced.priced else None, priced.source)
+        _text(provider) if provider else provider, event.input_tokens, event.output_tokens,
+        event.cached_input_tokens, event.cache_write_input_tokens,
+        _text(status) or "ok", _text(finish) if finish else finish, tier,
+        bool(event.estimated), bool(event.cache_hit),
+        priced.cost if priced.priced else None, priced.source,
+        event.saved_usd if event.cache_hit else None)

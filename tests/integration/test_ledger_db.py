@@ -157,3 +157,62 @@ def test_report_from_the_rollup_equals_the_verbatim_queries(database_url):
     assert got == {m: (round(o, 1).normalize(), None if c is None else round(c, 8).normalize())
                    for m, (o, c) in models.items()}
     assert report["model_efficiency"][1]["unpriced"] == 2  # unknown-zz: counted, unpriced
+
+
+def test_cache_hits_store_what_they_saved_in_rows_and_rollup(database_url):
+    ts = "2026-11-23T10:15:00Z"
+    hits = rows_at(ts, 3, input_tokens=0, output_tokens=0, cost_usd="0", cache_hit=True,
+                   saved_usd="0.0125")
+    unknown = rows_at(ts, 1, input_tokens=0, output_tokens=0, cost_usd="0", cache_hit=True)
+    assert write(database_url, hits + unknown + rows_at(ts, 2), hits) == [6, 0]
+    assert one(database_url, "SELECT count(*) FILTER (WHERE cache_hit), sum(saved_usd), "
+               "count(saved_usd) FROM cost_logs") == (4, Decimal("0.0375"), 3)
+    # The rollup counts every hit (the replayed batch added nothing) and sums the known
+    # savings; a hit whose saving the event did not carry adds 0 there and NULL in the row.
+    assert one(database_url, "SELECT sum(calls), sum(cache_hits), sum(saved_usd) FROM "
+               "spend_hourly") == (6, 4, Decimal("0.0375"))
+
+
+OLD_DDL = """
+CREATE TABLE spend_ledger (
+    event_id text NOT NULL, ts timestamptz NOT NULL, date date NOT NULL,
+    user_id text NOT NULL, feature text NOT NULL, model text NOT NULL, provider text,
+    input_tokens bigint NOT NULL, output_tokens bigint NOT NULL,
+    cached_input_tokens bigint NOT NULL, cache_write_input_tokens bigint NOT NULL DEFAULT 0,
+    status text NOT NULL, finish_reason text, tier text,
+    estimated boolean NOT NULL DEFAULT false, cache_hit boolean NOT NULL DEFAULT false,
+    cost_usd numeric, price_source text NOT NULL,
+    PRIMARY KEY (user_id, event_id, date)) PARTITION BY RANGE (date);
+CREATE TABLE spend_ledger_y2026m11 PARTITION OF spend_ledger
+    FOR VALUES FROM ('2026-11-01') TO ('2026-12-01');
+CREATE TABLE spend_hourly (
+    hour timestamptz NOT NULL, user_id text NOT NULL, feature text NOT NULL,
+    model text NOT NULL, calls bigint NOT NULL, input_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL, cached_input_tokens bigint NOT NULL,
+    cost_usd numeric NOT NULL, unpriced bigint NOT NULL,
+    PRIMARY KEY (hour, user_id, feature, model));
+CREATE VIEW cost_logs AS
+SELECT event_id, ts, date, user_id, feature, model, provider, input_tokens, output_tokens,
+       cached_input_tokens, cache_write_input_tokens, status, finish_reason, tier,
+       estimated, cache_hit, cost_usd, price_source
+FROM spend_ledger;
+INSERT INTO spend_ledger VALUES ('old', '2026-11-02T00:00:00Z', '2026-11-02', 'u9', 'chat',
+    'm', NULL, 10, 1, 0, 0, 'ok', NULL, 'free', false, false, 0.5, 'event');
+INSERT INTO spend_hourly VALUES ('2026-11-02T00:00:00Z', 'u9', 'chat', 'm', 1, 10, 1, 0,
+    0.5, 0);
+"""
+"""The ledger as its first version made it, before ``saved_usd`` and ``cache_hits``."""
+
+
+def test_a_ledger_made_before_saved_usd_gets_the_columns_at_start(database_url):
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(OLD_DDL)
+    hit = rows_at("2026-11-23T10:15:00Z", 1, input_tokens=0, output_tokens=0, cost_usd="0",
+                  cache_hit=True, saved_usd="0.25")
+    assert write(database_url, hit) == [1]
+    assert one(database_url, "SELECT count(*), sum(cost_usd), sum(saved_usd) FROM cost_logs"
+               ) == (2, Decimal("0.5"), Decimal("0.25"))
+    assert one(database_url, "SELECT sum(calls), sum(cache_hits), sum(saved_usd) FROM "
+               "spend_hourly") == (2, 1, Decimal("0.25"))
+    # A second start finds the columns there and changes nothing.
+    assert write(database_url, hit) == [0]

@@ -93,7 +93,18 @@ VARIANTS = [
     {"schema": True}, {"schema": 1.0}, {"extra_field": [1, 2]}, {"status": None},
     {"cache_write_input_tokens": 5}, {"cache_write_input_tokens": -1},
     {"cache_write_input_tokens": "5"},
+    {"cache_hit": True, "cost_usd": "0", "saved_usd": "0.0123"}, {"cache_hit": False},
+    {"saved_usd": 0.5}, {"cache_hit": True},
 ]
+
+
+def test_a_cache_hit_keeps_its_flag_and_saving_through_the_decoder():
+    """The ledger's ``saved_usd`` and the hit counts come from these two fields: the fast
+    path must not drop them (it once built every event with ``cache_hit`` None)."""
+    (event,) = decode_events(orjson.dumps(
+        {**BASE, "cost_usd": "0", "cache_hit": True, "saved_usd": "0.0123"}))
+    assert isinstance(event, UsageEvent)
+    assert event.cache_hit is True and event.saved_usd == Decimal("0.0123")
 
 
 @pytest.mark.parametrize("change", VARIANTS, ids=[str(v) for v in VARIANTS])

@@ -67,6 +67,19 @@ def test_row_fields_follow_columns_and_date_is_the_utc_day() -> None:
                       ).cache_hit is True
 
 
+@pytest.mark.parametrize(("kw", "saved"), [
+    ({"cache_hit": True, "saved_usd": "0.0123"}, Decimal("0.0123")),  # what the event says
+    ({"cache_hit": True}, None),                  # a hit whose saving is unknown: NULL, not 0
+    ({"saved_usd": "0.5"}, None),                 # not a hit: nothing was saved
+    ({}, None),
+])
+def test_saved_usd_is_the_savings_of_a_cache_hit(kw: dict[str, object], saved: Decimal | None
+                                                  ) -> None:
+    row = ledger_row(event(input_tokens=0, output_tokens=0, cost_usd="0", **kw), PRICER)
+    assert row.saved_usd == saved
+    assert row.cost_usd == 0  # a hit costs nothing; the saving is not spend
+
+
 @pytest.mark.parametrize(("day", "name", "first", "after"), [
     (date(2026, 11, 30), "spend_ledger_y2026m11", date(2026, 11, 1), date(2026, 12, 1)),
     (date(2026, 12, 31), "spend_ledger_y2026m12", date(2026, 12, 1), date(2027, 1, 1)),
