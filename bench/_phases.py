@@ -27,7 +27,7 @@ from _kafka import (
 from _latency import CutoffWatcher, LatencyResult, steady_publish, wait_probes
 from _procs import Child, Children, faust_ceiling, start_worker, worker_env
 from _report import Figure, at_least, below
-from _traffic import Traffic, write_budgets
+from _traffic import Expected, Traffic, write_budgets
 from _watch import Check, settle_checks, wait_final
 
 from spendstream.embedded import EmbeddedBroker, EmbeddedRedis
@@ -68,6 +68,10 @@ class Run:
     figures: list[Figure] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     ceilings: dict[str, float] = field(default_factory=dict)
+    worker_rate: float = 0.0
+    """The throughput phase's worker rate (events/s), for the ledger phase's target."""
+    expected: Expected | None = None
+    """The throughput phase's exact sums, for the ledger phase's checks."""
 
     phases: dict[str, Phase] = field(default_factory=dict)
 
@@ -85,7 +89,7 @@ class Run:
             kafka_url=self.broker.url, redis_url=phase.redis_url, budgets=budgets,
             topic=phase.topic, prefix=phase.prefix, partitions=partitions,
             app_id=phase.app_id, state_dir=self.workdir / f"state-{name}",
-            database_url=self.args.ledger_url))
+            database_url=self.args.ledger_url if self.args.ledger_in_worker else None))
 
     def close(self) -> None:
         """Close the Redis clients."""
@@ -184,6 +188,7 @@ def throughput_phase(run: Run, budgets: Path, probes: list[str]) -> Child:
     rate = ledger.total.events / span.seconds
     log(f"  worker: {rate:,.0f} events/s over {span.seconds:.1f}s")
     rate_figures(run, "worker_rate", "worker end to end (1 worker)", rate, 1)
+    run.worker_rate, run.expected = rate, expected
     checks = settle_checks(ph.redis, ph.prefix, expected)
     run.checks += [Check(f"1 worker: {c.name}", c.ok, c.detail) for c in checks]
     return worker

@@ -79,8 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small sizes, nothing recorded")
     p.add_argument("--no-record", action="store_true", help="do not append to results.jsonl")
     p.add_argument("--ledger-url", metavar="URL",
-                   help="run the workers with the spend ledger on, writing to this "
-                   "postgresql:// database (the worker's rate with its ledger thread)")
+                   help="an admin postgresql:// URL: after the throughput phase, time "
+                   "`spendstream ledger run` (1, then 2 processes) over the same events, "
+                   "each into a scratch database on this server, next to the worker's rate")
+    p.add_argument("--ledger-in-worker", action="store_true",
+                   help="with --ledger-url: the workers also write the ledger in their own "
+                   "thread, into that database (what the ledger costs the worker)")
     args = p.parse_args(argv)
     quick = args.quick
     for name, full, small in (("events", 300_000, 20_000), ("users", 100_000, 5_000),
@@ -100,6 +104,12 @@ def run_all(run: Run) -> None:
     if mode in ("single", "all"):
         probes = [f"probe-{i}" for i in range(run.args.probes)]
         worker = throughput_phase(run, budgets, probes)
+        if run.args.ledger_url:
+            from _ledger_phase import ledger_phase
+
+            assert run.expected is not None
+            ledger_phase(run, run.phase("tp"), budgets, run.expected, run.args.events,
+                         run.worker_rate)
         latency_phase(run, worker, probes)
         run.children.stop(worker)
     if mode in ("two-workers", "all"):

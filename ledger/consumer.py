@@ -166,30 +166,25 @@ class LedgerConsumer:
         """Decode and write ``records`` in groups, one transaction each; return the rows
         and how many were new.
 
-        The next group is decoded in a thread while the previous one is in PostgreSQL:
-        the database's half of the work (insert, dedup, rollup) overlaps the Python half
-        (decode, price) instead of following it. One write is in flight at a time, on the
-        one connection, so the groups still commit in order.
+        The next group is decoded while PostgreSQL works on the previous group's insert
+        (the writer's ``meanwhile``): the database's half of the work (dedup, insert,
+        rollup) overlaps the Python half (decode, price) instead of following it. All of
+        it runs on this one thread: a decoding thread would hold the interpreter lock
+        against the writer's own Python (the COPY), which then waits for it at every step.
         """
         if self._writer is None:
             self._writer = await LedgerWriter.open(self.database_url)
-        writer = self._writer
-        rows = written = 0
-        pending: asyncio.Task[int] | None = None
-        try:
-            for group in _groups(records, CHUNK_BYTES):
-                batch = await asyncio.to_thread(self.rows, group)
-                rows += len(batch)
-                if pending is not None:
-                    written += await pending
-                pending = asyncio.ensure_future(writer.write(batch))
-            if pending is not None:
-                written += await pending
-        finally:
-            if pending is not None and not pending.done():
-                pending.cancel()  # a failed decode or a timeout: the connection is dropped
-                with contextlib.suppress(BaseException):
-                    await pending
+        groups = _groups(records, CHUNK_BYTES)
+        batch = self.rows(next(groups, []))
+        rows = len(batch)
+        written = 0
+        for group in groups:
+            decoded: list[LedgerRow] = []
+            written += await self._writer.write(
+                batch, lambda g=group, out=decoded: out.extend(self.rows(g)))
+            batch = decoded
+            rows += len(batch)
+        written += await self._writer.write(batch)
         return rows, written
 
     async def _drop_writer(self) -> None:

@@ -10,7 +10,7 @@ fails leaves neither table touched.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -86,15 +86,21 @@ class LedgerWriter:
             raise
         return cls(conn)
 
-    async def write(self, rows: Sequence[LedgerRow]) -> int:
+    async def write(self, rows: Sequence[LedgerRow],
+                    meanwhile: Callable[[], object] | None = None) -> int:
         """Store ``rows`` once each; return how many were new (the rest were already in).
 
+        ``meanwhile`` is called while PostgreSQL works on the insert (the statement is
+        sent in pipeline mode, its result read after): the caller's next batch is decoded
+        there, in parallel with the database. It is called even when ``rows`` is empty.
         On any error nothing of the batch is stored; the caller retries the same batch.
         """
         if not rows:
+            if meanwhile is not None:
+                meanwhile()
             return 0
         try:
-            await self._partitions({month_start(r.date) for r in rows})
+            await self._partitions({month_start(d) for d in {r.date for r in rows}})
             if not self._staged:
                 await self.conn.execute(
                     f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (LIKE {TABLE}) "
@@ -106,8 +112,12 @@ class LedgerWriter:
                     copy.set_types(TYPES)
                     for row in rows:
                         await copy.write_row(row)
-                await cur.execute(INSERT)
-                result = await cur.fetchone()
+                async with self.conn.pipeline() as pipeline:
+                    await cur.execute(INSERT)
+                    if meanwhile is not None:
+                        meanwhile()
+                    await pipeline.sync()
+                    result = await cur.fetchone()
         except BaseException:
             self._months.clear()  # a partition may have been pruned meanwhile
             raise

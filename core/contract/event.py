@@ -12,7 +12,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
@@ -200,11 +200,13 @@ class Horizon:
 
     now: datetime
     max_future_seconds: float = MAX_FUTURE_SECONDS
+    latest: datetime = field(init=False, repr=False, compare=False)
+    """Events dated after this go to the dead-letter topic (computed once: every event of
+    a batch is checked against it)."""
 
-    @property
-    def latest(self) -> datetime:
-        """Events dated after this go to the dead-letter topic."""
-        return self.now + timedelta(seconds=self.max_future_seconds)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "latest",
+                           self.now + timedelta(seconds=self.max_future_seconds))
 
     def check(self, event: UsageEvent) -> UsageEvent:
         """``event``, or :class:`MalformedEvent` when it is dated too far ahead."""
