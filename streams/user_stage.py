@@ -133,21 +133,37 @@ class UserStage(Stage):
     def _spread(self) -> None:
         """Fold the batch's per-minute sums into the feature, global, audit and unpriced
         windows they fall in (each window's part for its source partition)."""
+        # Feature and global windows do not depend on the model: sum the groups per
+        # (partition, feature, minute) and per (partition, minute) first, so each of those
+        # windows is looked up once per minute, not once per model and flag of the minute.
+        features: dict[tuple[int, str, datetime], Totals] = {}
+        minutes: dict[tuple[int, datetime], Totals] = {}
         for (partition, feature, ts, provider, model, audited, priced), sums in (
                 self._minutes.items()):
+            total = features.get((partition, feature, ts))
+            if total is None:
+                total = features[(partition, feature, ts)] = Totals()
+            total.merge(sums, audit=False)
+            total = minutes.get((partition, ts))
+            if total is None:
+                total = minutes[(partition, ts)] = Totals()
+            total.merge(sums, audit=False)
+            if audited or not priced:
+                day = window_of("day", ts)
+                if audited:
+                    self._part(partition, window_key("drift", f"{provider or '?'}/{model}",
+                                                     "day", day.key), day, sums, audit=True)
+                if not priced:
+                    self._part(partition, window_key("unp", model, "day", day.key), day, sums)
+        for (partition, feature, ts), sums in features.items():
             conf = self.budgets.features.get(feature)
             period: Period = conf.period if conf else "month"
             w = window_of(period, ts)
             self._part(partition, window_key("f", feature, period, w.key), w, sums)
-            day = window_of("day", ts)
+        for (partition, ts), sums in minutes.items():
             for period in GLOBAL_PERIODS:
-                w = day if period == "day" else window_of(period, ts)
+                w = window_of(period, ts)
                 self._part(partition, window_key("g", GLOBAL, period, w.key), w, sums)
-            if audited:
-                self._part(partition, window_key("drift", f"{provider or '?'}/{model}", "day",
-                                                 day.key), day, sums, audit=True)
-            if not priced:
-                self._part(partition, window_key("unp", model, "day", day.key), day, sums)
         self._minutes.clear()
 
     def _part(self, partition: int, key: str, window: Window, sums: Totals,
