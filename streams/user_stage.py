@@ -99,6 +99,7 @@ class UserStage(Stage):
         # --- from here on nothing can fail for this event ---
         self.state.remember(partition, digest, offset)
         self.counters.events += 1
+        self.counters.calls[event.feature, event.cache_hit is True] += 1
         if not priced.priced:
             self.counters.unpriced += 1
         if day.ended_before(self._cutoff):

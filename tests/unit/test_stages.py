@@ -329,3 +329,12 @@ def test_a_feature_without_a_hard_cap_is_never_announced_as_cutoff():
     assert soft == [Level.WARN, Level.ALERT] and "cutoff:feature:soft" not in w.flags.keys
     assert hard == [Level.WARN, Level.CUTOFF, Level.ALERT]
     assert "cutoff:feature:hard" in w.flags.keys
+
+
+def test_calls_and_cache_hits_are_counted_per_feature_once_each():
+    w = World()
+    hit = UsageEvent(user_id="u1", feature="faq", model="m", cache_hit=True, ts=NOW,
+                     event_id="h1")
+    w.send(ev(feature="faq"), hit, ev(feature="chat"), hit, offsets=[0, 1, 2, 3])  # a retry
+    assert w.counters.by_feature() == {"faq": (2, 1), "chat": (1, 0)}
+    assert w.counters.duplicates == 1
