@@ -92,7 +92,7 @@ class UserStage(Stage):
         # tier or the tokens-per-minute ceiling (a retry storm must not use up a day).
         c = Contribution(priced.cost, event.total_tokens if event.ok else 0, event.ok,
                          priced.priced, event.input_tokens, local,
-                         event.finish_reason == "length")
+                         event.finish_reason == "length", event.cache_hit is True)
         ts = event.ts
         day = window_of("day", ts)
         minute = window_of("minute", ts).start  # never raises, even for year 1 or 9999
