@@ -370,6 +370,8 @@ def _fast(d: dict[str, Any]) -> UsageEvent | None:
     g: Callable[..., Any] = d.get  # values are checked one by one below
     if g("schema") != 1 or type(g("schema")) is not int:
         return None
+    if "cache_hit" in d or "saved_usd" in d:  # not read below: the full path reads them
+        return None
     event_id, user, feature, model, ts = (g("event_id"), g("user_id"), g("feature"),
                                           g("model"), g("ts"))
     provider, status, finish = g("provider"), g("status", "ok"), g("finish_reason")

@@ -92,7 +92,8 @@ VARIANTS = [
     {"user_id": "a\x7fb"}, {"model": "m\x00"}, {"event_id": 5}, {"provider": "p" * 65},
     {"schema": True}, {"schema": 1.0}, {"extra_field": [1, 2]}, {"status": None},
     {"cache_write_input_tokens": 5}, {"cache_write_input_tokens": -1},
-    {"cache_write_input_tokens": "5"},
+    {"cache_write_input_tokens": "5"}, {"cache_hit": True}, {"cache_hit": False},
+    {"cache_hit": None}, {"cache_hit": True, "saved_usd": "0.00001335"}, {"saved_usd": -1},
 ]
 
 
