@@ -90,11 +90,12 @@ class UserStage(Stage):
         priced = self.pricer.price_event(event)
         # Only provider-reported counts are worth auditing: an estimated event's input
         # is the app's own count already.
-        local = event.local_input_tokens if event.ok and not event.estimated else None
+        ok = event.ok
+        local = event.local_input_tokens if ok and not event.estimated else None
         # A failed call is counted but drains nothing: no money, and no tokens toward a
         # tier or the tokens-per-minute ceiling (a retry storm must not use up a day).
-        c = Contribution(priced.cost, event.total_tokens if event.ok else 0, event.ok,
-                         priced.priced, event.input_tokens, local,
+        c = Contribution(priced.cost, event.input_tokens + event.output_tokens if ok else 0,
+                         ok, priced.priced, event.input_tokens, local,
                          event.finish_reason == "length", event.cache_hit is True)
         ts = event.ts
         secs = ts.timestamp()
