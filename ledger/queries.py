@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING, Any
 
 from spendstream.errors import ConfigError, ServiceUnavailable, SpendstreamError
-from spendstream.ledger.schema import ROLLUP, TABLE, partition_month
+from spendstream.ledger.schema import ROLLUP, TABLE, VIEW, partition_month
 from spendstream.redact import redact_url, scrub, url_password
 
 if TYPE_CHECKING:
@@ -112,13 +112,41 @@ class Filters:
 
     def where(self) -> tuple[str, dict[str, Any]]:
         """The rollup's WHERE clause and its parameters."""
-        clauses = ["hour >= %(start)s", "hour < %(end)s"]
+        return self._where(["hour >= %(start)s", "hour < %(end)s"])
+
+    def rows_where(self) -> tuple[str, dict[str, Any]]:
+        """The same over the rows (``cost_logs``); the ``date`` bounds let PostgreSQL
+        skip the monthly partitions outside the period."""
+        clause, params = self._where(["date >= %(first_day)s", "date <= %(last_day)s",
+                                      "ts >= %(start)s", "ts < %(end)s"])
+        return clause, {**params, "first_day": self.start.astimezone(UTC).date(),
+                        "last_day": self.end.astimezone(UTC).date()}
+
+    def _where(self, clauses: list[str]) -> tuple[str, dict[str, Any]]:
         if self.feature is not None:
             clauses.append("feature = %(feature)s")
         if self.user is not None:
             clauses.append("user_id = %(user)s")
         return " AND ".join(clauses), {"start": self.start, "end": self.end,
                                        "feature": self.feature, "user": self.user}
+
+
+def hits_query(filters: Filters) -> tuple[str, dict[str, Any]]:
+    """Calls answered from the response cache per feature: ``feature, cache_hits``.
+
+    Counted on the rows (``cache_hit``), as the hourly rollup keeps no hit count; only the
+    hits are grouped, so the cost is one pass over the period's partitions.
+    """
+    where, params = filters.rows_where()
+    return (f"SELECT feature, count(*)::bigint AS cache_hits FROM {VIEW} "
+            f"WHERE cache_hit AND {where} GROUP BY feature"), params
+
+
+def cache_hits(conn: psycopg.Connection[tuple[Any, ...]], filters: Filters) -> dict[str, int]:
+    """Per feature, the calls of ``filters``' period answered from the response cache
+    (features without a hit are absent); the hit rate is this over the feature's calls."""
+    query, params = hits_query(filters)
+    return {str(f): int(n) for f, n in run(conn, query, params).rows}
 
 
 @dataclass(frozen=True)
@@ -134,16 +162,22 @@ class Report:
 
 def report(conn: psycopg.Connection[tuple[Any, ...]], filters: Filters, top: int = 20
            ) -> Report:
-    """Top features, top users, cost per user and model efficiency for ``filters``."""
+    """Top features (with their response-cache hits and hit rate), top users, cost per
+    user and model efficiency for ``filters``."""
     where, params = filters.where()
     params = {**params, "top": top}
+    hits, hit_params = hits_query(filters)
     # AVG(cost_usd) over calls skips NULL (unpriced) costs: the rollup's priced calls
     # are calls - unpriced, so avg_cost matches the verbatim query's AVG exactly.
     return Report(
         filters,
-        run(conn, f"SELECT feature, SUM(calls)::bigint AS calls, SUM(cost_usd) AS spend, "
-            f"SUM(unpriced)::bigint AS unpriced FROM {ROLLUP} WHERE {where} GROUP BY feature "
-            "ORDER BY spend DESC, feature LIMIT %(top)s", params),
+        run(conn, "SELECT r.feature, r.calls, r.spend, r.unpriced, "
+            "COALESCE(h.cache_hits, 0)::bigint AS cache_hits, "
+            "COALESCE(h.cache_hits, 0)::numeric / NULLIF(r.calls, 0) AS hit_rate FROM ("
+            "SELECT feature, SUM(calls)::bigint AS calls, SUM(cost_usd) AS spend, "
+            f"SUM(unpriced)::bigint AS unpriced FROM {ROLLUP} WHERE {where} GROUP BY feature"
+            f") r LEFT JOIN ({hits}) h USING (feature) "
+            "ORDER BY r.spend DESC, r.feature LIMIT %(top)s", {**params, **hit_params}),
         run(conn, f"SELECT user_id, SUM(calls)::bigint AS calls, SUM(cost_usd) AS spend, "
             f"SUM(unpriced)::bigint AS unpriced FROM {ROLLUP} WHERE {where} GROUP BY user_id "
             "ORDER BY spend DESC, user_id LIMIT %(top)s", params),

@@ -59,7 +59,7 @@ def _cell(value: Any, places: int | None = None) -> str:
     return str(value)
 
 
-_ROUND = {"avg_output": 1, "avg_cost": 8, "cost_per_user": 8}
+_ROUND = {"avg_output": 1, "avg_cost": 8, "cost_per_user": 8, "hit_rate": 4}
 """Averages are rounded for display (sums never are: they are exact)."""
 
 

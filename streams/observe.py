@@ -137,6 +137,16 @@ class WorkerCollector(Collector):
                 remaining.add_metric([feature], float(budget - usd))
         yield spend
         yield remaining
+        calls = CounterMetricFamily("spendstream_calls", "usage events counted per feature",
+                                    labels=["feature"])
+        hits = CounterMetricFamily("spendstream_cache_hits",
+                                   "calls answered from the response cache per feature "
+                                   "(hit rate: cache_hits / calls)", labels=["feature"])
+        for feature, (n, k) in sorted(c.by_feature().items()):
+            calls.add_metric([feature], n)
+            hits.add_metric([feature], k)
+        yield calls
+        yield hits
 
 
 class ObservabilityServer:

@@ -96,7 +96,7 @@ class UserStage(Stage):
         # tier or the tokens-per-minute ceiling (a retry storm must not use up a day).
         c = Contribution(priced.cost, event.input_tokens + event.output_tokens if ok else 0,
                          ok, priced.priced, event.input_tokens, local,
-                         event.finish_reason == "length")
+                         event.finish_reason == "length", event.cache_hit is True)
         ts = event.ts
         secs = ts.timestamp()
         span = self._spans.get(secs - secs % 60)
@@ -106,6 +106,7 @@ class UserStage(Stage):
         # --- from here on nothing can fail for this event ---
         self.state.remember(partition, digest, offset)
         self.counters.events += 1
+        self.counters.calls[event.feature, event.cache_hit is True] += 1
         if not priced.priced:
             self.counters.unpriced += 1
         if prefix is LATE:

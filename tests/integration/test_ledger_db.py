@@ -157,3 +157,25 @@ def test_report_from_the_rollup_equals_the_verbatim_queries(database_url):
     assert got == {m: (round(o, 1).normalize(), None if c is None else round(c, 8).normalize())
                    for m, (o, c) in models.items()}
     assert report["model_efficiency"][1]["unpriced"] == 2  # unknown-zz: counted, unpriced
+
+
+def test_report_shows_each_features_cache_hits_and_hit_rate(database_url):
+    """Hits are counted on the rows of the period only, per feature, and narrowed by
+    ``--user`` like every section."""
+    ts = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    hit = {"input_tokens": 0, "output_tokens": 0, "cache_hit": True}
+    write(database_url, rows_at(ts, 6, feature="faq") + rows_at(ts, 2, feature="faq", **hit)
+          + rows_at(ts, 1, user="u2", feature="faq", **hit) + rows_at(ts, 3, feature="chat")
+          + rows_at("2020-01-15T10:00:00Z", 4, feature="faq", **hit))  # not this month
+    import orjson
+
+    out = cli(database_url, "report", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    got = {r["feature"]: (r["calls"], r["cache_hits"], r["hit_rate"])
+           for r in orjson.loads(out.stdout)["top_features"]}
+    assert got == {"faq": (9, 3, "0.3333"), "chat": (3, 0, "0")}
+    mine = orjson.loads(cli(database_url, "report", "--user", "u1", "--format", "json").stdout)
+    assert [(r["calls"], r["cache_hits"]) for r in mine["top_features"]
+            if r["feature"] == "faq"] == [(8, 2)]
+    table = cli(database_url, "report").stdout
+    assert "feature  calls  spend" in table and "cache_hits  hit_rate" in table

@@ -94,7 +94,8 @@ VARIANTS = [
     {"cache_write_input_tokens": 5}, {"cache_write_input_tokens": -1},
     {"cache_write_input_tokens": "5"}, {"cache_hit": True, "saved_usd": "0.25"},
     {"cache_hit": "yes"}, {"saved_usd": 1}, {"saved_usd": "-1"}, {"ts": "2026-11-23T10:00:00"},
-    {"ts": "9999-12-20T00:00:00Z"}, {"user_id": "a\\u0000b"},
+    {"ts": "9999-12-20T00:00:00Z"}, {"user_id": "a\\u0000b"}, {"cache_hit": True},
+    {"cache_hit": False}, {"cache_hit": None}, {"saved_usd": -1},
 ]
 
 
