@@ -60,6 +60,8 @@ class Counters:
     unpriced: int = 0
     alerts: int = 0
     swept: int = 0
+    grants: int = 0
+    """Grants and unblocks applied (``spendstream grant`` / ``unblock``)."""
 
 
 def flag_payload(scope: keys.Scope, subject: str, reason: str, level: Level, spent: Decimal,
