@@ -75,6 +75,8 @@ def ledger_row(event: UsageEvent, pricer: Pricer, tier: str | None = None) -> Le
         priced.cost if priced.priced else None, priced.source)
 
 
+_Day = date  # ``until``'s type: inside GrantRow, ``date`` names the field
+
 GRANT_COLUMNS = ("grant_id", "kind", "ts", "date", "until", "user_id", "usd", "tokens",
                  "reason", "granted_by")
 """The columns of the ``grants`` table in the order a :class:`GrantRow` holds them."""
@@ -90,7 +92,7 @@ class GrantRow(NamedTuple):
     kind: str
     ts: datetime
     date: date
-    until: date
+    until: _Day
     user_id: str
     usd: Decimal | None
     tokens: int | None
