@@ -68,6 +68,8 @@ class UserStage(Stage):
         self._minutes: dict[tuple[int, str, datetime, str | None, str, bool, bool], Totals] = {}
         """This batch's sums per (partition, feature, minute, provider, model, audited,
         priced): everything the stage-two windows need, summed before they are touched."""
+        self._spans: dict[float, tuple[Window, datetime, str]] = {}
+        """This batch's minutes (epoch seconds) and what :meth:`_span` says of them."""
 
     def process(self, partition: int, offset: int, event: UsageEvent, now: datetime) -> bool:
         """Fold one decoded event; ``False`` for a duplicate (its ``user_id`` and
@@ -85,28 +87,31 @@ class UserStage(Stage):
         if now is not self._now:  # computed once per batch: this is the hot path
             self._now = now
             self._cutoff = late_cutoff(now, self.grace)
+            self._spans.clear()
         priced = self.pricer.price_event(event)
         # Only provider-reported counts are worth auditing: an estimated event's input
         # is the app's own count already.
-        local = event.local_input_tokens if event.ok and not event.estimated else None
+        ok = event.ok
+        local = event.local_input_tokens if ok and not event.estimated else None
         # A failed call is counted but drains nothing: no money, and no tokens toward a
         # tier or the tokens-per-minute ceiling (a retry storm must not use up a day).
-        c = Contribution(priced.cost, event.total_tokens if event.ok else 0, event.ok,
-                         priced.priced, event.input_tokens, local,
+        c = Contribution(priced.cost, event.input_tokens + event.output_tokens if ok else 0,
+                         ok, priced.priced, event.input_tokens, local,
                          event.finish_reason == "length")
         ts = event.ts
-        day = window_of("day", ts)
-        minute = window_of("minute", ts).start  # never raises, even for year 1 or 9999
+        secs = ts.timestamp()
+        span = self._spans.get(secs - secs % 60)
+        if span is None:
+            span = self._span(ts)
+        day, minute, prefix = span
         # --- from here on nothing can fail for this event ---
         self.state.remember(partition, digest, offset)
         self.counters.events += 1
         if not priced.priced:
             self.counters.unpriced += 1
-        if day.ended_before(self._cutoff):
+        if prefix is LATE:
             self.counters.late += 1
-            self._fold(partition, f"{LATE}{event.user_id}|{day.key}", day, c)
-        else:
-            self._fold(partition, f"u|{event.user_id}|{day.key}", day, c)
+        self._fold(partition, f"{prefix}{event.user_id}|{day.key}", day, c)
         # Every other window is summed per minute of the batch first: a batch then costs
         # a few hundred window updates instead of six per event.
         group = (partition, event.feature, minute, event.provider, event.model,
@@ -116,6 +121,15 @@ class UserStage(Stage):
             sums = self._minutes[group] = Totals()
         sums.add(c, audit=True)
         return True
+
+    def _span(self, ts: datetime) -> tuple[Window, datetime, str]:
+        """The day window, the minute and the user-window prefix (late or not) of ``ts``,
+        kept for the rest of the batch: most events of a batch share a few minutes."""
+        day = window_of("day", ts)
+        minute = window_of("minute", ts)  # never raises, even for year 1 or 9999
+        span = (day, minute.start, LATE if day.ended_before(self._cutoff) else "u|")
+        self._spans[minute.start_epoch] = span
+        return span
 
     def _spread(self) -> None:
         """Fold the batch's per-minute sums into the feature, global, audit and unpriced
