@@ -228,4 +228,6 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/features", features),
     Route("POST", "/api/features/{feature}/disable", writes.disable, write=True),
     Route("POST", "/api/features/{feature}/enable", writes.enable, write=True),
+    Route("POST", "/api/users/{user}/grant", writes.grant, write=True),
+    Route("POST", "/api/users/{user}/unblock", writes.unblock, write=True),
 )

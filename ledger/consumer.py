@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from spendstream.contract.control import MARKER, control_of
 from spendstream.contract.event import MAX_FUTURE_SECONDS, Horizon, MalformedEvent, decode_events
-from spendstream.contract.ledger import LedgerRow, ledger_row
+from spendstream.contract.ledger import GrantRow, LedgerRow, grant_row, ledger_row
 from spendstream.domain.budgets import Budgets
 from spendstream.domain.pricing import Pricer
 from spendstream.ledger.writer import LedgerWriter
@@ -84,13 +85,22 @@ class LedgerConsumer:
         self._writer: LedgerWriter | None = None
         self._tier: Callable[[str], str] = budgets.users.tier_of
 
-    def rows(self, records: Iterable[Any]) -> list[LedgerRow]:
+    def rows(self, records: Iterable[Any]) -> list[LedgerRow | GrantRow]:
         """Decode and price records (single events or packed arrays) by the worker's rules:
         the same future horizon, the same stable id for an event without ``event_id`` (from
-        its record's coordinates); what the worker dead-letters is skipped here."""
-        out = []
+        its record's coordinates); what the worker dead-letters is skipped here. A grant or
+        unblock (a control record) becomes a :class:`GrantRow`."""
+        out: list[LedgerRow | GrantRow] = []
         horizon = Horizon(datetime.now(UTC), self.max_future_seconds)
         for record in records:
+            if record.value and MARKER in record.value:
+                try:
+                    control = control_of(record.value)
+                except MalformedEvent:  # the worker dead-letters it
+                    continue
+                if control is not None:
+                    out.append(grant_row(control))
+                    continue
             origin = (record.topic, record.partition, record.offset)
             try:
                 events = decode_events(record.value, horizon, origin)
@@ -165,12 +175,13 @@ class LedgerConsumer:
         self.stats.batches += 1
         await self._commit(consumer, records)
 
-    async def _write(self, rows: list[LedgerRow]) -> int:
+    async def _write(self, rows: list[LedgerRow | GrantRow]) -> int:
         if self._writer is None:
             self._writer = await LedgerWriter.open(self.database_url)
-        written = 0
-        for i in range(0, len(rows), CHUNK):
-            written += await self._writer.write(rows[i:i + CHUNK])
+        events = [r for r in rows if isinstance(r, LedgerRow)]
+        written = await self._writer.write_grants([r for r in rows if isinstance(r, GrantRow)])
+        for i in range(0, len(events), CHUNK):
+            written += await self._writer.write(events[i:i + CHUNK])
         return written
 
     async def _drop_writer(self) -> None:

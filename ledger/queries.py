@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING, Any
 
 from spendstream.errors import ConfigError, ServiceUnavailable, SpendstreamError
-from spendstream.ledger.schema import ROLLUP, TABLE, VIEW, partition_month
+from spendstream.ledger.schema import GRANTS, ROLLUP, TABLE, VIEW, partition_month
 from spendstream.redact import redact_url, scrub, url_password
 
 if TYPE_CHECKING:
@@ -151,13 +151,15 @@ def cache_hits(conn: psycopg.Connection[tuple[Any, ...]], filters: Filters) -> d
 
 @dataclass(frozen=True)
 class Report:
-    """The four questions for one period, from the rollup."""
+    """The four questions for one period, from the rollup, and the grants made in it."""
 
     filters: Filters
     features: Result
     users: Result
     totals: Result
     models: Result
+    grants: Result
+    """Grants and unblocks made in the period, per user and kind (``spendstream grant``)."""
 
 
 def report(conn: psycopg.Connection[tuple[Any, ...]], filters: Filters, top: int = 20
@@ -193,6 +195,10 @@ def report(conn: psycopg.Connection[tuple[Any, ...]], filters: Filters, top: int
             "SUM(cost_usd) / NULLIF(SUM(calls) - SUM(unpriced), 0) AS avg_cost, "
             f"SUM(unpriced)::bigint AS unpriced FROM {ROLLUP} WHERE {where} GROUP BY model "
             "ORDER BY model", params),
+        run(conn, "SELECT user_id, kind, COUNT(*) AS grants, SUM(usd) AS usd, "
+            f"SUM(tokens)::bigint AS tokens FROM {GRANTS} WHERE ts >= %(start)s "
+            "AND ts < %(end)s AND (%(user)s::text IS NULL OR user_id = %(user)s) "
+            "GROUP BY user_id, kind ORDER BY user_id, kind", params),
     )
 
 

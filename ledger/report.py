@@ -106,10 +106,12 @@ def render_result(result: Result, fmt: str) -> str:
 
 
 def render_report(report: Report, fmt: str) -> str:
-    """The report's four sections as ``table``, ``csv`` (one section column) or ``json``."""
+    """The report's sections (the four questions and the grants) as ``table``, ``csv``
+    (one section column) or ``json``."""
     f = report.filters
     sections = {"top features": report.features, "top users": report.users,
-                "cost per user": report.totals, "model efficiency": report.models}
+                "cost per user": report.totals, "model efficiency": report.models,
+                "grants": report.grants}
     period = {"from": _cell(f.start), "to": _cell(f.end), "feature": f.feature,
               "user": f.user}
     if fmt == "json":

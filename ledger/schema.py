@@ -8,6 +8,8 @@ call is made (a producer retry or a Kafka redelivery carries the same ``ts``), s
 copy of an event has the same ``date`` and lands in the same partition, where the key
 catches it.
 
+``grants`` holds every grant and unblock once (keyed by ``grant_id``).
+
 ``spend_hourly`` is the rollup by (hour, user, feature, model) that month-level
 questions read; the writer keeps it in step in the same transaction as the rows. The
 view ``cost_logs`` is the public relation: plain SQL over it answers "who spent what on
@@ -21,6 +23,8 @@ from datetime import date
 TABLE = "spend_ledger"
 ROLLUP = "spend_hourly"
 VIEW = "cost_logs"
+GRANTS = "grants"
+"""One row per grant or unblock (``spendstream grant`` / ``unblock``), keyed by its id."""
 
 PRICE_SOURCES = ("event", "table", "override", "failed", "unpriced")
 """Where a row's cost came from: the producer's ``cost_usd``, genai-prices' table, the
@@ -64,6 +68,20 @@ CREATE TABLE IF NOT EXISTS {ROLLUP} (
     PRIMARY KEY (hour, user_id, feature, model)
 );
 CREATE INDEX IF NOT EXISTS {ROLLUP}_user ON {ROLLUP} (user_id, hour);
+
+CREATE TABLE IF NOT EXISTS {GRANTS} (
+    grant_id text PRIMARY KEY,
+    kind text NOT NULL CHECK (kind IN ('grant', 'unblock')),
+    ts timestamptz NOT NULL,
+    date date NOT NULL,
+    until date NOT NULL,
+    user_id text NOT NULL,
+    usd numeric,
+    tokens bigint,
+    reason text NOT NULL DEFAULT '',
+    granted_by text NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS {GRANTS}_ts ON {GRANTS} (ts);
 
 CREATE OR REPLACE VIEW {VIEW} AS
 SELECT event_id, ts, date, user_id, feature, model, provider, input_tokens, output_tokens,

@@ -99,6 +99,7 @@ class WorkerCollector(Collector):
             ("dead_letters", "messages sent to the dead-letter topic", c.dead_letters),
             ("unpriced", "events with no price for their model", c.unpriced),
             ("alerts", "alerts raised (state transitions)", c.alerts),
+            ("grants", "grants and unblocks applied", c.grants),
             ("alerts_sent", "alerts delivered to the notifier", d.sent),
             ("alerts_failed", "alerts the notifier could not deliver", d.failed),
             ("flag_writes", "flag and live-spend keys written to Redis", f.stats.written),

@@ -61,6 +61,8 @@ class Counters:
     unpriced: int = 0
     alerts: int = 0
     swept: int = 0
+    grants: int = 0
+    """Grants and unblocks applied (``spendstream grant`` / ``unblock``)."""
     calls: Counter[tuple[str, bool]] = field(default_factory=Counter)
     """Counted calls per (feature, answered from the response cache): one increment per
     event, read only at scrape time (:meth:`by_feature`)."""

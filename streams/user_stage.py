@@ -18,7 +18,7 @@ from spendstream.contract.rollup import (
     window_key,
     window_of_key,
 )
-from spendstream.domain.budgets import Budgets
+from spendstream.domain.budgets import Budgets, Limit
 from spendstream.domain.policy import measure, user_ladder
 from spendstream.domain.pricing import Pricer
 from spendstream.domain.totals import Contribution, Totals
@@ -30,6 +30,7 @@ from spendstream.domain.windows import (
     window_of,
 )
 from spendstream.streams.flags import FlagStore
+from spendstream.streams.grants import granted_limit
 from spendstream.streams.stages import (
     AlertSink,
     Counters,
@@ -198,11 +199,16 @@ class UserStage(Stage):
         over (Redis would drop the write)."""
         return window.start_epoch <= self._now_epoch < window.end_epoch
 
-    def _publish_spend(self, user: str, window: Window, totals: Totals) -> None:
-        """The user's live spend key (the window open now)."""
+    def _limit(self, partition: int, user: str, wkey: str) -> Limit | None:
+        """The user's limit of the day ``wkey``: their tier's, raised by any grant."""
         users = self.budgets.users
-        tier = users.tier_of(user)
-        limit = users.tiers.get(tier)
+        return granted_limit(self.state, partition, user, wkey,
+                             users.tiers.get(users.tier_of(user)))
+
+    def _publish_spend(self, partition: int, user: str, window: Window, totals: Totals) -> None:
+        """The user's live spend key (the window open now), with the budget a grant raised."""
+        tier = self.budgets.users.tier_of(user)
+        limit = self._limit(partition, user, window.key)
         spend: dict[str, Any] = {
             "scope": "user", "id": user, "tier": tier, "spent_usd": str(totals.usd),
             "spent_tokens": totals.tokens, "events": totals.events,
@@ -222,13 +228,13 @@ class UserStage(Stage):
         empty); the number written."""
         self._now_epoch = now.timestamp()
         n = 0
-        for _, key, value in self.state.scan():
+        for partition, key, value in self.state.scan():
             if not key.startswith("u|"):
                 continue
             _, user, wkey = split_key(key, 3)
             window = window_from_key("day", wkey)
             if self._live_spend(window):
-                self._publish_spend(user, window, Totals.from_json(value))
+                self._publish_spend(partition, user, window, Totals.from_json(value))
                 n += 1
         return n
 
@@ -259,11 +265,10 @@ class UserStage(Stage):
                ) -> None:
         _, user, wkey = split_key(key, 3)
         window = window_from_key("day", wkey)
-        users = self.budgets.users
-        tier = users.tier_of(user)
-        limit = users.tiers.get(tier)
+        tier = self.budgets.users.tier_of(user)
+        limit = self._limit(partition, user, wkey)
         if self._live_spend(window):
-            self._publish_spend(user, window, totals)
+            self._publish_spend(partition, user, window, totals)
         if limit is None or (not totals.level and self._below_first_step(tier, totals)):
             return
         m = measure(totals, limit)
