@@ -199,7 +199,8 @@ class Traffic:
                 ev["cost_usd"] = str(cost)
             else:
                 cost = price
-        self.ledger.add(user, feature, cost, inp + out)
+        # A failed call is counted but drains no tokens (the worker's rule, see the budgets guide).
+        self.ledger.add(user, feature, cost, inp + out if ev["status"] == "ok" else 0)
         return user.encode(), orjson.dumps(ev)
 
     def expected(self) -> Expected:

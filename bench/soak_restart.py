@@ -86,6 +86,8 @@ class Lane:
         env = self.stack.env()
         for name in OVERRIDES:
             env.pop(name, None)
+        if self.args.static:  # one stable name per lane: its restarts are the same member
+            env["SPENDSTREAM_GROUP_INSTANCE_ID"] = f"soak-{self.name}"
         self.restarts += 1
         self.worker = Worker(env, self.stack.tmp / f"worker-{self.restarts}.log")
         return self.worker
@@ -177,6 +179,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds a restarted worker has to count a trial's events")
     parser.add_argument("--burn", action="store_true", help="keep both cores busy")
+    parser.add_argument("--static", action="store_true",
+                        help="give each lane's worker a SPENDSTREAM_GROUP_INSTANCE_ID (static "
+                             "membership: a restart takes the partitions back at once)")
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
     rng = random.Random(args.seed)

@@ -1,5 +1,5 @@
 """The ``spendstream`` command: worker, up, demo, init, check, flags, disable, enable,
-audit, estimate, report, sql, ledger."""
+grant, unblock, audit, estimate, report, sql, ledger."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ Start here:
   spendstream flags           list active cutoff and warn flags in Redis
   spendstream health          is the worker on this host counting? (for health checks)
   spendstream disable FEATURE kill switch: guards refuse the feature (enable undoes it)
+  spendstream grant USER      raise one user's budget for today (--usd 1); unblock USER
   spendstream audit           does a provider count more prompt tokens than it was sent?
   spendstream estimate        monthly cost of a feature from calls/day and tokens/call
   spendstream report          who spent what, on which feature and model (the ledger)
@@ -138,10 +139,54 @@ def _parser() -> argparse.ArgumentParser:
     db.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default: %(default)s; 0.0.0.0 for all)")
     db.add_argument("--port", type=int, default=8642, help="port (default: %(default)s)")
+    _grant_parsers(sub)
     _audit_parser(sub)
     _estimate_parser(sub)
     _ledger_parsers(sub)
     return p
+
+
+GRANT_NOTE = """
+A grant travels as a control record on the usage topic (SPENDSTREAM_TOPIC), keyed by the
+user, so the worker applies it in order with the user's events, exactly once (by its
+grant id), and keeps it through restarts. The worker clears the user's cutoff flag when
+their spend is under the raised budget, shows the raised budget and what is left on
+spend:user:USER, raises one `grant` alert, and the ledger stores it in `grants`
+(`spendstream report` lists it). Sending the same --id twice applies it once.
+See docs/dashboard.md#grants."""
+
+
+def _grant_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    g = sub.add_parser(
+        "grant", help="raise one user's daily budget (today, or through --until)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Raise USER's daily budget by --usd and/or --tokens for today (UTC),\n"
+        "or every day through --until. Support's everyday request: a user who hit\n"
+        "their budget gets a dollar more today.\n\n"
+        "  spendstream grant acct-7 --usd 1\n"
+        "  spendstream grant acct-7 --usd 0.50 --tokens 20000 --until 2026-11-30 \\\n"
+        "      --reason 'ticket 4411'\n" + GRANT_NOTE)
+    g.add_argument("user", help="the user id, as the app sends it in usage events")
+    g.add_argument("--usd", metavar="AMOUNT", help="USD to add to the daily budget, e.g. 1 "
+                   "or 0.50 (an exact decimal)")
+    g.add_argument("--tokens", type=_count, metavar="N", help="tokens to add to the daily "
+                   "token budget (for tiers that limit tokens)")
+    g.add_argument("--until", type=_date, metavar="DATE", help="last UTC day the grant "
+                   "applies (YYYY-MM-DD, at most 31 days ahead); default: today only")
+    u = sub.add_parser(
+        "unblock", help="clear one user's cutoff: their daily budget again, for today",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Clear USER's cutoff for today (UTC): the worker grants what the user\n"
+        "has spent today, in order with their events, so the cutoff clears and they\n"
+        "have their tier's daily budget again; past it they are cut off again.\n\n"
+        "  spendstream unblock acct-7 --reason 'cut off by a retry loop we fixed'\n"
+        + GRANT_NOTE)
+    u.add_argument("user", help="the user id, as the app sends it in usage events")
+    for x in (g, u):
+        x.add_argument("--reason", default="", help="why (kept in the ledger and the alert)")
+        x.add_argument("--by", default="cli", help="who asked (default: %(default)s)")
+        x.add_argument("--id", dest="grant_id", metavar="GRANT_ID", help="the grant's id "
+                       "(default: a new one); resending the same id is applied once")
 
 
 LEDGER_NOTE = """
@@ -548,6 +593,30 @@ def _enable(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _grant(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from spendstream.contract import control
+    from spendstream.errors import ConfigError
+    from spendstream.grant import describe, send_control
+    from spendstream.kafka_auth import kafka_client_kwargs
+
+    try:
+        if args.command == "unblock":
+            record = control.unblock(args.user, reason=args.reason, by=args.by,
+                                     grant_id=args.grant_id)
+        else:
+            record = control.grant(args.user, args.usd, args.tokens or None, args.until,
+                                   reason=args.reason, by=args.by, grant_id=args.grant_id)
+    except ValueError as e:
+        raise ConfigError(f"{args.command}: {e}") from None
+    partition, offset = asyncio.run(send_control(
+        settings.bootstrap_servers, settings.topic, record, kafka_client_kwargs(settings)))
+    print(describe(record))
+    print(f"sent to {settings.topic} partition {partition} offset {offset}")
+    return 0
+
+
 def _audit(args: argparse.Namespace, settings: Settings) -> int:
     from pydantic import SecretStr
 
@@ -651,5 +720,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "worker": _worker, "up": _up, "demo": _demo, "init": _init, "check": _check, "flags": _flags,
     "disable": _disable, "enable": _enable, "audit": _audit, "estimate": _estimate,
     "health": _health, "report": _report, "sql": _sql, "ledger": _ledger,
-    "dashboard": _dashboard,
+    "dashboard": _dashboard, "grant": _grant, "unblock": _grant,
 }

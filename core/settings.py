@@ -49,8 +49,14 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     """Where the worker serves /metrics, /healthz and /livez; 0 turns them off."""
     state_dir: Path = Path(tempfile.gettempdir()) / "spendstream"
-    session_timeout: float = Field(default=10.0, ge=3.0)
-    """Seconds before a silent worker's partitions move to the others (after a crash)."""
+    session_timeout: float = Field(default=10.0, ge=3.0, le=90.0)
+    """Seconds before a silent worker's partitions move to the others (after a crash); at
+    most faust's request timeout (90 s)."""
+    group_instance_id: str | None = Field(default=None, min_length=1, max_length=249)
+    """A stable name for this worker replica (Kafka static membership): a worker restarted
+    under the same name takes its partitions back at once instead of waiting for its old
+    session to expire. Each replica needs its own (a StatefulSet pod name); none: dynamic
+    membership."""
     guard_cache_ttl: float = Field(default=1.0, ge=0)
     """Seconds the call-site guard caches the flags it read (a kill switch takes this long)."""
     guard_fail_closed: bool = False

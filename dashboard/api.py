@@ -31,6 +31,7 @@ from spendstream.dashboard.context import (
 )
 from spendstream.dashboard.periods import money, period_bounds
 from spendstream.errors import SpendstreamError
+from spendstream.ledger.queries import Filters, cache_hits
 from spendstream.ledger.report import parse_period
 
 __all__ = ["CTX", "ROUTES", "Context", "Route", "errors"]
@@ -164,16 +165,22 @@ async def alerts(request: web.Request) -> web.Response:
 
 
 async def features(request: web.Request) -> web.Response:
-    """Feature budgets: spend of the period, warn / cutoff / alert lines, pace, state."""
+    """Feature budgets: spend of the period, warn / cutoff / alert lines, pace, state, and
+    the month's response-cache hit rate."""
     ctx = ctx_of(request)
     now = ctx.clock()
     day_start, day_end = period_bounds("day", now)
     month_start, month_end = period_bounds("month", now)
 
-    def query(conn: Any) -> tuple[dict[str, Decimal], dict[str, Decimal], dict[str, Decimal]]:
+    caching = any(conf.cache is not None for conf in ctx.budgets.features.values())
+
+    def query(conn: Any) -> tuple[dict[str, Decimal], dict[str, Decimal], dict[str, Decimal],
+                                  dict[str, tuple[int, int]]]:
         today = {r.key: r.spend for r in reads.spend_by(conn, "feature", day_start, day_end)}
-        month = {r.key: r.spend for r in reads.spend_by(conn, "feature", month_start,
-                                                        month_end)}
+        month_rows = reads.spend_by(conn, "feature", month_start, month_end)
+        month = {r.key: r.spend for r in month_rows}
+        hits = cache_hits(conn, Filters(month_start, month_end)) if caching else {}
+        cache = {r.key: (r.calls, hits.get(r.key, 0)) for r in month_rows}
         period: dict[str, Decimal] = {}
         for name, conf in ctx.budgets.features.items():
             if conf.period in ("day", "month"):
@@ -182,15 +189,15 @@ async def features(request: web.Request) -> web.Response:
                 s, e = period_bounds(conf.period, now)
                 got = reads.spend_by(conn, "feature", s, e, feature=name)
                 period[name] = got[0].spend if got else Decimal(0)
-        return period, today, month
+        return period, today, month, cache
 
-    period, today, month = await ledger_call(ctx, query)
+    period, today, month, cache = await ledger_call(ctx, query)
     found = await redis_call(live.flags(ctx.redis, ctx.settings.redis_prefix))
     t = ctx.budgets.thresholds
     return web.json_response({
         "now": _stamp(now), "thresholds": {"warn": money(t.warn), "cutoff": money(t.cutoff),
                                            "alert": money(t.alert)},
-        "features": feature_rows(ctx.budgets, period, today, month, found, now)})
+        "features": feature_rows(ctx.budgets, period, today, month, found, now, cache)})
 
 
 @dataclass(frozen=True)
@@ -221,4 +228,6 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/features", features),
     Route("POST", "/api/features/{feature}/disable", writes.disable, write=True),
     Route("POST", "/api/features/{feature}/enable", writes.enable, write=True),
+    Route("POST", "/api/users/{user}/grant", writes.grant, write=True),
+    Route("POST", "/api/users/{user}/unblock", writes.unblock, write=True),
 )

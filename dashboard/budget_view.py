@@ -41,9 +41,12 @@ def pace(spent: Decimal, budget: Decimal, start: datetime, end: datetime, now: d
 
 def feature_rows(budgets: Budgets, period_spend: dict[str, Decimal],
                  today: dict[str, Decimal], month: dict[str, Decimal],
-                 flags: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+                 flags: list[dict[str, Any]], now: datetime,
+                 cache: dict[str, tuple[int, int]] | None = None) -> list[dict[str, Any]]:
     """One row per feature of the budgets file, then per other feature with spend this
-    month; ``period_spend`` is each budgeted feature's spend of its own current period."""
+    month; ``period_spend`` is each budgeted feature's spend of its own current period;
+    ``cache`` each feature's (calls, response-cache hits) this month."""
+    cache = cache or {}
     t = budgets.thresholds
     by_feature = {(f["kind"], f["id"]): f for f in flags if f["scope"] == "feature"}
     rows = []
@@ -52,6 +55,11 @@ def feature_rows(budgets: Budgets, period_spend: dict[str, Decimal],
         conf = budgets.features.get(name)
         row: dict[str, Any] = {"feature": name, "today_usd": money(today.get(name, Decimal(0))),
                                "month_usd": money(month.get(name, Decimal(0)))}
+        calls, hits = cache.get(name, (0, 0))
+        row.update(cache_on=conf is not None and conf.cache is not None, month_calls=calls,
+                   month_cache_hits=hits,
+                   month_cache_hit_rate=money((Decimal(hits) / calls).quantize(
+                       Decimal("0.0001"))) if calls else None)
         cutoff, warn = by_feature.get(("cutoff", name)), by_feature.get(("warn", name))
         if cutoff is not None:
             row["state"] = "disabled" if cutoff.get("unit") == "switch" else "cut off"

@@ -1,5 +1,7 @@
 """The weekly digest: per feature, the week's spend, month to date against the pro-rated
-budget (over / on track / under), and the top movers against the week before.
+budget (over / on track / under), the response cache's hit rate of every feature that
+caches (flagged under :data:`LOW_HIT_RATE`: the cache is not helping), and the top movers
+against the week before.
 
 :func:`build` reads the ledger; :func:`render` is the text that ``spendstream report
 --digest`` prints and the worker posts to Slack on the ``SPENDSTREAM_DIGEST_AT`` schedule
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING, Any
 
 from spendstream.dashboard import ledger_reads as reads
@@ -18,6 +20,7 @@ from spendstream.dashboard.budget_view import pace_status
 from spendstream.dashboard.periods import elapsed_fraction, money, period_bounds
 from spendstream.domain.budgets import Budgets
 from spendstream.errors import ConfigError
+from spendstream.ledger.queries import Filters, cache_hits
 
 if TYPE_CHECKING:
     import psycopg
@@ -25,6 +28,9 @@ if TYPE_CHECKING:
 PERIOD_LENGTH = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1),
                  "day": timedelta(days=1)}
 MOVERS = 5
+LOW_HIT_RATE = Decimal("0.20")
+"""A caching feature answering fewer of the week's calls than this from the cache is
+flagged: its calls are rarely identical, so the cache costs a lookup and saves little."""
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -39,6 +45,23 @@ class FeatureLine:
     prorated: Decimal | None
     """The budget pro-rated to the digest's time; None: the feature has no USD budget."""
     status: str | None
+    calls: int = 0
+    """The week's calls."""
+    cache_hits: int | None = None
+    """The week's calls answered from the response cache; None: the feature does not cache."""
+
+    @property
+    def hit_rate(self) -> Decimal | None:
+        """The week's share of calls answered from the cache (None: no cache, or no calls)."""
+        if self.cache_hits is None or not self.calls:
+            return None
+        return Decimal(self.cache_hits) / Decimal(self.calls)
+
+    @property
+    def caching_not_helping(self) -> bool:
+        """The feature caches, had calls, and fewer than :data:`LOW_HIT_RATE` of them hit."""
+        rate = self.hit_rate
+        return rate is not None and rate < LOW_HIT_RATE
 
 
 @dataclass(frozen=True)
@@ -74,7 +97,12 @@ def build(conn: psycopg.Connection[tuple[Any, ...]], budgets: Budgets, now: date
     def sums(by: reads.Dimension, s: datetime, e: datetime) -> dict[str, Decimal]:
         return {r.key: r.spend for r in reads.spend_by(conn, by, s, e)}
 
-    week, previous = sums("feature", start, end), sums("feature", before, start)
+    week_rows = reads.spend_by(conn, "feature", start, end)
+    week = {r.key: r.spend for r in week_rows}
+    calls = {r.key: r.calls for r in week_rows}
+    caching = [name for name, conf in budgets.features.items() if conf.cache is not None]
+    hits = cache_hits(conn, Filters(start, end)) if caching else {}
+    previous = sums("feature", before, start)
     mtd = sums("feature", month_start, end)
     lines = []
     for name in list(budgets.features) + sorted((set(week) | set(mtd)) - set(budgets.features)):
@@ -86,7 +114,8 @@ def build(conn: psycopg.Connection[tuple[Any, ...]], budgets: Budgets, now: date
             status = pace_status(mtd.get(name, Decimal(0)), prorated)
         lines.append(FeatureLine(name, week.get(name, Decimal(0)),
                                  previous.get(name, Decimal(0)), mtd.get(name, Decimal(0)),
-                                 prorated, status))
+                                 prorated, status, calls.get(name, 0),
+                                 hits.get(name, 0) if name in caching else None))
     users, users_before = sums("user", start, end), sums("user", before, start)
     movers = [("feature", n, line.week, line.previous_week) for n, line in
               ((x.feature, x) for x in lines)]
@@ -99,6 +128,11 @@ def build(conn: psycopg.Connection[tuple[Any, ...]], budgets: Budgets, now: date
 
 def _usd(value: Decimal) -> str:
     return "$" + (money(value.quantize(Decimal("0.01"))) or "0")
+
+
+def _percent(rate: Decimal) -> str:
+    # Rounded down: 19.6% must not read as the 20% it is flagged for being under.
+    return f"{(rate * 100).to_integral_value(ROUND_FLOOR)}%"
 
 
 def _change(now: Decimal, before: Decimal) -> str:
@@ -116,10 +150,20 @@ def render(d: Digest) -> str:
         budget = (f"month to date {_usd(f.month_to_date)} of {_usd(f.prorated)} pro-rated: "
                   f"{(f.status or '').upper()}" if f.prorated is not None
                   else f"month to date {_usd(f.month_to_date)} (no budget)")
+        rate = f.hit_rate
+        cache = ("" if rate is None else
+                 f"; cache hit rate {_percent(rate)} ({f.cache_hits} of {f.calls} calls)")
         lines.append(f"- {f.feature}: week {_usd(f.week)} "
-                     f"({_change(f.week, f.previous_week)} on the week before); {budget}")
+                     f"({_change(f.week, f.previous_week)} on the week before); {budget}"
+                     f"{cache}")
     if not d.features:
         lines.append("- no spend and no features in the budgets file")
+    low = [f for f in d.features if f.caching_not_helping]
+    if low:
+        lines += ["", f"caching not helping (cache hit rate under {_percent(LOW_HIT_RATE)} "
+                      "this week; check what varies between the calls, or turn the cache off):"]
+        lines += [f"- {f.feature}: {_percent(f.hit_rate or Decimal(0))} of {f.calls} calls "
+                  "answered from the cache" for f in low]
     lines += ["", "top movers against the week before:"]
     lines += [f"- {kind} {name}: {_usd(now)} ({_change(now, before)})"
               for kind, name, now, before in d.movers] or ["- none"]

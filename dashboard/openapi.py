@@ -11,6 +11,25 @@ ERROR = {"description": "what went wrong and what to do",
          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
+SWITCH_BODY = {
+    "reason": {"type": "string", "description": "shown to callers (disable)"},
+    "ttl_seconds": {"type": "integer", "minimum": 1,
+                    "description": "re-enable after this long (disable)"}}
+GRANT_BODY = {
+    "usd": {"type": "string", "description": "USD added to the daily budget, an exact decimal "
+            "string such as \"1.50\" (usd and/or tokens)"},
+    "tokens": {"type": "integer", "minimum": 1,
+               "description": "tokens added to the daily token budget"},
+    "until": {"type": "string", "format": "date",
+              "description": "last UTC day the grant applies (default: today; 31 days at most)"},
+    "reason": {"type": "string", "description": "kept in the ledger and the alert"},
+    "grant_id": {"type": "string", "description": "the grant's id (default: a new one); "
+                 "sending the same id again is applied once"}}
+BODIES = {"grant": GRANT_BODY,
+          "unblock": {k: GRANT_BODY[k] for k in ("reason", "grant_id")}}
+"""Request bodies of the write actions, by handler name (the kill switch's otherwise)."""
+
+
 def _operation(route: Route) -> dict[str, Any]:
     doc = (route.handler.__doc__ or "").strip()
     params: list[dict[str, Any]] = [
@@ -26,11 +45,9 @@ def _operation(route: Route) -> dict[str, Any]:
                       "400": ERROR, "503": ERROR}}
     if route.write:
         op["security"] = [{"bearer": []}]
-        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": {
-            "type": "object", "properties": {
-                "reason": {"type": "string", "description": "shown to callers (disable)"},
-                "ttl_seconds": {"type": "integer", "minimum": 1,
-                                "description": "re-enable after this long (disable)"}}}}}}
+        body = BODIES.get(route.handler.__name__, SWITCH_BODY)
+        op["requestBody"] = {"required": route.handler.__name__ == "grant", "content": {
+            "application/json": {"schema": {"type": "object", "properties": body}}}}
         op["responses"]["401"] = ERROR
         op["responses"]["403"] = {**ERROR, "description": "read-only: "
                                   "SPENDSTREAM_DASHBOARD_TOKEN is not set"}
@@ -48,7 +65,7 @@ def document(version: str) -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {"title": "spendstream dashboard API", "version": version,
                  "description": "Spend from the ledger, live flags and spend from Redis, "
-                 "alerts from the alert topic, and the kill switch. Writes need "
+                 "alerts from the alert topic, the kill switch and per-user grants. Writes need "
                  "SPENDSTREAM_DASHBOARD_TOKEN as a bearer token; without it the API is "
                  "read-only (403)."},
         "paths": paths,

@@ -1,5 +1,6 @@
-"""The dashboard's write actions: the kill switch, behind ``SPENDSTREAM_DASHBOARD_TOKEN``
-given as a bearer token (403 without the setting, 401 without the right token)."""
+"""The dashboard's write actions: the kill switch and per-user grants, behind
+``SPENDSTREAM_DASHBOARD_TOKEN`` given as a bearer token (403 without the setting, 401
+without the right token)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from typing import Any
 from aiohttp import web
 
 from spendstream import switch
+from spendstream.contract import control
 from spendstream.dashboard.context import READ_ONLY, ApiError, ctx_of, redis_call
+from spendstream.errors import ServiceUnavailable
+from spendstream.grant import describe, send_control
+from spendstream.kafka_auth import kafka_client_kwargs
 
 
 def _authorise(request: web.Request) -> None:
@@ -65,3 +70,65 @@ async def enable(request: web.Request) -> web.Response:
                                                               feature)))
     return web.json_response({"feature": feature, "disabled": False,
                               "was_disabled": bool(removed)})
+
+
+def _text(body: dict[str, Any], name: str, limit: int) -> str:
+    value = body.get(name) or ""
+    if not isinstance(value, str) or len(value) > limit:
+        raise ApiError(400, f"{name} must be text of at most {limit} characters")
+    return value
+
+
+async def grant(request: web.Request) -> web.Response:
+    """Grant: raise a user's daily budget today (or through ``until``) by ``usd``/``tokens``.
+
+    Body ``{"usd": "1", "tokens": 20000, "until": "2026-11-30", "reason": "...",
+    "grant_id": "..."}`` (``usd`` and/or ``tokens``); sent as a control record the worker
+    applies in order with the user's events, once per ``grant_id``.
+    """
+    return await _send(request, "grant")
+
+
+async def unblock(request: web.Request) -> web.Response:
+    """Unblock: clear a user's cutoff today (the worker grants what they have spent today).
+
+    Body ``{"reason": "...", "grant_id": "..."}`` (both optional).
+    """
+    return await _send(request, "unblock")
+
+
+async def _send(request: web.Request, kind: str) -> web.Response:
+    _authorise(request)
+    ctx = ctx_of(request)
+    user = request.match_info["user"]
+    body = await _body(request)
+    reason = _text(body, "reason", 500)
+    grant_id = body.get("grant_id")
+    if grant_id is not None and not isinstance(grant_id, str):
+        raise ApiError(400, "grant_id must be text (or absent: a new id)")
+    try:
+        if kind == "unblock":
+            unknown = set(body) - {"reason", "grant_id"}
+            if unknown:
+                raise ValueError(f"an unblock takes only reason and grant_id, not "
+                                 f"{', '.join(sorted(unknown))}")
+            record = control.unblock(user, reason=reason, by="dashboard", grant_id=grant_id,
+                                     ts=ctx.clock())
+        else:
+            unknown = set(body) - {"usd", "tokens", "until", "reason", "grant_id"}
+            if unknown:
+                raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
+            record = control.grant(user, body.get("usd"), body.get("tokens"),
+                                   body.get("until"), reason=reason, by="dashboard",
+                                   grant_id=grant_id, ts=ctx.clock())
+    except ValueError as e:
+        raise ApiError(400, str(e)) from e
+    s = ctx.settings
+    try:
+        partition, offset = await send_control(s.bootstrap_servers, s.topic, record,
+                                               kafka_client_kwargs(s))
+    except ServiceUnavailable as e:
+        raise ApiError(503, str(e)) from e
+    return web.json_response({"user": user, "control": record.model_dump(
+        mode="json", by_alias=True, exclude_none=True), "partition": partition,
+        "offset": offset, "message": describe(record)})

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from spendstream.contract.control import MARKER, control_of
 from spendstream.contract.event import MAX_FUTURE_SECONDS, Horizon, MalformedEvent, decode_events
-from spendstream.contract.ledger import LedgerRow, ledger_row
+from spendstream.contract.ledger import GrantRow, LedgerRow, grant_row, ledger_row
 from spendstream.domain.budgets import Budgets
 from spendstream.domain.pricing import Pricer
 from spendstream.ledger.writer import LedgerWriter
@@ -85,13 +86,22 @@ class LedgerConsumer:
         self._writer: LedgerWriter | None = None
         self._tier: Callable[[str], str] = budgets.users.tier_of
 
-    def rows(self, records: Iterable[Any]) -> list[LedgerRow]:
+    def rows(self, records: Iterable[Any]) -> list[LedgerRow | GrantRow]:
         """Decode and price records (single events or packed arrays) by the worker's rules:
         the same future horizon, the same stable id for an event without ``event_id`` (from
-        its record's coordinates); what the worker dead-letters is skipped here."""
-        out = []
+        its record's coordinates); what the worker dead-letters is skipped here. A grant or
+        unblock (a control record) becomes a :class:`GrantRow`."""
+        out: list[LedgerRow | GrantRow] = []
         horizon = Horizon(datetime.now(UTC), self.max_future_seconds)
         for record in records:
+            if record.value and MARKER in record.value:
+                try:
+                    control = control_of(record.value)
+                except MalformedEvent:  # the worker dead-letters it
+                    continue
+                if control is not None:
+                    out.append(grant_row(control))
+                    continue
             origin = (record.topic, record.partition, record.offset)
             try:
                 events = decode_events(record.value, horizon, origin)
@@ -179,13 +189,23 @@ class LedgerConsumer:
         rows = len(batch)
         written = 0
         for group in groups:
-            decoded: list[LedgerRow] = []
-            written += await self._writer.write(
+            decoded: list[LedgerRow | GrantRow] = []
+            written += await self._write_rows(
                 batch, lambda g=group, out=decoded: out.extend(self.rows(g)))
             batch = decoded
             rows += len(batch)
-        written += await self._writer.write(batch)
+        written += await self._write_rows(batch)
         return rows, written
+
+    async def _write_rows(self, rows: list[LedgerRow | GrantRow],
+                          meanwhile: Callable[[], object] | None = None) -> int:
+        assert self._writer is not None
+        grants = [r for r in rows if type(r) is GrantRow]
+        if not grants:
+            return await self._writer.write(rows, meanwhile)  # type: ignore[arg-type]
+        written = await self._writer.write_grants(grants)
+        return written + await self._writer.write(
+            [r for r in rows if type(r) is LedgerRow], meanwhile)
 
     async def _drop_writer(self) -> None:
         writer, self._writer = self._writer, None

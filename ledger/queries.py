@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING, Any
 
 from spendstream.errors import ConfigError, ServiceUnavailable, SpendstreamError
-from spendstream.ledger.schema import ROLLUP, TABLE, partition_month
+from spendstream.ledger.schema import GRANTS, ROLLUP, TABLE, partition_month
 from spendstream.redact import redact_url, scrub, url_password
 
 if TYPE_CHECKING:
@@ -112,7 +112,9 @@ class Filters:
 
     def where(self) -> tuple[str, dict[str, Any]]:
         """The rollup's WHERE clause and its parameters."""
-        clauses = ["hour >= %(start)s", "hour < %(end)s"]
+        return self._where(["hour >= %(start)s", "hour < %(end)s"])
+
+    def _where(self, clauses: list[str]) -> tuple[str, dict[str, Any]]:
         if self.feature is not None:
             clauses.append("feature = %(feature)s")
         if self.user is not None:
@@ -121,39 +123,57 @@ class Filters:
                                        "feature": self.feature, "user": self.user}
 
 
+def hits_query(filters: Filters) -> tuple[str, dict[str, Any]]:
+    """Calls answered from the response cache per feature: ``feature, cache_hits``, from
+    the hourly rollup's ``cache_hits`` (whole hours: the periods asked are whole days)."""
+    where, params = filters.where()
+    return (f"SELECT feature, SUM(cache_hits)::bigint AS cache_hits FROM {ROLLUP} "
+            f"WHERE cache_hits > 0 AND {where} GROUP BY feature"), params
+
+
+def cache_hits(conn: psycopg.Connection[tuple[Any, ...]], filters: Filters) -> dict[str, int]:
+    """Per feature, the calls of ``filters``' period answered from the response cache
+    (features without a hit are absent); the hit rate is this over the feature's calls."""
+    query, params = hits_query(filters)
+    return {str(f): int(n) for f, n in run(conn, query, params).rows}
+
+
 @dataclass(frozen=True)
 class Report:
-    """The four questions for one period, from the rollup."""
+    """The four questions for one period, from the rollup, and the grants made in it."""
 
     filters: Filters
     features: Result
     users: Result
     totals: Result
     models: Result
+    grants: Result
+    """Grants and unblocks made in the period, per user and kind (``spendstream grant``)."""
 
 
 REPORT = f"""
 WITH g AS MATERIALIZED (
     SELECT GROUPING(feature, user_id, model) AS k, feature, user_id, model,
            SUM(calls) AS calls, SUM(cost_usd) AS spend, SUM(unpriced) AS unpriced,
-           SUM(output_tokens) AS output_tokens
+           SUM(output_tokens) AS output_tokens, SUM(cache_hits) AS hits
     FROM {ROLLUP} WHERE {{where}}
     GROUP BY GROUPING SETS ((feature), (user_id), (model), ()))
 (SELECT 'f' AS s, row_number() OVER (ORDER BY spend DESC, feature) AS i, feature AS name,
-        calls::bigint, spend, unpriced::bigint, NULL::bigint AS users, NULL::numeric AS a,
-        NULL::numeric AS b
+        calls::bigint, spend, unpriced::bigint, NULL::bigint AS users,
+        hits::numeric / NULLIF(calls, 0) AS a, NULL::numeric AS b, hits::bigint
  FROM g WHERE k = 3 ORDER BY spend DESC, feature LIMIT %(top)s)
 UNION ALL
 (SELECT 'u', row_number() OVER (ORDER BY spend DESC, user_id), user_id, calls::bigint,
-        spend, unpriced::bigint, NULL, NULL, NULL
+        spend, unpriced::bigint, NULL, NULL, NULL, NULL
  FROM g WHERE k = 5 ORDER BY spend DESC, user_id LIMIT %(top)s)
 UNION ALL
 (SELECT 'm', row_number() OVER (ORDER BY model), model, calls::bigint, spend,
-        unpriced::bigint, NULL, output_tokens / calls, spend / NULLIF(calls - unpriced, 0)
+        unpriced::bigint, NULL, output_tokens / calls, spend / NULLIF(calls - unpriced, 0),
+        NULL
  FROM g WHERE k = 6)
 UNION ALL
 (SELECT 't', 1, NULL, calls::bigint, spend, unpriced::bigint, u.n, spend / NULLIF(u.n, 0),
-        NULL
+        NULL, NULL
  FROM g, (SELECT count(*) AS n FROM g WHERE k = 5) u WHERE k = 7)
 ORDER BY s, i
 """
@@ -162,26 +182,33 @@ grouping sets (by feature, by user, by model) and the grand total, its results k
 (``MATERIALIZED``) and cut into the sections. Four separate queries read the rollup four
 times, twice as slow at 10 million calls (docs/ledger.md has the figures).
 ``GROUPING`` is 3 for a feature's row, 5 for a user's, 6 for a model's, 7 for the total.
-``avg_cost`` (``b``) is over priced calls, like SQL's ``AVG(cost_usd)``, which skips
+A feature's ``hit_rate`` (``a``) is its response-cache hits over its calls. ``avg_cost``
+(``b``) is over priced calls, like SQL's ``AVG(cost_usd)``, which skips
 NULLs: the rollup's priced calls are ``calls - unpriced``."""
 
 
 def report(conn: psycopg.Connection[tuple[Any, ...]], filters: Filters, top: int = 20
            ) -> Report:
-    """Top features, top users, cost per user and model efficiency for ``filters``."""
+    """Top features (with their response-cache hits and hit rate), top users, cost per
+    user and model efficiency for ``filters``."""
     where, params = filters.where()
     rows = run(conn, REPORT.replace("{where}", where), {**params, "top": top}).rows
     by: dict[str, list[tuple[Any, ...]]] = {"f": [], "u": [], "m": [], "t": []}
-    for section, _, name, calls, spend, unpriced, users, a, b in rows:
-        by[section].append((name, calls, spend, unpriced, users, a, b))
+    for section, _, name, calls, spend, unpriced, users, a, b, hits in rows:
+        by[section].append((name, calls, spend, unpriced, users, a, b, hits))
     return Report(
         filters,
-        Result(["feature", "calls", "spend", "unpriced"], [r[:4] for r in by["f"]]),
+        Result(["feature", "calls", "spend", "unpriced", "cache_hits", "hit_rate"],
+               [(f, c, s, n, h, a) for f, c, s, n, _, a, _, h in by["f"]]),
         Result(["user_id", "calls", "spend", "unpriced"], [r[:4] for r in by["u"]]),
         Result(["calls", "spend", "users", "cost_per_user", "unpriced"],
-               [(c, s, u, a, n) for _, c, s, n, u, a, _ in by["t"]]),
+               [(c, s, u, a, n) for _, c, s, n, u, a, _, _ in by["t"]]),
         Result(["model", "calls", "avg_output", "avg_cost", "unpriced"],
-               [(m, c, a, b, n) for m, c, _, n, _, a, b in by["m"]]),
+               [(m, c, a, b, n) for m, c, _, n, _, a, b, _ in by["m"]]),
+        run(conn, "SELECT user_id, kind, COUNT(*) AS grants, SUM(usd) AS usd, "
+            f"SUM(tokens)::bigint AS tokens FROM {GRANTS} WHERE ts >= %(start)s "
+            "AND ts < %(end)s AND (%(user)s::text IS NULL OR user_id = %(user)s) "
+            "GROUP BY user_id, kind ORDER BY user_id, kind", params),
     )
 
 

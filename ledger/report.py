@@ -59,7 +59,7 @@ def _cell(value: Any, places: int | None = None) -> str:
     return str(value)
 
 
-_ROUND = {"avg_output": 1, "avg_cost": 8, "cost_per_user": 8}
+_ROUND = {"avg_output": 1, "avg_cost": 8, "cost_per_user": 8, "hit_rate": 4}
 """Averages are rounded for display (sums never are: they are exact)."""
 
 
@@ -106,10 +106,12 @@ def render_result(result: Result, fmt: str) -> str:
 
 
 def render_report(report: Report, fmt: str) -> str:
-    """The report's four sections as ``table``, ``csv`` (one section column) or ``json``."""
+    """The report's sections (the four questions and the grants) as ``table``, ``csv``
+    (one section column) or ``json``."""
     f = report.filters
     sections = {"top features": report.features, "top users": report.users,
-                "cost per user": report.totals, "model efficiency": report.models}
+                "cost per user": report.totals, "model efficiency": report.models,
+                "grants": report.grants}
     period = {"from": _cell(f.start), "to": _cell(f.end), "feature": f.feature,
               "user": f.user}
     if fmt == "json":

@@ -8,6 +8,8 @@ call is made (a producer retry or a Kafka redelivery carries the same ``ts``), s
 copy of an event has the same ``date`` and lands in the same partition, where the key
 catches it.
 
+``grants`` holds every grant and unblock once (keyed by ``grant_id``).
+
 ``spend_hourly`` is the rollup by (hour, user, feature, model) that month-level
 questions read (calls, tokens, cost, unpriced calls, response-cache hits and what they
 saved); the writer keeps it in step in the same transaction as the rows. The
@@ -22,6 +24,8 @@ from datetime import date
 TABLE = "spend_ledger"
 ROLLUP = "spend_hourly"
 VIEW = "cost_logs"
+GRANTS = "grants"
+"""One row per grant or unblock (``spendstream grant`` / ``unblock``), keyed by its id."""
 
 PRICE_SOURCES = ("event", "table", "override", "failed", "unpriced")
 """Where a row's cost came from: the producer's ``cost_usd``, genai-prices' table, the
@@ -69,6 +73,20 @@ CREATE TABLE IF NOT EXISTS {ROLLUP} (
 );
 CREATE INDEX IF NOT EXISTS {ROLLUP}_user ON {ROLLUP} (user_id, hour);
 
+CREATE TABLE IF NOT EXISTS {GRANTS} (
+    grant_id text PRIMARY KEY,
+    kind text NOT NULL CHECK (kind IN ('grant', 'unblock')),
+    ts timestamptz NOT NULL,
+    date date NOT NULL,
+    until date NOT NULL,
+    user_id text NOT NULL,
+    usd numeric,
+    tokens bigint,
+    reason text NOT NULL DEFAULT '',
+    granted_by text NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS {GRANTS}_ts ON {GRANTS} (ts);
+
 -- Columns added after the ledger's first version, added to a ledger made before them. The
 -- check comes first: ALTER TABLE locks the table even when the column is there, and would
 -- queue every writer behind a long report query at each start.
@@ -81,6 +99,12 @@ DO $$ BEGIN
                    AND attname = 'saved_usd' AND NOT attisdropped) THEN
         ALTER TABLE {ROLLUP} ADD COLUMN cache_hits bigint NOT NULL DEFAULT 0,
                              ADD COLUMN saved_usd numeric NOT NULL DEFAULT 0;
+        -- The hits already in the rows (none of them carries a saving yet).
+        UPDATE {ROLLUP} h SET cache_hits = r.hits
+        FROM (SELECT date_trunc('hour', ts, 'UTC') AS hour, user_id, feature, model,
+                     count(*) AS hits
+              FROM {TABLE} WHERE cache_hit GROUP BY 1, 2, 3, 4) r
+        WHERE (h.hour, h.user_id, h.feature, h.model) = (r.hour, r.user_id, r.feature, r.model);
     END IF;
 END $$;
 

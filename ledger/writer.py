@@ -14,8 +14,16 @@ from collections.abc import Callable, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from spendstream.contract.ledger import COLUMNS, TYPES, LedgerRow
-from spendstream.ledger.schema import DDL, LOCK, ROLLUP, TABLE, month_start, partition_ddl
+from spendstream.contract.ledger import COLUMNS, GRANT_COLUMNS, TYPES, GrantRow, LedgerRow
+from spendstream.ledger.schema import (
+    DDL,
+    GRANTS,
+    LOCK,
+    ROLLUP,
+    TABLE,
+    month_start,
+    partition_ddl,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -122,6 +130,20 @@ class LedgerWriter:
             self._months.clear()  # a partition may have been pruned meanwhile
             raise
         return int(result[0]) if result else 0
+
+    async def write_grants(self, rows: Sequence[GrantRow]) -> int:
+        """Store grants once each (by ``grant_id``); return how many were new."""
+        if not rows:
+            return 0
+        cols = ", ".join(GRANT_COLUMNS)
+        marks = ", ".join(["%s"] * len(GRANT_COLUMNS))
+        new = 0
+        async with self.conn.transaction(), self.conn.cursor() as cur:
+            for row in rows:
+                await cur.execute(f"INSERT INTO {GRANTS} ({cols}) VALUES ({marks}) "
+                                  "ON CONFLICT (grant_id) DO NOTHING", row)
+                new += cur.rowcount
+        return new
 
     async def _partitions(self, months: set[date]) -> None:
         missing = months - self._months

@@ -22,7 +22,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
@@ -102,6 +102,9 @@ class Admission:
     """Seconds a complete answer may be cached (the feature's ``cache.ttl``); ``None``: off."""
     token_slot: TokenSlot | None = None
     """The call's tokens-per-minute entries, corrected to what it used by ``record``."""
+    deferred: Reservation | None = None
+    """The worst case not held yet (``admit(..., reserve=False)``): :meth:`Guard.reserve`
+    holds it once the response cache has missed, so a cached answer holds nothing."""
 
 
 class EventSink(Protocol):
@@ -343,14 +346,15 @@ class _GuardBase:
     def _admission(self, user_id: str, feature: str, plan: _Plan, fitted: Fitted,
                    snapshot: FlagSnapshot, now: datetime,
                    reservation: Reservation | None = None,
-                   limits: list[RateLimit] | None = None) -> Admission:
+                   limits: list[RateLimit] | None = None,
+                   deferred: Reservation | None = None) -> Admission:
         usd, tokens = snapshot.remaining(plan.limit, now)
         return Admission(user_id=user_id, feature=feature, model=plan.model,
                          max_tokens=plan.max_tokens, messages=fitted.messages,
                          input_tokens_local=fitted.tokens, input_exact=fitted.exact,
                          trimmed=fitted.trimmed, warning=snapshot.warning(now),
                          remaining_usd=usd, remaining_tokens=tokens, tier=plan.tier,
-                         reservation=reservation,
+                         reservation=reservation, deferred=deferred,
                          token_slot=TokenSlot.of(limits) if limits else None,
                          cache_ttl=plan.conf.cache.ttl if plan.conf.cache else None)
 
@@ -441,9 +445,12 @@ class Guard(_GuardBase):
 
     def admit(self, user_id: str, feature: str, messages: list[dict[str, Any]], *,
               model: str | None = None, max_tokens: int | None = None,
-              tier: str | None = None) -> Admission:
+              tier: str | None = None, reserve: bool = True) -> Admission:
         """Check flags, rate limit and input budget; raise BudgetExceeded, FeatureDisabled
-        or Throttled (all SpendstreamError) or return what the call may use."""
+        or Throttled (all SpendstreamError) or return what the call may use.
+
+        ``reserve=False`` leaves the worst-case hold to :meth:`reserve` (the wrappers call
+        it after the response cache missed: a cached answer costs nothing to hold)."""
         plan = self._plan(user_id, feature, model, max_tokens, tier)
         feature = plan.feature
         now = datetime.now(UTC)
@@ -456,12 +463,27 @@ class Guard(_GuardBase):
         elif limits and not blind:  # flags came from the cache: the limits still go to Redis
             blind = self._rate(user_id, limits)
         reservation = self._reservation(user_id, plan, fitted)
-        if reservation is not None and (blind or self._reserve(reservation, plan.model)):
+        deferred = None
+        if reservation is not None and not reserve and not blind:
+            deferred, reservation = reservation, None
+        elif reservation is not None and (blind or self._reserve(reservation, plan.model)):
             blind, reservation = True, None
         if blind:
             self.stats.failed_open += 1
         return self._admission(user_id, feature, plan, fitted, snapshot, now, reservation,
-                               limits)
+                               limits, deferred)
+
+    def reserve(self, admission: Admission) -> Admission:
+        """Hold the worst case ``admit(..., reserve=False)`` left, or raise BudgetExceeded;
+        the admission to record with (unchanged when nothing was deferred, or Redis did not
+        answer and the call goes on unreserved)."""
+        held = admission.deferred
+        if held is None:
+            return admission
+        if self._reserve(held, admission.model):
+            self.stats.failed_open += 1
+            return replace(admission, deferred=None)
+        return replace(admission, reservation=held, deferred=None)
 
     def _flags(self, user_id: str, feature: str, limits: list[RateLimit]
                ) -> tuple[FlagSnapshot, bool, Any]:
@@ -588,7 +610,7 @@ class AsyncGuard(_GuardBase):
 
     async def admit(self, user_id: str, feature: str, messages: list[dict[str, Any]], *,
                     model: str | None = None, max_tokens: int | None = None,
-                    tier: str | None = None) -> Admission:
+                    tier: str | None = None, reserve: bool = True) -> Admission:
         """See :meth:`Guard.admit`."""
         plan = self._plan(user_id, feature, model, max_tokens, tier)
         feature = plan.feature
@@ -602,12 +624,25 @@ class AsyncGuard(_GuardBase):
         elif limits and not blind:  # flags came from the cache: the limits still go to Redis
             blind = await self._rate(user_id, limits)
         reservation = self._reservation(user_id, plan, fitted)
-        if reservation is not None and (blind or await self._reserve(reservation, plan.model)):
+        deferred = None
+        if reservation is not None and not reserve and not blind:
+            deferred, reservation = reservation, None
+        elif reservation is not None and (blind or await self._reserve(reservation, plan.model)):
             blind, reservation = True, None
         if blind:
             self.stats.failed_open += 1
         return self._admission(user_id, feature, plan, fitted, snapshot, now, reservation,
-                               limits)
+                               limits, deferred)
+
+    async def reserve(self, admission: Admission) -> Admission:
+        """See :meth:`Guard.reserve`."""
+        held = admission.deferred
+        if held is None:
+            return admission
+        if await self._reserve(held, admission.model):
+            self.stats.failed_open += 1
+            return replace(admission, deferred=None)
+        return replace(admission, reservation=held, deferred=None)
 
     async def _flags(self, user_id: str, feature: str, limits: list[RateLimit]
                      ) -> tuple[FlagSnapshot, bool, Any]:

@@ -150,6 +150,7 @@ def _worker_app(settings: Settings, partitions: int, **faust_options: Any) -> Wo
         consumer_auto_offset_reset="earliest",
         broker_rebalance_timeout=5.0,
         broker_session_timeout=settings.session_timeout,
+        consumer_group_instance_id=settings.group_instance_id,
         datadir=str(settings.state_dir / "{conf.name}"),
         broker_heartbeat_interval=1.0,
         producer_acks=-1,

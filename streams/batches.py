@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from spendstream.contract.control import MARKER, control_of
 from spendstream.contract.event import (
     MAX_FUTURE_SECONDS,
     Horizon,
@@ -23,6 +24,7 @@ from spendstream.contract.event import (
     decode_events,
 )
 from spendstream.contract.rollup import MalformedRollup, RollupMessage
+from spendstream.streams.grants import apply_control
 from spendstream.streams.rollup_stage import RollupStage
 from spendstream.streams.state import BatchedState
 from spendstream.streams.user_stage import UserStage
@@ -98,6 +100,8 @@ class UserBatches:
         weight = 0
         horizon = Horizon(now, self.max_future_seconds)
         for record in records:
+            if record.value and MARKER in record.value and await self._control(record, now):
+                continue
             origin = (self.topic, record.partition, record.offset)
             try:
                 decoded = decode_events(record.value, horizon, origin)
@@ -125,6 +129,19 @@ class UserBatches:
                     await self.finish(now)
                     weight = 0
         await self.finish(now)
+
+    async def _control(self, record: Record, now: datetime) -> bool:
+        """Apply the record if it is a grant or unblock (``streams/grants.py``); a broken
+        one goes to the DLQ. ``False``: a usage event that merely holds the word."""
+        try:
+            control = control_of(record.value)
+        except MalformedEvent as e:
+            await self.dead_letter(record, e.reason, None)
+            return True
+        if control is None:
+            return False
+        apply_control(self.users, record.partition, control, now)
+        return True
 
     async def finish(self, now: datetime) -> None:
         """Judge, log the state and forward the partials of what was folded so far."""

@@ -99,6 +99,7 @@ class WorkerCollector(Collector):
             ("dead_letters", "messages sent to the dead-letter topic", c.dead_letters),
             ("unpriced", "events with no price for their model", c.unpriced),
             ("alerts", "alerts raised (state transitions)", c.alerts),
+            ("grants", "grants and unblocks applied", c.grants),
             ("alerts_sent", "alerts delivered to the notifier", d.sent),
             ("alerts_failed", "alerts the notifier could not deliver", d.failed),
             ("flag_writes", "flag and live-spend keys written to Redis", f.stats.written),
@@ -137,6 +138,16 @@ class WorkerCollector(Collector):
                 remaining.add_metric([feature], float(budget - usd))
         yield spend
         yield remaining
+        calls = CounterMetricFamily("spendstream_calls", "usage events counted per feature",
+                                    labels=["feature"])
+        hits = CounterMetricFamily("spendstream_cache_hits",
+                                   "calls answered from the response cache per feature "
+                                   "(hit rate: cache_hits / calls)", labels=["feature"])
+        for feature, (n, k) in sorted(c.by_feature().items()):
+            calls.add_metric([feature], n)
+            hits.add_metric([feature], k)
+        yield calls
+        yield hits
 
 
 class ObservabilityServer:

@@ -142,7 +142,9 @@ class RollupStage(Stage):
             "scope": "feature" if kind == "f" else "global", "id": subject, "period": period,
             "spent_usd": str(totals.usd), "spent_tokens": totals.tokens, "events": totals.events,
             "failed_events": totals.failed, "unpriced_events": totals.unpriced,
-            "length_finishes": totals.truncated,
+            "length_finishes": totals.truncated, "cache_hits": totals.cache_hits,
+            "cache_hit_rate": (round(totals.cache_hits / totals.events, 4) if totals.events
+                               else None),
             "window_start": window.start_text,
             "window_end": window.end_text}
         conf = self.budgets.features.get(subject) if kind == "f" else None

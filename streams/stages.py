@@ -11,8 +11,9 @@ window on their sum. Both pre-aggregate a whole batch before touching flags or a
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
@@ -60,6 +61,19 @@ class Counters:
     unpriced: int = 0
     alerts: int = 0
     swept: int = 0
+    grants: int = 0
+    """Grants and unblocks applied (``spendstream grant`` / ``unblock``)."""
+    calls: Counter[tuple[str, bool]] = field(default_factory=Counter)
+    """Counted calls per (feature, answered from the response cache): one increment per
+    event, read only at scrape time (:meth:`by_feature`)."""
+
+    def by_feature(self) -> dict[str, tuple[int, int]]:
+        """Per feature: (calls, cache hits) this process counted since it started."""
+        out: dict[str, tuple[int, int]] = {}
+        for (feature, hit), n in list(self.calls.items()):
+            calls, hits = out.get(feature, (0, 0))
+            out[feature] = (calls + n, hits + n if hit else hits)
+        return out
 
 
 def flag_payload(scope: keys.Scope, subject: str, reason: str, level: Level, spent: Decimal,

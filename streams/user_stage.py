@@ -18,7 +18,7 @@ from spendstream.contract.rollup import (
     window_key,
     window_of_key,
 )
-from spendstream.domain.budgets import Budgets
+from spendstream.domain.budgets import Budgets, Limit
 from spendstream.domain.policy import measure, user_ladder
 from spendstream.domain.pricing import Pricer
 from spendstream.domain.totals import Contribution, Totals
@@ -30,6 +30,7 @@ from spendstream.domain.windows import (
     window_of,
 )
 from spendstream.streams.flags import FlagStore
+from spendstream.streams.grants import granted_limit
 from spendstream.streams.stages import (
     AlertSink,
     Counters,
@@ -67,6 +68,8 @@ class UserStage(Stage):
         self._minutes: dict[tuple[int, str, datetime, str | None, str, bool, bool], Totals] = {}
         """This batch's sums per (partition, feature, minute, provider, model, audited,
         priced): everything the stage-two windows need, summed before they are touched."""
+        self._spans: dict[float, tuple[Window, datetime, str]] = {}
+        """This batch's minutes (epoch seconds) and what :meth:`_span` says of them."""
 
     def process(self, partition: int, offset: int, event: UsageEvent, now: datetime) -> bool:
         """Fold one decoded event; ``False`` for a duplicate (its ``user_id`` and
@@ -84,28 +87,32 @@ class UserStage(Stage):
         if now is not self._now:  # computed once per batch: this is the hot path
             self._now = now
             self._cutoff = late_cutoff(now, self.grace)
+            self._spans.clear()
         priced = self.pricer.price_event(event)
         # Only provider-reported counts are worth auditing: an estimated event's input
         # is the app's own count already.
-        local = event.local_input_tokens if event.ok and not event.estimated else None
+        ok = event.ok
+        local = event.local_input_tokens if ok and not event.estimated else None
         # A failed call is counted but drains nothing: no money, and no tokens toward a
         # tier or the tokens-per-minute ceiling (a retry storm must not use up a day).
-        c = Contribution(priced.cost, event.total_tokens if event.ok else 0, event.ok,
-                         priced.priced, event.input_tokens, local,
-                         event.finish_reason == "length")
+        c = Contribution(priced.cost, event.input_tokens + event.output_tokens if ok else 0,
+                         ok, priced.priced, event.input_tokens, local,
+                         event.finish_reason == "length", event.cache_hit is True)
         ts = event.ts
-        day = window_of("day", ts)
-        minute = window_of("minute", ts).start  # never raises, even for year 1 or 9999
+        secs = ts.timestamp()
+        span = self._spans.get(secs - secs % 60)
+        if span is None:
+            span = self._span(ts)
+        day, minute, prefix = span
         # --- from here on nothing can fail for this event ---
         self.state.remember(partition, digest, offset)
         self.counters.events += 1
+        self.counters.calls[event.feature, event.cache_hit is True] += 1
         if not priced.priced:
             self.counters.unpriced += 1
-        if day.ended_before(self._cutoff):
+        if prefix is LATE:
             self.counters.late += 1
-            self._fold(partition, f"{LATE}{event.user_id}|{day.key}", day, c)
-        else:
-            self._fold(partition, f"u|{event.user_id}|{day.key}", day, c)
+        self._fold(partition, f"{prefix}{event.user_id}|{day.key}", day, c)
         # Every other window is summed per minute of the batch first: a batch then costs
         # a few hundred window updates instead of six per event.
         group = (partition, event.feature, minute, event.provider, event.model,
@@ -116,24 +123,49 @@ class UserStage(Stage):
         sums.add(c, audit=True)
         return True
 
+    def _span(self, ts: datetime) -> tuple[Window, datetime, str]:
+        """The day window, the minute and the user-window prefix (late or not) of ``ts``,
+        kept for the rest of the batch: most events of a batch share a few minutes."""
+        day = window_of("day", ts)
+        minute = window_of("minute", ts)  # never raises, even for year 1 or 9999
+        span = (day, minute.start, LATE if day.ended_before(self._cutoff) else "u|")
+        self._spans[minute.start_epoch] = span
+        return span
+
     def _spread(self) -> None:
         """Fold the batch's per-minute sums into the feature, global, audit and unpriced
         windows they fall in (each window's part for its source partition)."""
+        # Feature and global windows do not depend on the model: sum the groups per
+        # (partition, feature, minute) and per (partition, minute) first, so each of those
+        # windows is looked up once per minute, not once per model and flag of the minute.
+        features: dict[tuple[int, str, datetime], Totals] = {}
+        minutes: dict[tuple[int, datetime], Totals] = {}
         for (partition, feature, ts, provider, model, audited, priced), sums in (
                 self._minutes.items()):
+            total = features.get((partition, feature, ts))
+            if total is None:
+                total = features[(partition, feature, ts)] = Totals()
+            total.merge(sums, audit=False)
+            total = minutes.get((partition, ts))
+            if total is None:
+                total = minutes[(partition, ts)] = Totals()
+            total.merge(sums, audit=False)
+            if audited or not priced:
+                day = window_of("day", ts)
+                if audited:
+                    self._part(partition, window_key("drift", f"{provider or '?'}/{model}",
+                                                     "day", day.key), day, sums, audit=True)
+                if not priced:
+                    self._part(partition, window_key("unp", model, "day", day.key), day, sums)
+        for (partition, feature, ts), sums in features.items():
             conf = self.budgets.features.get(feature)
             period: Period = conf.period if conf else "month"
             w = window_of(period, ts)
             self._part(partition, window_key("f", feature, period, w.key), w, sums)
-            day = window_of("day", ts)
+        for (partition, ts), sums in minutes.items():
             for period in GLOBAL_PERIODS:
-                w = day if period == "day" else window_of(period, ts)
+                w = window_of(period, ts)
                 self._part(partition, window_key("g", GLOBAL, period, w.key), w, sums)
-            if audited:
-                self._part(partition, window_key("drift", f"{provider or '?'}/{model}", "day",
-                                                 day.key), day, sums, audit=True)
-            if not priced:
-                self._part(partition, window_key("unp", model, "day", day.key), day, sums)
         self._minutes.clear()
 
     def _part(self, partition: int, key: str, window: Window, sums: Totals,
@@ -167,11 +199,16 @@ class UserStage(Stage):
         over (Redis would drop the write)."""
         return window.start_epoch <= self._now_epoch < window.end_epoch
 
-    def _publish_spend(self, user: str, window: Window, totals: Totals) -> None:
-        """The user's live spend key (the window open now)."""
+    def _limit(self, partition: int, user: str, wkey: str) -> Limit | None:
+        """The user's limit of the day ``wkey``: their tier's, raised by any grant."""
         users = self.budgets.users
-        tier = users.tier_of(user)
-        limit = users.tiers.get(tier)
+        return granted_limit(self.state, partition, user, wkey,
+                             users.tiers.get(users.tier_of(user)))
+
+    def _publish_spend(self, partition: int, user: str, window: Window, totals: Totals) -> None:
+        """The user's live spend key (the window open now), with the budget a grant raised."""
+        tier = self.budgets.users.tier_of(user)
+        limit = self._limit(partition, user, window.key)
         spend: dict[str, Any] = {
             "scope": "user", "id": user, "tier": tier, "spent_usd": str(totals.usd),
             "spent_tokens": totals.tokens, "events": totals.events,
@@ -191,13 +228,13 @@ class UserStage(Stage):
         empty); the number written."""
         self._now_epoch = now.timestamp()
         n = 0
-        for _, key, value in self.state.scan():
+        for partition, key, value in self.state.scan():
             if not key.startswith("u|"):
                 continue
             _, user, wkey = split_key(key, 3)
             window = window_from_key("day", wkey)
             if self._live_spend(window):
-                self._publish_spend(user, window, Totals.from_json(value))
+                self._publish_spend(partition, user, window, Totals.from_json(value))
                 n += 1
         return n
 
@@ -228,11 +265,10 @@ class UserStage(Stage):
                ) -> None:
         _, user, wkey = split_key(key, 3)
         window = window_from_key("day", wkey)
-        users = self.budgets.users
-        tier = users.tier_of(user)
-        limit = users.tiers.get(tier)
+        tier = self.budgets.users.tier_of(user)
+        limit = self._limit(partition, user, wkey)
         if self._live_spend(window):
-            self._publish_spend(user, window, totals)
+            self._publish_spend(partition, user, window, totals)
         if limit is None or (not totals.level and self._below_first_step(tier, totals)):
             return
         m = measure(totals, limit)

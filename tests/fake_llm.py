@@ -393,7 +393,7 @@ class StandInGuard:
 
     def admit(self, user_id: str, feature: str, messages: list[dict[str, Any]], *,
               model: str | None = None, max_tokens: int | None = None,
-              tier: str | None = None) -> Admission:
+              tier: str | None = None, reserve: bool = True) -> Admission:
         """Admit the call as it is, with ``max_tokens`` at most ``cap``."""
         chosen = model or self.model
         count = count_messages(messages, chosen)
@@ -402,6 +402,10 @@ class StandInGuard:
                               messages=list(messages), input_tokens_local=count.tokens,
                               input_exact=count.exact)
         self.admissions.append(admission)
+        return admission
+
+    def reserve(self, admission: Admission) -> Admission:
+        """Nothing to hold: the stand-in has no budgets."""
         return admission
 
     def record(self, admission: Admission, *, provider: str | None, input_tokens: int,
@@ -436,7 +440,11 @@ class AsyncStandInGuard(StandInGuard):
     async def admit(  # type: ignore[override]
             self, user_id: str, feature: str, messages: list[dict[str, Any]], *,
             model: str | None = None, max_tokens: int | None = None,
-            tier: str | None = None) -> Admission:
+            tier: str | None = None, reserve: bool = True) -> Admission:
         """See :meth:`StandInGuard.admit`."""
         return super().admit(user_id, feature, messages, model=model, max_tokens=max_tokens,
                              tier=tier)
+
+    async def reserve(self, admission: Admission) -> Admission:  # type: ignore[override]
+        """See :meth:`StandInGuard.reserve`."""
+        return admission

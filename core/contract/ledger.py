@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import NamedTuple
 
+from spendstream.contract.control import Control
 from spendstream.contract.event import UsageEvent
 from spendstream.domain.pricing import Pricer
 
@@ -75,3 +76,35 @@ def ledger_row(event: UsageEvent, pricer: Pricer, tier: str | None = None) -> Le
         bool(event.estimated), bool(event.cache_hit),
         priced.cost if priced.priced else None, priced.source,
         event.saved_usd if event.cache_hit else None)
+
+
+_Day = date  # ``until``'s type: inside GrantRow, ``date`` names the field
+
+GRANT_COLUMNS = ("grant_id", "kind", "ts", "date", "until", "user_id", "usd", "tokens",
+                 "reason", "granted_by")
+"""The columns of the ``grants`` table in the order a :class:`GrantRow` holds them."""
+
+
+class GrantRow(NamedTuple):
+    """One grant or unblock as ``grants`` stores it (field order = :data:`GRANT_COLUMNS`).
+
+    ``usd`` and ``tokens`` are what was asked; an unblock's are NULL (the worker grants what
+    the user had spent that day, shown in its ``grant`` alert)."""
+
+    grant_id: str
+    kind: str
+    ts: datetime
+    date: date
+    until: _Day
+    user_id: str
+    usd: Decimal | None
+    tokens: int | None
+    reason: str
+    granted_by: str
+
+
+def grant_row(control: Control) -> GrantRow:
+    """The ledger row of a control record."""
+    return GrantRow(control.grant_id, control.control, control.ts, control.day,
+                    control.days[-1], control.user_id, control.usd, control.tokens,
+                    control.reason, control.by)

@@ -30,6 +30,8 @@ Source = Literal["event", "override", "table", "failed", "unpriced"]
 
 _MTOK = Decimal(1_000_000)
 _ZERO = Decimal(0)
+_PER = 1_000_000
+"""Table rates are per million tokens."""
 _MAX_CACHED = 4096
 """Model names come from events; bound the per-model caches so junk names cannot grow them."""
 
@@ -288,16 +290,26 @@ class Pricer:
         # priced at their own rates when the card has them; tiers are chosen by total input.
         uncached = input_tokens
         cost = _ZERO
-        if card.cache_read is not None:
+        # calc_unit_price's arithmetic inlined for flat rates (the common card): the same
+        # operations in the same order, so the same Decimal, without four calls per event.
+        rate = card.cache_read
+        if rate is not None:
             uncached -= cached
-            cost += calc_unit_price(card.cache_read, cached, input_tokens, 1_000_000)
-        if card.cache_write is not None:
+            cost += (rate * cached / _PER if type(rate) is Decimal
+                     else calc_unit_price(rate, cached, input_tokens, _PER))
+        rate = card.cache_write
+        if rate is not None:
             uncached -= written
-            cost += calc_unit_price(card.cache_write, written, input_tokens, 1_000_000)
-        if card.input is not None:
-            cost += calc_unit_price(card.input, uncached, input_tokens, 1_000_000)
-        if card.output is not None:
-            cost += calc_unit_price(card.output, output_tokens, input_tokens, 1_000_000)
+            cost += (rate * written / _PER if type(rate) is Decimal
+                     else calc_unit_price(rate, written, input_tokens, _PER))
+        rate = card.input
+        if rate is not None:
+            cost += (rate * uncached / _PER if type(rate) is Decimal
+                     else calc_unit_price(rate, uncached, input_tokens, _PER))
+        rate = card.output
+        if rate is not None:
+            cost += (rate * output_tokens / _PER if type(rate) is Decimal
+                     else calc_unit_price(rate, output_tokens, input_tokens, _PER))
         if card.per_request is not None:
             cost += card.per_request
         return cost

@@ -25,6 +25,8 @@ class Contribution(NamedTuple):
     """The app's own count of the prompt, when it sent one (token-inflation audit)."""
     truncated: bool = False
     """The answer stopped at its output cap (``finish_reason`` ``length``)."""
+    cache_hit: bool = False
+    """Answered from the response cache (free; counted for the feature's hit rate)."""
 
 
 @dataclass(slots=True)
@@ -44,6 +46,7 @@ class Totals:
     reported_input: int = 0
     local_input: int = 0
     truncated: int = 0
+    cache_hits: int = 0
 
     def add(self, c: Contribution, audit: bool = False) -> None:
         """Fold one event in.
@@ -60,6 +63,8 @@ class Totals:
             self.unpriced += 1
         if c.truncated:
             self.truncated += 1
+        if c.cache_hit:
+            self.cache_hits += 1
         if audit and c.local_input_tokens is not None:
             self.audited += 1
             self.reported_input += c.input_tokens
@@ -74,6 +79,7 @@ class Totals:
         self.failed += other.failed
         self.unpriced += other.unpriced
         self.truncated += other.truncated
+        self.cache_hits += other.cache_hits
         if not audit:
             return
         self.audited += other.audited
@@ -84,7 +90,8 @@ class Totals:
         """Only the sums (no decision state): what stage one forwards to stage two."""
         d: dict[str, Any] = {"usd": str(self.usd), "tok": self.tokens, "n": self.events}
         for name, value in (("err", self.failed), ("unp", self.unpriced),
-                            ("len", self.truncated), ("au", self.audited),
+                            ("len", self.truncated), ("hit", self.cache_hits),
+                            ("au", self.audited),
                             ("ri", self.reported_input), ("li", self.local_input)):
             if value:
                 d[name] = value
@@ -109,4 +116,4 @@ class Totals:
                    failed=d.get("err", 0), unpriced=d.get("unp", 0), level=d.get("lvl", 0),
                    pace=d.get("pace", 0), end=d.get("end", 0), audited=d.get("au", 0),
                    reported_input=d.get("ri", 0), local_input=d.get("li", 0),
-                   truncated=d.get("len", 0))
+                   truncated=d.get("len", 0), cache_hits=d.get("hit", 0))

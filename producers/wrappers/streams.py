@@ -325,25 +325,27 @@ class GuardedEndpoint(Passthrough):
         ``max_tokens``, ``stream`` and ``params(admission)`` for the real call."""
         raise NotImplementedError
 
-    def _admit(self, user_id: str, feature: str, tier: str | None, request: Any) -> Admission:
+    def _admit(self, user_id: str, feature: str, tier: str | None, request: Any,
+               reserve: bool = True) -> Admission:
         admission: Admission = self._guard.admit(
             user_id, feature, request.guard_messages, model=request.model,
-            max_tokens=request.max_tokens, tier=tier)
+            max_tokens=request.max_tokens, tier=tier, reserve=reserve)
         return admission
 
-    async def _aadmit(self, user_id: str, feature: str, tier: str | None, request: Any
-                      ) -> Admission:
+    async def _aadmit(self, user_id: str, feature: str, tier: str | None, request: Any,
+                      reserve: bool = True) -> Admission:
         admission: Admission = await self._guard.admit(
             user_id, feature, request.guard_messages, model=request.model,
-            max_tokens=request.max_tokens, tier=tier)
+            max_tokens=request.max_tokens, tier=tier, reserve=reserve)
         return admission
 
     def _create(self, user_id: str, feature: str, tier: str | None,
                 kwargs: dict[str, Any], method: str = "create") -> Any:
         """Admit, answer from the response cache or call the client's own ``method``,
-        record (a failure free, a stream metered, a cache hit free and marked)."""
+        record (a failure free, a stream metered, a cache hit free and marked). The
+        worst-case reservation is held only after the cache missed: a hit holds nothing."""
         request = self._request(kwargs)
-        admission = self._admit(user_id, feature, tier, request)
+        admission = self._admit(user_id, feature, tier, request, reserve=False)
         params = request.params(admission)
         key = self._cache_key(method, admission, params)
         if key is not None:
@@ -351,6 +353,7 @@ class GuardedEndpoint(Passthrough):
             hit = self._replay(admission, raw, request.stream, ReplayStream)
             if hit is not None:
                 return hit
+        admission = self._guard.reserve(admission)
         try:
             response = getattr(self._inner, method)(**params)
         except BaseException:
@@ -365,7 +368,7 @@ class GuardedEndpoint(Passthrough):
                        kwargs: dict[str, Any], method: str = "create") -> Any:
         """:meth:`_create` for asyncio clients and an ``AsyncGuard``."""
         request = self._request(kwargs)
-        admission = await self._aadmit(user_id, feature, tier, request)
+        admission = await self._aadmit(user_id, feature, tier, request, reserve=False)
         params = request.params(admission)
         key = self._cache_key(method, admission, params)
         if key is not None:
@@ -373,6 +376,7 @@ class GuardedEndpoint(Passthrough):
             hit = self._replay(admission, raw, request.stream, AsyncReplayStream)
             if hit is not None:
                 return hit
+        admission = await self._guard.reserve(admission)
         try:
             response = await getattr(self._inner, method)(**params)
         except BaseException:

@@ -10,7 +10,6 @@ state directory and key prefix are its own.
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import sys
 import time
@@ -28,20 +27,29 @@ import redis
 
 from spendstream.contract.keys import spend
 from spendstream.streams.topics import ensure_topics
-from tests.helpers import WorkerProcess, read_topic, send_in_order, worker_env
+from tests.helpers import (
+    WorkerProcess,
+    metric,
+    read_topic,
+    scrape,
+    send_in_order,
+    worker_env,
+)
 
 Message = tuple[bytes | None, bytes | None]
 KINDS = ("global", "feature", "user")
 
-STATUS = re.compile(
-    r"status: events (?P<events>\d+), duplicates (?P<duplicates>\d+), late (?P<late>\d+), "
-    r"dead letters (?P<dead_letters>\d+), unpriced (?P<unpriced>\d+), alerts (?P<alerts>\d+) "
-    r"\(sent (?P<sent>\d+), failed (?P<failed>\d+)\)")
+COUNTERS = {"events": "spendstream_events_counted_total",
+            "duplicates": "spendstream_duplicates_total", "late": "spendstream_late_total",
+            "dead_letters": "spendstream_dead_letters_total",
+            "unpriced": "spendstream_unpriced_total", "alerts": "spendstream_alerts_total",
+            "sent": "spendstream_alerts_sent_total", "failed": "spendstream_alerts_failed_total"}
+"""The counters the fault tests read, by the names they use, and their /metrics samples."""
 
 
 class Worker(WorkerProcess):
-    """``spendstream worker`` as a child process, at ``log_level`` (``info`` shows the
-    status lines: events, duplicates, late, dead letters, alerts sent and failed)."""
+    """``spendstream worker`` as a child process, at ``log_level``; its counters are read
+    from its ``/metrics`` (:meth:`status`), the way an operator's Prometheus reads them."""
 
     def __init__(self, env: dict[str, str], log: Path, log_level: str = "info",
                  module: str = "spendstream") -> None:
@@ -49,6 +57,7 @@ class Worker(WorkerProcess):
         self._out = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.env = worker_env(env)
         self.metrics_port = int(self.env["SPENDSTREAM_METRICS_PORT"])
+        self._last_metrics = ""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, "worker", "--log-level", log_level],
             env=self.env, stdout=self._out, stderr=subprocess.STDOUT)
@@ -59,18 +68,31 @@ class Worker(WorkerProcess):
             self._out.flush()
         return self.log.read_text(errors="replace")
 
-    def status(self) -> dict[str, int]:
-        """The counters of the worker's newest status line (all 0 before the first one)."""
-        lines = STATUS.findall(self.output())
-        if not lines:
-            return dict.fromkeys(STATUS.groupindex, 0)
-        return dict(zip(STATUS.groupindex, map(int, lines[-1]), strict=True))
+    def metrics(self) -> str:
+        """The worker's ``/metrics`` text now ("" while nothing answers on its port); the
+        last answer is kept, so the counters stay readable after a kill or a stop."""
+        code, text = scrape(self.metrics_port)
+        if code == 200:
+            self._last_metrics = text
+        return text
 
-    def status_line(self) -> str:
-        """The worker's newest status line ("" before the first); ends in ``REDIS DOWN``
-        while its flag writes fail."""
-        lines = [line for line in self.output().splitlines() if "status: events" in line]
-        return lines[-1] if lines else ""
+    def status(self) -> dict[str, int]:
+        """The worker's counters from ``/metrics`` (events, duplicates, late, dead letters,
+        unpriced, alerts, alerts sent and failed; all 0 before it first answers)."""
+        if self.proc.poll() is None:
+            self.metrics()
+        text = self._last_metrics
+        return {name: int(metric(text, sample) or 0) if text else 0
+                for name, sample in COUNTERS.items()}
+
+    def ready(self) -> bool:
+        """Whether the worker says it is counting (``spendstream_ready`` 1: it holds
+        partitions and has recovered its state)."""
+        return metric(self.metrics(), "spendstream_ready") == 1
+
+    def redis_down(self) -> bool:
+        """Whether the worker reports its flag writes failing (``spendstream_redis_up`` 0)."""
+        return metric(self.metrics(), "spendstream_redis_up") == 0
 
     def kill(self) -> None:
         """SIGKILL: no graceful shutdown, nothing flushed, offsets not committed."""

@@ -189,7 +189,7 @@ def test_an_event_without_an_id_counts_once_when_its_record_is_read_again(
                  for _ in range(n)]
     first = stack.worker("w")
     try:
-        wait_until(lambda: first.status_line(), 60, "the worker up", check=first.alive)
+        wait_until(first.ready, 60, "the worker up", check=first.alive)
         stack.publish(message(e) for e in anonymous)
         wait_until(lambda: keys.events("spend:user:acct-n") > 0, 60, "the first counted",
                    interval=0.005, check=first.alive)

@@ -74,7 +74,7 @@ def test_worker_rides_out_a_frozen_then_emptied_redis_and_logs_no_secret(
         try:
             send("frozen", 4, "0.0061")  # $0.061: over budget while Redis is frozen
             wait_until(lambda: worker.status()["events"] == ledger.total
-                       and "REDIS DOWN" in worker.status_line(), 30,
+                       and worker.redis_down(), 30,
                        "the worker counting with Redis frozen", check=worker.alive)
             alerts = stack.read(".alerts", 1, timeout=10)  # alerting does not wait on Redis
             assert [orjson.loads(a.value)["subject"] for a in alerts] == ["frozen"]
@@ -89,7 +89,7 @@ def test_worker_rides_out_a_frozen_then_emptied_redis_and_logs_no_secret(
         send("restarted", 4, "0.0061")
         send("bystander", 2, "0.0007")
         wait_until(lambda: worker.status()["events"] == ledger.total
-                   and "REDIS DOWN" in worker.status_line(), 30,
+                   and worker.redis_down(), 30,
                    "the worker counting with Redis gone", check=worker.alive)
         own_redis.start()
         flag = wait_until(lambda: keys.get(cutoff_user("restarted")), 30,
@@ -109,7 +109,7 @@ def test_worker_rides_out_a_frozen_then_emptied_redis_and_logs_no_secret(
         wait_until(lambda: not ledger.mismatches(keys), 30, "exact spend of every key",
                    check=worker.alive)
         status = wait_until(lambda: (st := worker.status())["events"] == ledger.total and st,
-                            10, "the status line", check=worker.alive)
+                            10, "the counters on /metrics", check=worker.alive)
         frozen_flag = keys.get(cutoff_user("frozen"))
         assert slack.requests, "Slack was never tried"
     finally:

@@ -177,7 +177,7 @@ def test_alerts_left_at_a_clean_stop_are_posted_after_the_restart_once(
                        "every cutoff posted by the next run", check=second.alive)
             assert second.stop() == 0, second.output()
             third = stack.worker("w", SLACK_WEBHOOK_URL=up.webhook_url)
-            wait_until(lambda: third.status_line(), 60, "a third run", check=third.alive)
+            wait_until(third.ready, 60, "a third run", check=third.alive)
         finally:
             stack.close()
     alerts = stack.read(".alerts", len(users), 10)

@@ -197,8 +197,10 @@ SELECT event_id, ts, date, user_id, feature, model, provider, input_tokens, outp
        estimated, cache_hit, cost_usd, price_source
 FROM spend_ledger;
 INSERT INTO spend_ledger VALUES ('old', '2026-11-02T00:00:00Z', '2026-11-02', 'u9', 'chat',
-    'm', NULL, 10, 1, 0, 0, 'ok', NULL, 'free', false, false, 0.5, 'event');
-INSERT INTO spend_hourly VALUES ('2026-11-02T00:00:00Z', 'u9', 'chat', 'm', 1, 10, 1, 0,
+    'm', NULL, 10, 1, 0, 0, 'ok', NULL, 'free', false, false, 0.5, 'event'),
+    ('old-hit', '2026-11-02T00:10:00Z', '2026-11-02', 'u9', 'chat', 'm', NULL, 0, 0, 0, 0,
+     'ok', NULL, 'free', false, true, 0, 'event');
+INSERT INTO spend_hourly VALUES ('2026-11-02T00:00:00Z', 'u9', 'chat', 'm', 2, 10, 1, 0,
     0.5, 0);
 """
 """The ledger as its first version made it, before ``saved_usd`` and ``cache_hits``."""
@@ -211,8 +213,31 @@ def test_a_ledger_made_before_saved_usd_gets_the_columns_at_start(database_url):
                   cache_hit=True, saved_usd="0.25")
     assert write(database_url, hit) == [1]
     assert one(database_url, "SELECT count(*), sum(cost_usd), sum(saved_usd) FROM cost_logs"
-               ) == (2, Decimal("0.5"), Decimal("0.25"))
+               ) == (3, Decimal("0.5"), Decimal("0.25"))
+    # The old hit is counted in the rollup when the column is added; the new one with it.
     assert one(database_url, "SELECT sum(calls), sum(cache_hits), sum(saved_usd) FROM "
-               "spend_hourly") == (2, 1, Decimal("0.25"))
+               "spend_hourly") == (3, 2, Decimal("0.25"))
     # A second start finds the columns there and changes nothing.
     assert write(database_url, hit) == [0]
+
+
+def test_report_shows_each_features_cache_hits_and_hit_rate(database_url):
+    """Hits are counted on the rows of the period only, per feature, and narrowed by
+    ``--user`` like every section."""
+    ts = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    hit = {"input_tokens": 0, "output_tokens": 0, "cache_hit": True}
+    write(database_url, rows_at(ts, 6, feature="faq") + rows_at(ts, 2, feature="faq", **hit)
+          + rows_at(ts, 1, user="u2", feature="faq", **hit) + rows_at(ts, 3, feature="chat")
+          + rows_at("2020-01-15T10:00:00Z", 4, feature="faq", **hit))  # not this month
+    import orjson
+
+    out = cli(database_url, "report", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    got = {r["feature"]: (r["calls"], r["cache_hits"], r["hit_rate"])
+           for r in orjson.loads(out.stdout)["top_features"]}
+    assert got == {"faq": (9, 3, "0.3333"), "chat": (3, 0, "0")}
+    mine = orjson.loads(cli(database_url, "report", "--user", "u1", "--format", "json").stdout)
+    assert [(r["calls"], r["cache_hits"]) for r in mine["top_features"]
+            if r["feature"] == "faq"] == [(8, 2)]
+    table = cli(database_url, "report").stdout
+    assert "feature  calls  spend" in table and "cache_hits  hit_rate" in table

@@ -164,3 +164,67 @@ async def test_the_async_guard_caches_too(fake_llm: FakeLLM, redis_url: str, uid
     await g.aclose()
     assert again.choices[0].message.content == text == TEXT
     assert [e.cache_hit for e in sink.events][-2:] == [True, True]
+
+
+EDGE = parse_budgets({
+    "users": {"tiers": {"free": {"usd": "0.01"}}},
+    "features": {"faq": {"model": "gpt-4o-mini", "max_output_tokens": 100,
+                         "cache": {"ttl": "1h"}}},
+    "prices": {"gpt-4o-mini": {"input": "0.15", "output": "0.60"}},
+    "reservations": {},
+})
+
+
+def _held(r: Any, prefix: str, user: str) -> int:
+    from spendstream.contract.keys import reserved_user
+
+    return int(r.hget(prefix + reserved_user(user), "_total") or 0)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_cache_hit_holds_no_reservation_and_is_served_at_the_budgets_edge(
+        fake_llm: FakeLLM, redis_url: str, uid: str, kind: str) -> None:
+    """A cached answer costs nothing, so it neither needs nor takes a worst-case hold: at
+    the edge of the user's budget, where a miss is refused, the hit is still answered."""
+    import orjson
+    import redis as sync_redis
+
+    from spendstream.contract.keys import spend_user
+    from spendstream.errors import BudgetExceeded
+
+    prefix, sink, r = f"edge-{uid}:", Sink(), sync_redis.Redis.from_url(redis_url)
+    if kind == "sync":
+        guard: Any = Guard(redis_url, EDGE, sink, prefix=prefix, cache_ttl=0.0)
+        client = openai_client(fake_llm, guard)
+
+        async def ask(messages: list[dict[str, str]]) -> Any:
+            return client.chat.completions.create(messages=messages, user_id="u1",
+                                                  feature="faq")
+    else:
+        guard = AsyncGuard(redis_url, EDGE, sink, prefix=prefix, cache_ttl=0.0)
+        aclient = wrap_openai(openai.AsyncOpenAI(api_key="t", base_url=fake_llm.openai_url,
+                                                 max_retries=0), guard)
+
+        async def ask(messages: list[dict[str, str]]) -> Any:
+            return await aclient.chat.completions.create(messages=messages, user_id="u1",
+                                                         feature="faq")
+    try:
+        first = await ask(Q)  # a miss: reserved, answered, settled to its cost
+        if kind == "async":
+            await asyncio.gather(*guard._settling)  # the settlement and the cache write
+        settled = _held(r, prefix, "u1")
+        assert settled == 13_350  # nano-USD: 21 x $0.15/M + 17 x $0.60/M, held until counted
+        # The worker has counted $0.00999 of the user's $0.01 day: no worst case fits now.
+        r.set(prefix + spend_user("u1"), orjson.dumps({"spent_usd": "0.00999"}), ex=60)
+        hit = await ask(Q)
+        assert hit.choices[0].message.content == first.choices[0].message.content
+        assert _held(r, prefix, "u1") == settled  # the hit held nothing
+        with pytest.raises(BudgetExceeded, match="reserved by calls in flight"):
+            await ask([{"role": "user", "content": "Something new?"}])
+        assert len(fake_llm.requests) == 1
+        assert [e.cache_hit for e in sink.events] == [None, True]
+    finally:
+        if kind == "sync":
+            guard.close()
+        else:
+            await guard.aclose()

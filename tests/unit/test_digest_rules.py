@@ -81,3 +81,27 @@ def test_render_names_every_feature_status_and_movers():
             "$1900 pro-rated: UNDER") in text
     assert "- beta: week $3 (+$3 (new) on the week before); month to date $3 (no budget)" in text
     assert "- feature chat: $120.5 (+$20.5 (+20%))" in text
+
+
+@pytest.mark.parametrize("calls,hits,flagged", [
+    (10, 1, True), (1000, 199, True), (10, 2, False), (10, 0, True), (0, 0, False),
+    (10, None, False)])  # None: the feature does not cache
+def test_caching_not_helping_under_20_percent(calls, hits, flagged):
+    line = FeatureLine("f", Decimal(0), Decimal(0), Decimal(0), None, None, calls, hits)
+    assert line.caching_not_helping is flagged
+
+
+def test_render_flags_features_whose_cache_is_not_helping():
+    zero = Decimal(0)
+    d = Digest(datetime(2026, 11, 23, 9, tzinfo=UTC), datetime(2026, 11, 30, 9, tzinfo=UTC),
+               [FeatureLine("faq", zero, zero, zero, None, None, 200, 110),
+                FeatureLine("lookup", zero, zero, zero, None, None, 1000, 199),
+                FeatureLine("chat", zero, zero, zero, None, None, 50, None)], [], zero)
+    text = render(d)
+    assert "- faq: week $0 " in text and "; cache hit rate 55% (110 of 200 calls)" in text
+    assert "; cache hit rate 19% (199 of 1000 calls)" in text  # 19.9%: rounded down
+    assert "caching not helping (cache hit rate under 20% this week" in text
+    flagged = text.split("caching not helping")[1].split("\n\n")[0]
+    assert "- lookup: 19% of 1000 calls answered from the cache" in flagged
+    assert "faq" not in flagged and "chat" not in flagged
+    assert "cache hit rate" not in text.split("- chat:")[1].splitlines()[0]

@@ -92,19 +92,32 @@ VARIANTS = [
     {"user_id": "a\x7fb"}, {"model": "m\x00"}, {"event_id": 5}, {"provider": "p" * 65},
     {"schema": True}, {"schema": 1.0}, {"extra_field": [1, 2]}, {"status": None},
     {"cache_write_input_tokens": 5}, {"cache_write_input_tokens": -1},
-    {"cache_write_input_tokens": "5"},
-    {"cache_hit": True, "cost_usd": "0", "saved_usd": "0.0123"}, {"cache_hit": False},
-    {"saved_usd": 0.5}, {"cache_hit": True},
+    {"cache_write_input_tokens": "5"}, {"cache_hit": True, "saved_usd": "0.25"},
+    {"cache_hit": "yes"}, {"saved_usd": 1}, {"saved_usd": "-1"}, {"ts": "2026-11-23T10:00:00"},
+    {"ts": "9999-12-20T00:00:00Z"}, {"user_id": "a\\u0000b"}, {"cache_hit": True},
+    {"cache_hit": False}, {"cache_hit": None}, {"saved_usd": -1},
 ]
 
 
-def test_a_cache_hit_keeps_its_flag_and_saving_through_the_decoder():
-    """The ledger's ``saved_usd`` and the hit counts come from these two fields: the fast
-    path must not drop them (it once built every event with ``cache_hit`` None)."""
-    (event,) = decode_events(orjson.dumps(
-        {**BASE, "cost_usd": "0", "cache_hit": True, "saved_usd": "0.0123"}))
-    assert isinstance(event, UsageEvent)
-    assert event.cache_hit is True and event.saved_usd == Decimal("0.0123")
+def test_a_packed_record_decodes_as_its_elements_do_alone():
+    # The fast path takes a whole record at once; every element must come out as it does
+    # alone, and one unusual element must not change its neighbours.
+    elements = [{**BASE, "event_id": f"e{i}", **change} for i, change in enumerate(VARIANTS)]
+    alone = [decode_events(orjson.dumps(e))[0] for e in elements]
+    packed = decode_events(orjson.dumps(elements))
+    assert len(packed) == len(alone)
+    for a, p in zip(alone, packed, strict=True):
+        if isinstance(a, MalformedEvent):
+            assert isinstance(p, MalformedEvent) and a.reason in p.reason
+        else:
+            assert p == a and p.to_json() == a.to_json()
+    good = [e for e in elements if isinstance(decode_events(orjson.dumps(e))[0], UsageEvent)]
+    assert decode_events(orjson.dumps(good)) == [decode_events(orjson.dumps(e))[0] for e in good]
+
+
+def test_a_cache_hit_keeps_its_flag_and_saving_on_the_fast_path():
+    (e,) = decode_events(orjson.dumps([{**BASE, "cache_hit": True, "saved_usd": "0.25"}]))
+    assert e.cache_hit is True and e.saved_usd == Decimal("0.25")
 
 
 @pytest.mark.parametrize("change", VARIANTS, ids=[str(v) for v in VARIANTS])

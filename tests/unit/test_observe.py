@@ -37,6 +37,7 @@ class Dispatcher:
 
 def sources(health: Health) -> Sources:
     counters = Counters(events=10, duplicates=2, late=1, dead_letters=3, unpriced=5, alerts=6)
+    counters.calls.update({("faq", False): 6, ("faq", True): 2, ("chat", False): 2})
     batches = BatchTimer()
     for seconds in (0.0005, 0.02, 0.02, 30.0):
         batches.observe(seconds)
@@ -81,6 +82,11 @@ async def test_metrics_text_and_health() -> None:
     assert metric(text, "spendstream_feature_spend_usd", feature="chat") == 1.25
     assert metric(text, "spendstream_feature_remaining_usd", feature="chat") == 0.75
     assert metric(text, "spendstream_feature_remaining_usd", feature="free") is None
+    # Per feature: calls and response-cache hits (chat never hit: 0, so a ratio is defined).
+    assert metric(text, "spendstream_calls_total", feature="faq") == 8
+    assert metric(text, "spendstream_cache_hits_total", feature="faq") == 2
+    assert metric(text, "spendstream_calls_total", feature="chat") == 2
+    assert metric(text, "spendstream_cache_hits_total", feature="chat") == 0
 
 
 async def test_a_busy_port_is_reported_not_fatal(caplog: pytest.LogCaptureFixture) -> None:

@@ -329,3 +329,17 @@ def test_a_feature_without_a_hard_cap_is_never_announced_as_cutoff():
     assert soft == [Level.WARN, Level.ALERT] and "cutoff:feature:soft" not in w.flags.keys
     assert hard == [Level.WARN, Level.CUTOFF, Level.ALERT]
     assert "cutoff:feature:hard" in w.flags.keys
+
+
+def test_calls_and_cache_hits_are_counted_per_feature_once_each():
+    w = World()
+    hit = UsageEvent(user_id="u1", feature="faq", model="m", cache_hit=True, ts=NOW,
+                     event_id="h1")
+    w.send(ev(feature="faq"), hit, ev(feature="chat"), hit, offsets=[0, 1, 2, 3])  # a retry
+    assert w.counters.by_feature() == {"faq": (2, 1), "chat": (1, 0)}
+    assert w.counters.duplicates == 1
+    # The feature's live spend key carries its hit rate (summed over source partitions).
+    spend, _ = w.flags.keys[spend_feature("faq")]
+    assert (spend["events"], spend["cache_hits"], spend["cache_hit_rate"]) == (2, 1, 0.5)
+    assert w.flags.keys[spend_feature("chat")][0]["cache_hit_rate"] == 0.0
+    assert w.rstate.restored().data[f"f|faq|month|{NOW:%Y-%m}"]["hit"] == 1

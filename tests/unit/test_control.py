@@ -1,0 +1,81 @@
+"""The control record (grants and unblocks) and what a grant does to a user's day."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import orjson
+import pytest
+
+from spendstream.contract.control import control_of, grant, unblock
+from spendstream.contract.event import MalformedEvent, UsageEvent
+from spendstream.domain.budgets import Limit
+from spendstream.domain.grants import level_after, raised, unblock_amount
+from spendstream.domain.ladder import Ladder, Level
+from spendstream.domain.totals import Totals
+
+TS = datetime(2026, 11, 23, 10, tzinfo=UTC)
+
+
+def test_a_grant_round_trips_and_is_recognised() -> None:
+    g = grant("acct-7", "1.50", 2000, date(2026, 11, 25), reason="t", by="me", grant_id="g1",
+              ts=TS)
+    assert control_of(g.to_json()) == g
+    assert g.key == b"acct-7"
+    assert g.days == [date(2026, 11, 23), date(2026, 11, 24), date(2026, 11, 25)]
+    assert orjson.loads(g.to_json())["usd"] == "1.50"  # money as a string, never a float
+
+
+def test_usage_events_are_not_control_records() -> None:
+    e = UsageEvent(user_id="u", feature="control", model="gpt-4o", input_tokens=1,
+                   output_tokens=1)
+    assert control_of(e.to_json()) is None  # holds the word as a value: parsed, not taken
+    assert control_of(b"[1, 2]") is None and control_of(None) is None
+    assert control_of(b'{"control": broken') is None  # the event decoder judges it
+
+
+@pytest.mark.parametrize("fields,reason", [
+    ({"usd": 1.5}, "usd"),  # a JSON number
+    ({"usd": "-1"}, "usd"),
+    ({}, "needs usd, tokens or both"),
+    ({"usd": "1", "until": "2026-11-01"}, "before the grant's day"),
+    ({"usd": "1", "until": "2027-01-30"}, "31 days"),
+    ({"usd": "1", "colour": "red"}, "colour"),
+])
+def test_a_bad_grant_goes_to_the_dlq_with_the_reason(fields: dict, reason: str) -> None:
+    raw = orjson.dumps({"control": "grant", "user_id": "u", "ts": "2026-11-23T10:00:00Z",
+                        **fields})
+    with pytest.raises(MalformedEvent, match=reason):
+        control_of(raw)
+
+
+def test_an_unblock_takes_no_amounts() -> None:
+    assert unblock("u", ts=TS).control == "unblock"
+    with pytest.raises(MalformedEvent, match="takes no usd"):
+        control_of(b'{"control": "unblock", "user_id": "u", "usd": "1"}')
+
+
+def test_builders_raise_value_errors_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="user_id"):
+        grant("", "1")
+
+
+def test_a_grant_raises_only_the_units_a_tier_limits() -> None:
+    usd_only = Limit(usd=Decimal("0.10"))
+    assert raised(usd_only, Decimal("1"), 500) == Limit(usd=Decimal("1.10"))
+    both = Limit(usd=Decimal("0.10"), tokens=1000)
+    assert raised(both, Decimal(0), 500) == Limit(usd=Decimal("0.10"), tokens=1500)
+    assert raised(None, Decimal(1), 0) is None
+
+
+def test_unblock_grants_what_was_spent_and_the_level_falls() -> None:
+    spent = Totals(usd=Decimal("0.12"), tokens=900, level=Level.CUTOFF)
+    limit = Limit(usd=Decimal("0.10"))
+    assert unblock_amount(spent, limit) == (Decimal("0.12"), 0)
+    ladder = Ladder(warn=Decimal("0.8"), cutoff=Decimal("1"), alert=None, escalate=None)
+    assert level_after(spent, raised(limit, Decimal("0.12"), 0), ladder) == Level.OK
+    assert level_after(spent, raised(limit, Decimal("0.03"), 0), ladder) == Level.WARN
+    assert level_after(spent, raised(limit, Decimal("0.01"), 0), ladder) == Level.CUTOFF
+    fresh = Totals(usd=Decimal("0.12"), level=Level.OK)  # never raised by a grant
+    assert level_after(fresh, limit, ladder) == Level.OK
