@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from spendstream.contract.control import MARKER, control_of
@@ -190,8 +191,7 @@ class LedgerConsumer:
         written = 0
         for group in groups:
             decoded: list[LedgerRow | GrantRow] = []
-            written += await self._write_rows(
-                batch, lambda g=group, out=decoded: out.extend(self.rows(g)))
+            written += await self._write_rows(batch, partial(_extend, decoded, self.rows, group))
             batch = decoded
             rows += len(batch)
         written += await self._write_rows(batch)
@@ -276,3 +276,8 @@ def _groups(records: list[Any], size: int) -> Iterator[list[Any]]:
             group, total = [], 0
     if group:
         yield group
+
+
+def _extend(out: list[Any], decode: Callable[[list[Any]], list[Any]], group: list[Any]
+            ) -> None:
+    out.extend(decode(group))
