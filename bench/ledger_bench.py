@@ -287,6 +287,8 @@ def main() -> int:
             if args.reuse:
                 url = admin.rsplit("/", 1)[0] + "/" + SCRATCH
                 gen = roll = 0.0
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute(DDL)  # what a newer version adds (idempotent)
             else:
                 url = scratch(admin)
                 gen, roll = generate(url, args.rows, args.users, args.burst)

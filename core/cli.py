@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from spendstream.errors import SpendstreamError
+from spendstream.errors import ConfigError, SpendstreamError
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -696,6 +696,9 @@ def _ledger(args: argparse.Namespace, settings: Settings) -> int:
         from spendstream.domain.budgets import load_budgets
         from spendstream.runner import run_ledger
 
+        if settings.database_url is None:  # before the budgets: the first thing to fix
+            raise ConfigError("no ledger database: set SPENDSTREAM_DATABASE_URL to a "
+                              "postgresql:// URL, see docs/ledger.md")
         return run_ledger(settings, load_budgets(settings.budgets), args.log_level)
     from spendstream.ledger.queries import connect, partitions, prune
     from spendstream.ledger.schema import next_month

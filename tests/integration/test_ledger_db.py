@@ -120,7 +120,8 @@ def test_sql_reads_and_refuses_writes(database_url):
 
 
 def test_commands_without_a_database_say_how_to_get_one():
-    for args in (["report"], ["sql", "SELECT 1"], ["ledger", "prune", "--before", "2026-01-01"]):
+    for args in (["report"], ["sql", "SELECT 1"], ["ledger", "prune", "--before", "2026-01-01"],
+                 ["ledger", "run"]):
         out = cli(None, *args)
         assert out.returncode == 2
         assert "set SPENDSTREAM_DATABASE_URL to a postgresql:// URL" in out.stderr, out.stderr

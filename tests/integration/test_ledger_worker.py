@@ -295,3 +295,73 @@ def test_rebalances_between_two_workers_write_each_event_once(
         assert rollup_matches_rows(database_url) == []
     finally:
         stack.close()
+
+
+def test_the_ledger_runs_as_its_own_processes_beside_a_worker_without_it(
+        broker, redis_server, database_url, uid, tmp_path):
+    """``spendstream worker --no-ledger`` counts and writes no ledger; two ``spendstream
+    ledger run`` processes in the ledger's group split the partitions and write every
+    event once, duplicates and all; SIGTERM stops them cleanly."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers import scrape, worker_env
+
+    pub = Published()
+    stack = Stack(broker.bootstrap, broker.url, redis_server.url, uid, tmp_path, BUDGETS,
+                  partitions=4, extra={"SPENDSTREAM_DATABASE_URL": database_url})
+    stack.create_topics()
+    procs: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+    ports: dict[str, int] = {}
+
+    def start(name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed below
+        env = worker_env(stack.env(name))
+        ports[name] = int(env["SPENDSTREAM_METRICS_PORT"])
+        proc = subprocess.Popen([sys.executable, "-m", "spendstream", *args], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        procs.append((proc, log))
+        return proc
+
+    def output(name: str) -> str:
+        return (tmp_path / f"{name}.log").read_text(errors="replace")
+
+    def alive() -> None:
+        for proc, _ in procs:
+            assert proc.poll() is None, f"a child exited with {proc.returncode}"
+
+    try:
+        start("worker", "worker", "--no-ledger")
+        ledgers = [start(f"ledger{i}", "ledger", "run") for i in range(2)]
+        messages = [message(pub.event(f"acct-{i % 13}", "chat" if i % 2 else "search",
+                                      tin=100 + i, tout=10 + i % 30)) for i in range(600)]
+        messages.insert(100, messages[5])  # a redelivery: once in the ledger
+        stack.publish(messages + [message(pub.event("acct-3", model=UNKNOWN))])
+        total = len(pub.events)
+        wait_until(lambda: ledger_count(database_url) == total, 120,
+                   f"all {total} rows from the two ledger processes", check=alive)
+        assert four_queries(database_url) == pub.expected()
+        assert rollup_matches_rows(database_url) == []
+        # The worker counted them (its own group) and left the ledger to the processes.
+        keys = stack.redis()
+        wait_until(lambda: keys.get("spend:user:acct-3"), 60, "the worker's counts",
+                   check=alive)
+        metrics = wait_until(lambda: scrape(ports["worker"])[1], 30, "the worker's /metrics")
+        assert "spendstream_events_counted_total" in metrics  # the worker's own counters...
+        assert "spendstream_ledger_" not in metrics  # ...and no ledger in it
+        assert "ledger: consuming" not in output("worker")
+        # Both processes joined the ledger's group.
+        assert all("ledger: consuming" in output(f"ledger{i}") for i in range(2))
+        for proc in ledgers:
+            proc.send_signal(signal.SIGTERM)
+        assert [proc.wait(30) for proc in ledgers] == [0, 0]
+        assert all("ledger process stopped" in output(f"ledger{i}") for i in range(2))
+    finally:
+        for proc, log in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            log.close()
+        stack.close()
