@@ -10,6 +10,7 @@ sums are compared with the ``Decimal`` sums of what was published.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from decimal import Decimal
@@ -80,8 +81,9 @@ def ledger_phase(run: Run, phase: Phase, budgets: Path, expected: Expected, n: i
         finally:
             for child in children:
                 run.children.stop(child)
+        load = os.getloadavg()
         log(f"  ledger, {procs} process(es): {rate:,.0f} rows/s (the worker: "
-            f"{worker_rate:,.0f} events/s)")
+            f"{worker_rate:,.0f} events/s; load average {load[0]:.2f}, {load[1]:.2f})")
         run.figures.append(at_least(
             f"ledger_rate_{procs}p", f"ledger end to end, {procs} `ledger run` process(es)",
             rate, f"{rate:,.0f} rows/s", worker_rate, "the worker's rate in this run"))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -82,9 +83,12 @@ def events(n: int) -> list[dict[str, Any]]:
     return out
 
 
-async def bench_writer(url: str, evs: list[dict[str, Any]], pricer: Pricer) -> float:
+async def bench_writer(url: str, evs: list[dict[str, Any]], pricer: Pricer,
+                       sync_off: bool = False) -> float:
     rows = [ledger_row(UsageEvent.model_validate(e), pricer, "free") for e in evs]
     writer = await LedgerWriter.open(url)
+    if sync_off:  # what synchronous_commit = off would buy (the ledger keeps it on)
+        await writer.conn.execute("SET synchronous_commit = off")
     try:
         start = time.perf_counter()
         for i in range(0, len(rows), 2000):
@@ -242,6 +246,12 @@ def bench_queries(url: str) -> list[tuple[str, float, int]]:
     return out
 
 
+def _load() -> str:
+    """The machine's load average, printed next to every figure (the VM is shared)."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--events", type=int, default=200_000)
@@ -252,6 +262,8 @@ def main() -> int:
     p.add_argument("--database-url", help="an admin URL of the server to bench on")
     p.add_argument("--quick", action="store_true", help="20k events, 200k rows")
     p.add_argument("--skip", choices=["write", "queries"], action="append", default=[])
+    p.add_argument("--sync-off", action="store_true",
+                   help="time the writer with synchronous_commit off as well")
     p.add_argument("--reuse", action="store_true",
                    help="time the queries on the scratch database of the last run")
     args = p.parse_args()
@@ -278,11 +290,16 @@ def main() -> int:
             url = scratch(admin)
             pricer = Pricer(budgets().prices)
             rate = asyncio.run(bench_writer(url, evs, pricer))
-            print(f"writer: {len(evs):,} rows in batches of 2,000: {rate:,.0f} rows/s")
+            print(f"writer: {len(evs):,} rows in batches of 2,000: {rate:,.0f} rows/s "
+                  f"({_load()})")
+            if args.sync_off:
+                url = scratch(admin)
+                rate = asyncio.run(bench_writer(url, evs, pricer, sync_off=True))
+                print(f"writer, synchronous_commit off: {rate:,.0f} rows/s ({_load()})")
             url = scratch(admin)
             publish, ledger = asyncio.run(bench_consumer(url, evs))
             print(f"consumer end to end (Tansu, packed records of 500): {ledger:,.0f} rows/s "
-                  f"(published at {publish:,.0f} events/s)")
+                  f"(published at {publish:,.0f} events/s; {_load()})")
         if "queries" not in args.skip:
             if args.reuse:
                 url = admin.rsplit("/", 1)[0] + "/" + SCRATCH
@@ -301,7 +318,7 @@ def main() -> int:
             print(f"generated {n:,} rows in {gen:.0f}s, rollup of {hourly:,} rows in {roll:.0f}s;"
                   f" database {size[0] if size else '?'}")
             for name, took, count in bench_queries(url):
-                print(f"  {took * 1000:9.1f} ms  {name} ({count} rows)")
+                print(f"  {took * 1000:9.1f} ms  {name} ({count} rows; {_load()})")
         return 0
     finally:
         if pg is not None:
