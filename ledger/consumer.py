@@ -4,9 +4,10 @@ It reads the usage topic in its own consumer group (``{app_id}.ledger``), so its
 is not the counters': a slow or stopped PostgreSQL leaves the flags and alerts alone and
 only grows the ledger's own backlog in Kafka.
 
-Exactly once in the database: a batch of records is decoded, priced and written in one
-transaction (:class:`LedgerWriter`, idempotent on the event's identity), and the Kafka
-offsets of that batch are committed only after the transaction committed. A crash
+Exactly once in the database: a batch of records is decoded, priced and written in
+transactions of about :data:`CHUNK_BYTES` of records each (:class:`LedgerWriter`,
+idempotent on the event's identity), and the Kafka offsets of that batch are committed
+only after the last transaction committed. A crash
 between the two (SIGKILL), a rebalance or a replay re-reads records whose rows are
 already in; the insert skips them and the rollup adds nothing for them.
 
