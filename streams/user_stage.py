@@ -211,7 +211,7 @@ class UserStage(Stage):
         users = self.budgets.users
         tier = users.tier_of(user)
         grant = granted(self.state, partition, user, window.key)
-        limit = users.tiers.get(tier)
+        limit: Limit | None = users.tiers.get(tier)
         if grant is not None:
             limit = raised(limit, *grant)
         spend: dict[str, Any] = {
