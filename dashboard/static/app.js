@@ -162,8 +162,8 @@ function budgetCell(usdValue, tokens, tierUsd) {
 function renderUsers(tableId, body, actions) {
   const rows = body.rows.map((u) => el("tr", {"data-user": u.key},
     el("td", {}, u.key),
-    el("td", {class: u.cut_off ? "state-cut-off" : null, title: u.cut_off ? "cut off now" : null},
-       u.tier + (u.cut_off ? " (cut off)" : "")),
+    el("td", {class: u.cut_off ? "state-cut-off" : null, "data-col": "tier",
+              title: u.cut_off ? "cut off now" : null}, u.tier),
     el("td", {class: "num"}, String(u.calls)),
     el("td", {class: "num", "data-col": "spent"}, usd(u.spend_usd)),
     budgetCell(u.daily_budget_usd, u.daily_budget_tokens, u.tier_budget_usd),
