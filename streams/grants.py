@@ -43,13 +43,18 @@ def grant_key(user: str, day_key: str) -> str:
     return f"{GRANT}{user}|{day_key}"
 
 
+def granted(state: StateStore, partition: int, user: str, day_key: str
+            ) -> tuple[Decimal, int] | None:
+    """What the user was granted for the day ``day_key`` (USD, tokens); ``None``: nothing."""
+    held = state.get(partition, grant_key(user, day_key))
+    return None if held is None else (Decimal(held["usd"]), int(held["tok"]))
+
+
 def granted_limit(state: StateStore, partition: int, user: str, day_key: str,
                   limit: Limit | None) -> Limit | None:
     """``limit`` raised by the user's grants of that day (one dict lookup when none)."""
-    held = state.get(partition, grant_key(user, day_key))
-    if held is None:
-        return limit
-    return raised(limit, Decimal(held["usd"]), held["tok"])
+    grant = granted(state, partition, user, day_key)
+    return limit if grant is None else raised(limit, *grant)
 
 
 def apply_control(stage: UserStage, partition: int, control: Control, now: datetime) -> bool:

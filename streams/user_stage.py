@@ -19,6 +19,7 @@ from spendstream.contract.rollup import (
     window_of_key,
 )
 from spendstream.domain.budgets import Budgets, Limit
+from spendstream.domain.grants import raised
 from spendstream.domain.policy import measure, user_ladder
 from spendstream.domain.pricing import Pricer
 from spendstream.domain.totals import Contribution, Totals
@@ -30,7 +31,7 @@ from spendstream.domain.windows import (
     window_of,
 )
 from spendstream.streams.flags import FlagStore
-from spendstream.streams.grants import granted_limit
+from spendstream.streams.grants import granted, granted_limit
 from spendstream.streams.stages import (
     AlertSink,
     Counters,
@@ -207,8 +208,12 @@ class UserStage(Stage):
 
     def _publish_spend(self, partition: int, user: str, window: Window, totals: Totals) -> None:
         """The user's live spend key (the window open now), with the budget a grant raised."""
-        tier = self.budgets.users.tier_of(user)
-        limit = self._limit(partition, user, window.key)
+        users = self.budgets.users
+        tier = users.tier_of(user)
+        grant = granted(self.state, partition, user, window.key)
+        limit: Limit | None = users.tiers.get(tier)
+        if grant is not None:
+            limit = raised(limit, *grant)
         spend: dict[str, Any] = {
             "scope": "user", "id": user, "tier": tier, "spent_usd": str(totals.usd),
             "spent_tokens": totals.tokens, "events": totals.events,
@@ -221,6 +226,8 @@ class UserStage(Stage):
                 spend["remaining_usd"] = str(max(limit.usd - totals.usd, Decimal(0)))
             if limit.tokens is not None:
                 spend["remaining_tokens"] = max(limit.tokens - totals.tokens, 0)
+        if grant is not None:  # the guard adds these to its own copy of the tier's budget
+            spend["granted_usd"], spend["granted_tokens"] = str(grant[0]), grant[1]
         self.flags.set(keys.spend_user(user), spend, window.end_epoch)
 
     def republish(self, now: datetime) -> int:
