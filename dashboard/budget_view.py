@@ -46,12 +46,14 @@ def user_today(tier_limit: Limit | None, live: dict[str, Any]) -> dict[str, Any]
     The worker's live ``spend:user:{id}`` value wins when the user has one: its budget is
     the tier's raised by any grant or unblock, and it is what the guard admits against. A
     user without one has spent nothing today, so all of the tier's limit is left.
-    ``tier_budget_usd`` stays the tier's, so a page can show that a grant raised it.
+    ``tier_budget_usd`` stays the tier's and ``granted_*`` say what grants added today.
     """
     tier_usd = None if tier_limit is None else tier_limit.usd
     tier_tokens = None if tier_limit is None else tier_limit.tokens
     row: dict[str, Any] = {"tier_budget_usd": money(tier_usd),
-                           "today_live_usd": live.get("spent_usd")}
+                           "today_live_usd": live.get("spent_usd"),
+                           "granted_usd": live.get("granted_usd"),
+                           "granted_tokens": live.get("granted_tokens")}
     if live:
         # The worker writes the budget keys only when the tier has a limit.
         row.update(daily_budget_usd=live.get("budget_usd"),

@@ -149,14 +149,19 @@ function userButtons(user, cutOff, tokens, out) {
   return box;
 }
 
-function budgetCell(usdValue, tokens, tierUsd) {
-  const text = [usdValue !== null && usdValue !== undefined ? usd(usdValue) : null,
-                tokens !== null && tokens !== undefined ? tokens + " tokens" : null]
-    .filter((x) => x).join(" · ") || "—";
-  const raised = tierUsd !== null && usdValue !== null && usdValue !== undefined
-    && parseFloat(usdValue) > parseFloat(tierUsd);
+function budgetCell(u) {
+  // Today's budget: the worker's, raised by grants (marked, the tier's in the tooltip).
+  const text = [u.daily_budget_usd !== null && u.daily_budget_usd !== undefined
+                  ? usd(u.daily_budget_usd) : null,
+                u.daily_budget_tokens !== null && u.daily_budget_tokens !== undefined
+                  ? u.daily_budget_tokens + " tokens" : null].filter((x) => x).join(" · ") || "—";
+  const raised = (u.granted_usd && parseFloat(u.granted_usd) > 0) || u.granted_tokens > 0;
+  const grants = [u.granted_usd && parseFloat(u.granted_usd) > 0 ? "$" + u.granted_usd : null,
+                  u.granted_tokens > 0 ? u.granted_tokens + " tokens" : null]
+    .filter((x) => x).join(" and ");
   return el("td", {class: "num" + (raised ? " granted" : ""), "data-col": "budget",
-                   title: raised ? "tier budget $" + tierUsd + ", raised by a grant" : null}, text);
+                   title: raised ? `tier ${u.tier}: ${usd(u.tier_budget_usd)}, ${grants} granted`
+                     : null}, text);
 }
 
 function renderUsers(tableId, body, actions) {
@@ -166,7 +171,7 @@ function renderUsers(tableId, body, actions) {
               title: u.cut_off ? "cut off now" : null}, u.tier),
     el("td", {class: "num"}, String(u.calls)),
     el("td", {class: "num", "data-col": "spent"}, usd(u.spend_usd)),
-    budgetCell(u.daily_budget_usd, u.daily_budget_tokens, u.tier_budget_usd),
+    budgetCell(u),
     el("td", {class: "num", "data-col": "left"},
        [u.left_today_usd !== null && u.left_today_usd !== undefined ? usd(u.left_today_usd) : null,
         u.left_today_tokens !== null && u.left_today_tokens !== undefined

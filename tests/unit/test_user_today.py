@@ -16,7 +16,7 @@ TOKENS = Limit(tokens=50_000)
 # Live values as the worker's user stage writes them (streams/user_stage.py _publish_spend).
 GRANTED = {"scope": "user", "id": "acct-g", "tier": "free", "spent_usd": "0.12",
            "spent_tokens": 900, "budget_usd": "0.20", "budget_tokens": None,
-           "remaining_usd": "0.08"}
+           "remaining_usd": "0.08", "granted_usd": "0.10", "granted_tokens": 0}
 UNGRANTED_OVER = {"spent_usd": "0.15", "budget_usd": "0.10", "budget_tokens": None,
                   "remaining_usd": "0"}
 TOKEN_GRANT = {"spent_usd": "0.01", "spent_tokens": 60_000, "budget_usd": None,
@@ -27,8 +27,10 @@ NO_LIMIT = {"spent_usd": "0.30", "spent_tokens": 10}
 @pytest.mark.parametrize("limit,live,expected", [
     # A grant of $0.10 on the $0.10 tier: the raised budget and its remainder, not the tier's.
     (FREE, GRANTED, {"daily_budget_usd": "0.20", "left_today_usd": "0.08",
-                     "tier_budget_usd": "0.1", "today_live_usd": "0.12"}),
-    (FREE, UNGRANTED_OVER, {"daily_budget_usd": "0.10", "left_today_usd": "0"}),
+                     "tier_budget_usd": "0.1", "today_live_usd": "0.12",
+                     "granted_usd": "0.10"}),
+    (FREE, UNGRANTED_OVER, {"daily_budget_usd": "0.10", "left_today_usd": "0",
+                            "granted_usd": None}),
     # Nothing spent today: no live key, the whole tier limit is left.
     (FREE, {}, {"daily_budget_usd": "0.1", "left_today_usd": "0.1",
                 "today_live_usd": None}),
