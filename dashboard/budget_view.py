@@ -5,7 +5,7 @@ is left. Pure: no I/O."""
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from spendstream.dashboard.periods import elapsed_fraction, money, period_bounds
@@ -40,6 +40,17 @@ def pace(spent: Decimal, budget: Decimal, start: datetime, end: datetime, now: d
             "status": pace_status(spent, prorated)}
 
 
+def _amount(value: Any) -> str | None:
+    """A live key's decimal text in the API's money form (``0.20`` -> ``0.2``); text that is
+    not a number is shown as it is rather than hidden."""
+    if value is None:
+        return None
+    try:
+        return money(Decimal(str(value)))
+    except InvalidOperation:
+        return str(value)
+
+
 def user_today(tier_limit: Limit | None, live: dict[str, Any]) -> dict[str, Any]:
     """A user's daily budget and what is left of it today, in USD and tokens.
 
@@ -51,14 +62,14 @@ def user_today(tier_limit: Limit | None, live: dict[str, Any]) -> dict[str, Any]
     tier_usd = None if tier_limit is None else tier_limit.usd
     tier_tokens = None if tier_limit is None else tier_limit.tokens
     row: dict[str, Any] = {"tier_budget_usd": money(tier_usd),
-                           "today_live_usd": live.get("spent_usd"),
-                           "granted_usd": live.get("granted_usd"),
+                           "today_live_usd": _amount(live.get("spent_usd")),
+                           "granted_usd": _amount(live.get("granted_usd")),
                            "granted_tokens": live.get("granted_tokens")}
     if live:
         # The worker writes the budget keys only when the tier has a limit.
-        row.update(daily_budget_usd=live.get("budget_usd"),
+        row.update(daily_budget_usd=_amount(live.get("budget_usd")),
                    daily_budget_tokens=live.get("budget_tokens"),
-                   left_today_usd=live.get("remaining_usd"),
+                   left_today_usd=_amount(live.get("remaining_usd")),
                    left_today_tokens=live.get("remaining_tokens"))
     else:
         row.update(daily_budget_usd=money(tier_usd), daily_budget_tokens=tier_tokens,

