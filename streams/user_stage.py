@@ -31,7 +31,7 @@ from spendstream.domain.windows import (
     window_of,
 )
 from spendstream.streams.flags import FlagStore
-from spendstream.streams.grants import granted, granted_limit
+from spendstream.streams.grants import granted
 from spendstream.streams.stages import (
     AlertSink,
     Counters,
@@ -200,20 +200,21 @@ class UserStage(Stage):
         over (Redis would drop the write)."""
         return window.start_epoch <= self._now_epoch < window.end_epoch
 
-    def _limit(self, partition: int, user: str, wkey: str) -> Limit | None:
-        """The user's limit of the day ``wkey``: their tier's, raised by any grant."""
-        users = self.budgets.users
-        return granted_limit(self.state, partition, user, wkey,
-                             users.tiers.get(users.tier_of(user)))
-
-    def _publish_spend(self, partition: int, user: str, window: Window, totals: Totals) -> None:
-        """The user's live spend key (the window open now), with the budget a grant raised."""
+    def _limit(self, partition: int, user: str, wkey: str
+               ) -> tuple[str, Limit | None, tuple[Decimal, int] | None]:
+        """The user's tier, their limit of the day ``wkey`` (the tier's, raised by any
+        grant) and what was granted, if anything."""
         users = self.budgets.users
         tier = users.tier_of(user)
-        grant = granted(self.state, partition, user, window.key)
         limit: Limit | None = users.tiers.get(tier)
+        grant = granted(self.state, partition, user, wkey)
         if grant is not None:
             limit = raised(limit, *grant)
+        return tier, limit, grant
+
+    def _publish_spend(self, user: str, window: Window, totals: Totals, tier: str,
+                       limit: Limit | None, grant: tuple[Decimal, int] | None) -> None:
+        """The user's live spend key (the window open now), with the budget a grant raised."""
         spend: dict[str, Any] = {
             "scope": "user", "id": user, "tier": tier, "spent_usd": str(totals.usd),
             "spent_tokens": totals.tokens, "events": totals.events,
@@ -241,7 +242,8 @@ class UserStage(Stage):
             _, user, wkey = split_key(key, 3)
             window = window_from_key("day", wkey)
             if self._live_spend(window):
-                self._publish_spend(partition, user, window, Totals.from_json(value))
+                self._publish_spend(user, window, Totals.from_json(value),
+                                    *self._limit(partition, user, wkey))
                 n += 1
         return n
 
@@ -272,10 +274,9 @@ class UserStage(Stage):
                ) -> None:
         _, user, wkey = split_key(key, 3)
         window = window_from_key("day", wkey)
-        tier = self.budgets.users.tier_of(user)
-        limit = self._limit(partition, user, wkey)
+        tier, limit, grant = self._limit(partition, user, wkey)
         if self._live_spend(window):
-            self._publish_spend(partition, user, window, totals)
+            self._publish_spend(user, window, totals, tier, limit, grant)
         if limit is None or (not totals.level and self._below_first_step(tier, totals)):
             return
         m = measure(totals, limit)
