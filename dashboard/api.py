@@ -17,7 +17,7 @@ from aiohttp import web
 from spendstream.dashboard import ledger_reads as reads
 from spendstream.dashboard import live, writes
 from spendstream.dashboard.alert_feed import KEEP
-from spendstream.dashboard.budget_view import feature_rows
+from spendstream.dashboard.budget_view import feature_rows, user_today
 from spendstream.dashboard.context import (
     CTX,
     STAMP,
@@ -122,27 +122,22 @@ async def hourly(request: web.Request) -> web.Response:
 
 
 async def top_users(request: web.Request) -> web.Response:
-    """Top users of today or this month, with their tier and what is left of today."""
+    """Top users of today or this month, with their tier, whether they are cut off now, and
+    their daily budget (raised by any grant) and what is left of it today."""
     ctx = ctx_of(request)
     period = _choice(request, "period", ("today", "month"), "today")
     top = _int(request, "top", 10, 1, 500)
     _, start, end = _period(request, period)
     rows = await ledger_call(ctx, lambda c: reads.spend_by(c, "user", start, end, top=top))
-    live_spend = await redis_call(live.user_spend(ctx.redis, ctx.settings.redis_prefix,
-                                              [r.key for r in rows]))
+    now = await redis_call(live.users_now(ctx.redis, ctx.settings.redis_prefix,
+                                          [r.key for r in rows]))
     users = ctx.budgets.users
     out = []
     for r in rows:
         tier = users.tier_of(r.key)
-        limit = users.tiers.get(tier)
-        now_value = live_spend.get(r.key, {})
-        budget = None if limit is None or limit.usd is None else limit.usd
-        left = now_value.get("remaining_usd")
-        if left is None and budget is not None and not now_value:
-            left = money(budget)  # nothing spent today yet
-        out.append({**_row(r), "tier": tier, "daily_budget_usd": money(budget),
-                    "today_live_usd": now_value.get("spent_usd"),
-                    "left_today_usd": left})
+        value, cut_off = now.get(r.key, ({}, False))
+        out.append({**_row(r), "tier": tier, "cut_off": cut_off,
+                    **user_today(users.tiers.get(tier), value)})
     return web.json_response({"period": period, "from": _stamp(start), "to": _stamp(end),
                               "rows": out})
 

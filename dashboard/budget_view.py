@@ -1,14 +1,15 @@
-"""Feature budgets as the dashboard shows them: spend of the feature's period against its
-budget, the warn / cutoff / alert lines in dollars, and the pace. Pure: no I/O."""
+"""Budgets as the dashboard shows them: a feature's spend of its period against its budget,
+the warn / cutoff / alert lines in dollars and the pace; a user's budget of today and what
+is left. Pure: no I/O."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from spendstream.dashboard.periods import elapsed_fraction, money, period_bounds
-from spendstream.domain.budgets import Budgets
+from spendstream.domain.budgets import Budgets, Limit
 
 PACE_BAND = Decimal("0.10")
 """Spend within 10% of the pro-rated budget is "on track"; above is "over", below "under"."""
@@ -37,6 +38,43 @@ def pace(spent: Decimal, budget: Decimal, start: datetime, end: datetime, now: d
     return {"elapsed_fraction": money(gone), "prorated_usd": money(prorated),
             "pace": money(ratio), "projected_usd": money(projected),
             "status": pace_status(spent, prorated)}
+
+
+def _amount(value: Any) -> str | None:
+    """A live key's decimal text in the API's money form (``0.20`` -> ``0.2``); text that is
+    not a number is shown as it is rather than hidden."""
+    if value is None:
+        return None
+    try:
+        return money(Decimal(str(value)))
+    except InvalidOperation:
+        return str(value)
+
+
+def user_today(tier_limit: Limit | None, live: dict[str, Any]) -> dict[str, Any]:
+    """A user's daily budget and what is left of it today, in USD and tokens.
+
+    The worker's live ``spend:user:{id}`` value wins when the user has one: its budget is
+    the tier's raised by any grant or unblock, and it is what the guard admits against. A
+    user without one has spent nothing today, so all of the tier's limit is left.
+    ``tier_budget_usd`` stays the tier's and ``granted_*`` say what grants added today.
+    """
+    tier_usd = None if tier_limit is None else tier_limit.usd
+    tier_tokens = None if tier_limit is None else tier_limit.tokens
+    row: dict[str, Any] = {"tier_budget_usd": money(tier_usd),
+                           "today_live_usd": _amount(live.get("spent_usd")),
+                           "granted_usd": _amount(live.get("granted_usd")),
+                           "granted_tokens": live.get("granted_tokens")}
+    if live:
+        # The worker writes the budget keys only when the tier has a limit.
+        row.update(daily_budget_usd=_amount(live.get("budget_usd")),
+                   daily_budget_tokens=live.get("budget_tokens"),
+                   left_today_usd=_amount(live.get("remaining_usd")),
+                   left_today_tokens=live.get("remaining_tokens"))
+    else:
+        row.update(daily_budget_usd=money(tier_usd), daily_budget_tokens=tier_tokens,
+                   left_today_usd=money(tier_usd), left_today_tokens=tier_tokens)
+    return row
 
 
 def feature_rows(budgets: Budgets, period_spend: dict[str, Decimal],

@@ -1,5 +1,5 @@
 """The live state in Redis the dashboard shows: cutoff and warn flags, and users' spend
-of today. Key names and values are the contract's (:mod:`spendstream.contract.keys`)."""
+and cutoff of today. Key names and values are the contract's (:mod:`spendstream.contract.keys`)."""
 
 from __future__ import annotations
 
@@ -50,10 +50,14 @@ async def flags(client: aioredis.Redis, prefix: str) -> list[dict[str, Any]]:
     return out
 
 
-async def user_spend(client: aioredis.Redis, prefix: str, users: list[str]
-                     ) -> dict[str, dict[str, Any]]:
-    """The worker's live spend value of each user that has one today."""
+async def users_now(client: aioredis.Redis, prefix: str, users: list[str]
+                    ) -> dict[str, tuple[dict[str, Any], bool]]:
+    """Each user's live spend value of today (empty when they have none) and whether they
+    are cut off now, in one MGET."""
     if not users:
         return {}
-    values = await client.mget([prefix + k.spend_user(u) for u in users])
-    return {u: _json(v) for u, v in zip(users, values, strict=True) if v is not None}
+    names = [prefix + k.spend_user(u) for u in users] + [prefix + k.cutoff_user(u)
+                                                          for u in users]
+    values = await client.mget(names)
+    n = len(users)
+    return {u: (_json(values[i]), values[n + i] is not None) for i, u in enumerate(users)}

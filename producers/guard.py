@@ -323,11 +323,13 @@ class _GuardBase:
             budget=Decimal(limit.limit), unit=limit.unit, resets_at=decision.retry_at,
             scope=limit.scope, subject=limit.subject)
 
-    def _reservation(self, user_id: str, plan: _Plan, fitted: Fitted) -> Reservation | None:
+    def _reservation(self, user_id: str, plan: _Plan, fitted: Fitted, snapshot: FlagSnapshot,
+                     now: datetime) -> Reservation | None:
         if self._reserver is None:
             return None
-        return self._reserver.reservation(user_id, plan.model, plan.limit, fitted.tokens,
-                                          plan.max_tokens)
+        # Against today's budget: the tier's plus any grant the worker has applied.
+        return self._reserver.reservation(user_id, plan.model, snapshot.budget(plan.limit, now),
+                                          fitted.tokens, plan.max_tokens)
 
     def _settlement(self, admission: Admission, event: UsageEvent
                     ) -> tuple[list[str], list[Any]] | None:
@@ -462,7 +464,7 @@ class Guard(_GuardBase):
             self._throttle(user_id, limits, RateDecision.from_reply(rated))
         elif limits and not blind:  # flags came from the cache: the limits still go to Redis
             blind = self._rate(user_id, limits)
-        reservation = self._reservation(user_id, plan, fitted)
+        reservation = self._reservation(user_id, plan, fitted, snapshot, now)
         deferred = None
         if reservation is not None and not reserve and not blind:
             deferred, reservation = reservation, None
@@ -623,7 +625,7 @@ class AsyncGuard(_GuardBase):
             self._throttle(user_id, limits, RateDecision.from_reply(rated))
         elif limits and not blind:  # flags came from the cache: the limits still go to Redis
             blind = await self._rate(user_id, limits)
-        reservation = self._reservation(user_id, plan, fitted)
+        reservation = self._reservation(user_id, plan, fitted, snapshot, now)
         deferred = None
         if reservation is not None and not reserve and not blind:
             deferred, reservation = reservation, None

@@ -27,7 +27,7 @@ from typing import Any
 
 from spendstream.contract import keys
 from spendstream.contract.event import UsageEvent
-from spendstream.domain.budgets import Budgets, Tier
+from spendstream.domain.budgets import Budgets, Limit
 from spendstream.domain.pricing import Pricer
 from spendstream.errors import BudgetExceeded, ConfigError
 
@@ -222,7 +222,7 @@ class Reserver:
         self.global_budget = budgets.global_.daily_usd
         self.pricer = Pricer(budgets.prices)
 
-    def reservation(self, user_id: str, model: str, tier: Tier | None, input_tokens: int,
+    def reservation(self, user_id: str, model: str, tier: Limit | None, input_tokens: int,
                     max_tokens: int | None) -> Reservation | None:
         """The call's reservation; ``None`` when neither budget applies."""
         user_budget = tier.usd if tier is not None else None

@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import faust
+from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 from mode import Service
 
@@ -269,12 +270,18 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
             log.exception("could not dead-letter %s (%s); it is still at that offset",
                           source, reason)
 
-    async def forward(key: bytes, value: bytes) -> None:
-        await rollup.send(key=key, value=value)
+    async def forward(key: bytes, value: bytes, partition: int | None) -> None:
+        await rollup.send(key=key, value=value, partition=partition)
+
+    partitioner, rollup_partitions = DefaultPartitioner(), list(range(n_rollup))
+
+    def route(key: str) -> int:
+        """Where the producer puts a message with this key (so grouping moves no window)."""
+        return int(partitioner(key.encode(), rollup_partitions, rollup_partitions))
 
     user_batches = UserBatches(users, ledger.aggregates, ledger.fresh, forward, dead_letter,
                                flags.kick, topic=settings.topic,
-                               max_future_seconds=settings.max_future_seconds)
+                               max_future_seconds=settings.max_future_seconds, route=route)
     rollup_batches = RollupBatches(features, dead_letter, flags.kick)
 
     @app.agent(usage, name="users")

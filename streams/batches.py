@@ -27,7 +27,7 @@ from spendstream.contract.rollup import MalformedRollup, RollupMessage
 from spendstream.streams.grants import apply_control
 from spendstream.streams.rollup_stage import RollupStage
 from spendstream.streams.state import BatchedState
-from spendstream.streams.user_stage import UserStage
+from spendstream.streams.user_stage import Forward, UserStage
 
 log = logging.getLogger("spendstream.worker")
 
@@ -53,8 +53,18 @@ class Record:
 
 DeadLetter = Callable[[Record, str, "bytes | None"], Awaitable[None]]
 """Send a record (or, with bytes, one bad element of it) to the DLQ with the reason."""
-Send = Callable[[bytes, bytes], Awaitable[None]]
-"""Send one message (key, value) to a topic."""
+Send = Callable[[bytes, bytes, "int | None"], Awaitable[None]]
+"""Send one message (key, value) to a topic, to the given partition (``None``: by key)."""
+Route = Callable[[str], int]
+"""The rollup topic's partition of a message key (the producer's partitioner)."""
+FORWARD_BYTES = 256 * 1024
+"""Bound of one rollup message's windows (estimated by :func:`part_weight`): a batch that
+touches many windows sends several messages, each far within Kafka's 1 MiB default."""
+
+
+def part_weight(key: str) -> int:
+    """At most what one window's partial adds to a rollup message (key and sums)."""
+    return 160 + len(key)
 
 
 def changelog_weight(event: UsageEvent) -> int:
@@ -77,8 +87,13 @@ class UserBatches:
 
     def __init__(self, users: UserStage, state: BatchedState, fresh: set[int], forward: Send,
                  dead_letter: DeadLetter, kick: Callable[[], None], *, topic: str = "",
-                 max_future_seconds: float = MAX_FUTURE_SECONDS) -> None:
+                 max_future_seconds: float = MAX_FUTURE_SECONDS,
+                 route: Route | None = None) -> None:
         self.users = users
+        self.route = route
+        """With it, the partials of one source partition bound for the same rollup
+        partition travel as one message (a few per batch instead of one per feature);
+        without, one message per message key."""
         self.topic = topic
         """The usage topic: with a record's partition and offset, the id of an event that
         came without one."""
@@ -145,10 +160,37 @@ class UserBatches:
 
     async def finish(self, now: datetime) -> None:
         """Judge, log the state and forward the partials of what was folded so far."""
-        for (p, key), parts in self.users.finish(now).items():
-            message = RollupMessage(p, self.state.offset(p), parts)
-            await self.forward(key.encode(), message.encode())
+        forward = self.users.finish(now)
+        if self.route is None:
+            for (p, key), parts in forward.items():
+                message = RollupMessage(p, self.state.offset(p), parts)
+                await self.forward(key.encode(), message.encode(), None)
+        else:
+            await self._forward_grouped(forward, self.route)
         self.kick()
+
+    async def _forward_grouped(self, forward: Forward, route: Route) -> None:
+        """One message per (source partition, rollup partition), split at
+        :data:`FORWARD_BYTES`. Each window still lands on the partition its own key routes
+        to, so stage two keeps every window on one partition, whatever the grouping."""
+        groups: dict[tuple[int, int], tuple[str, dict[str, Any], int]] = {}
+        for (p, key), parts in forward.items():
+            target = route(key)
+            first, merged, weight = groups.get((p, target), (key, {}, 0))
+            for name, sums in parts.items():
+                merged[name] = sums
+                weight += part_weight(name)
+                if weight >= FORWARD_BYTES:
+                    await self._send(p, first, merged, target)
+                    merged, weight = {}, 0
+            groups[(p, target)] = (first, merged, weight)
+        for (p, target), (first, merged, _) in groups.items():
+            if merged:
+                await self._send(p, first, merged, target)
+
+    async def _send(self, p: int, key: str, parts: dict[str, Any], partition: int) -> None:
+        message = RollupMessage(p, self.state.offset(p), parts)
+        await self.forward(key.encode(), message.encode(), partition)
 
 
 class RollupBatches:

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from spendstream.contract import keys
 from spendstream.contract.alert import Alert, Level
 from spendstream.contract.control import Control
-from spendstream.domain.budgets import Limit
 from spendstream.domain.grants import level_after, raised, unblock_amount
 from spendstream.domain.policy import measure, user_ladder
 from spendstream.domain.windows import late_cutoff, window_of
@@ -43,13 +42,11 @@ def grant_key(user: str, day_key: str) -> str:
     return f"{GRANT}{user}|{day_key}"
 
 
-def granted_limit(state: StateStore, partition: int, user: str, day_key: str,
-                  limit: Limit | None) -> Limit | None:
-    """``limit`` raised by the user's grants of that day (one dict lookup when none)."""
+def granted(state: StateStore, partition: int, user: str, day_key: str
+            ) -> tuple[Decimal, int] | None:
+    """What the user was granted for the day ``day_key`` (USD, tokens); ``None``: nothing."""
     held = state.get(partition, grant_key(user, day_key))
-    if held is None:
-        return limit
-    return raised(limit, Decimal(held["usd"]), held["tok"])
+    return None if held is None else (Decimal(held["usd"]), int(held["tok"]))
 
 
 def apply_control(stage: UserStage, partition: int, control: Control, now: datetime) -> bool:

@@ -19,6 +19,7 @@ from spendstream.contract.rollup import (
     window_of_key,
 )
 from spendstream.domain.budgets import Budgets, Limit
+from spendstream.domain.grants import raised
 from spendstream.domain.policy import measure, user_ladder
 from spendstream.domain.pricing import Pricer
 from spendstream.domain.totals import Contribution, Totals
@@ -30,7 +31,7 @@ from spendstream.domain.windows import (
     window_of,
 )
 from spendstream.streams.flags import FlagStore
-from spendstream.streams.grants import granted_limit
+from spendstream.streams.grants import granted
 from spendstream.streams.stages import (
     AlertSink,
     Counters,
@@ -80,8 +81,10 @@ class UserStage(Stage):
         cost) to dicts. So an exception leaves the stage as it was, and the caller may
         dead-letter the event and go on with the batch (no poison pill).
         """
-        digest = identity_hash(event.user_id, event.event_id)
-        if self.state.seen(partition, digest):
+        user = event.user_id
+        digest = identity_hash(user, event.event_id)
+        state = self.state
+        if state.seen(partition, digest):
             self.counters.duplicates += 1
             return False
         if now is not self._now:  # computed once per batch: this is the hot path
@@ -105,16 +108,21 @@ class UserStage(Stage):
             span = self._span(ts)
         day, minute, prefix = span
         # --- from here on nothing can fail for this event ---
-        self.state.remember(partition, digest, offset)
-        self.counters.events += 1
-        self.counters.calls[event.feature, event.cache_hit is True] += 1
+        state.remember(partition, digest, offset)
+        counters = self.counters
+        counters.events += 1
         if not priced.priced:
-            self.counters.unpriced += 1
+            counters.unpriced += 1
         if prefix is LATE:
-            self.counters.late += 1
-        self._fold(partition, f"{prefix}{event.user_id}|{day.key}", day, c)
-        # Every other window is summed per minute of the batch first: a batch then costs
-        # a few hundred window updates instead of six per event.
+            counters.late += 1
+        key = f"{prefix}{user}|{day.key}"
+        totals = self._dirty.get((partition, key))
+        if totals is None:
+            totals = self._load(partition, key, day)
+        totals.add(c)
+        # Every other window (and the calls and cache hits per feature) is summed per
+        # minute of the batch first: a batch then costs a few hundred window updates
+        # instead of six per event.
         group = (partition, event.feature, minute, event.provider, event.model,
                  local is not None, priced.priced)
         sums = self._minutes.get(group)
@@ -140,8 +148,11 @@ class UserStage(Stage):
         # windows is looked up once per minute, not once per model and flag of the minute.
         features: dict[tuple[int, str, datetime], Totals] = {}
         minutes: dict[tuple[int, datetime], Totals] = {}
+        calls = self.counters.calls
         for (partition, feature, ts, provider, model, audited, priced), sums in (
                 self._minutes.items()):
+            calls[feature, False] += sums.events - sums.cache_hits
+            calls[feature, True] += sums.cache_hits
             total = features.get((partition, feature, ts))
             if total is None:
                 total = features[(partition, feature, ts)] = Totals()
@@ -199,16 +210,21 @@ class UserStage(Stage):
         over (Redis would drop the write)."""
         return window.start_epoch <= self._now_epoch < window.end_epoch
 
-    def _limit(self, partition: int, user: str, wkey: str) -> Limit | None:
-        """The user's limit of the day ``wkey``: their tier's, raised by any grant."""
+    def _limit(self, partition: int, user: str, wkey: str
+               ) -> tuple[str, Limit | None, tuple[Decimal, int] | None]:
+        """The user's tier, their limit of the day ``wkey`` (the tier's, raised by any
+        grant) and what was granted, if anything."""
         users = self.budgets.users
-        return granted_limit(self.state, partition, user, wkey,
-                             users.tiers.get(users.tier_of(user)))
+        tier = users.tier_of(user)
+        limit: Limit | None = users.tiers.get(tier)
+        grant = granted(self.state, partition, user, wkey)
+        if grant is not None:
+            limit = raised(limit, *grant)
+        return tier, limit, grant
 
-    def _publish_spend(self, partition: int, user: str, window: Window, totals: Totals) -> None:
+    def _publish_spend(self, user: str, window: Window, totals: Totals, tier: str,
+                       limit: Limit | None, grant: tuple[Decimal, int] | None) -> None:
         """The user's live spend key (the window open now), with the budget a grant raised."""
-        tier = self.budgets.users.tier_of(user)
-        limit = self._limit(partition, user, window.key)
         spend: dict[str, Any] = {
             "scope": "user", "id": user, "tier": tier, "spent_usd": str(totals.usd),
             "spent_tokens": totals.tokens, "events": totals.events,
@@ -221,6 +237,8 @@ class UserStage(Stage):
                 spend["remaining_usd"] = str(max(limit.usd - totals.usd, Decimal(0)))
             if limit.tokens is not None:
                 spend["remaining_tokens"] = max(limit.tokens - totals.tokens, 0)
+        if grant is not None:  # the guard adds these to its own copy of the tier's budget
+            spend["granted_usd"], spend["granted_tokens"] = str(grant[0]), grant[1]
         self.flags.set(keys.spend_user(user), spend, window.end_epoch)
 
     def republish(self, now: datetime) -> int:
@@ -234,7 +252,8 @@ class UserStage(Stage):
             _, user, wkey = split_key(key, 3)
             window = window_from_key("day", wkey)
             if self._live_spend(window):
-                self._publish_spend(partition, user, window, Totals.from_json(value))
+                self._publish_spend(user, window, Totals.from_json(value),
+                                    *self._limit(partition, user, wkey))
                 n += 1
         return n
 
@@ -265,10 +284,9 @@ class UserStage(Stage):
                ) -> None:
         _, user, wkey = split_key(key, 3)
         window = window_from_key("day", wkey)
-        tier = self.budgets.users.tier_of(user)
-        limit = self._limit(partition, user, wkey)
+        tier, limit, grant = self._limit(partition, user, wkey)
         if self._live_spend(window):
-            self._publish_spend(partition, user, window, totals)
+            self._publish_spend(user, window, totals, tier, limit, grant)
         if limit is None or (not totals.level and self._below_first_step(tier, totals)):
             return
         m = measure(totals, limit)

@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from spendstream.domain.budgets import Feature, Limit
+from spendstream.domain.grants import raised
 from spendstream.errors import (
     BudgetExceeded,
     ConfigError,
@@ -88,10 +89,25 @@ class FlagSnapshot:
         spend = self.live(self.spend_user, now)
         return None if spend is None else _decimal(spend.get("remaining_usd"))
 
+    def budget(self, tier: Limit | None, now: datetime) -> Limit | None:
+        """The user's budget today: the tier's, plus what a grant added (``spendstream
+        grant`` / ``unblock``: the worker puts ``granted_usd`` / ``granted_tokens`` on the
+        live spend key)."""
+        spend = self.live(self.spend_user, now)
+        if tier is None or spend is None:
+            return tier
+        usd = _decimal(spend.get("granted_usd"))
+        tokens = spend.get("granted_tokens")
+        if not usd and not (isinstance(tokens, int) and tokens > 0):
+            return tier
+        return raised(tier, usd or Decimal(0), tokens if isinstance(tokens, int) else 0)
+
     def remaining(self, tier: Limit | None, now: datetime) -> tuple[Decimal | None, int | None]:
-        """What is left today of the tier's USD and token budgets (``None`` where the tier
-        has no such budget): the budget less the live spend key's ``spent_usd`` /
-        ``spent_tokens``, never below 0; no spend key yet means nothing spent."""
+        """What is left today of the user's USD and token budgets (:meth:`budget`; ``None``
+        where the tier has no such budget): the budget less the live spend key's
+        ``spent_usd`` / ``spent_tokens``, never below 0; no spend key yet means nothing
+        spent."""
+        tier = self.budget(tier, now)
         if tier is None:
             return None, None
         spend = self.live(self.spend_user, now)

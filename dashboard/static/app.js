@@ -131,13 +131,55 @@ function renderHourly(body) {
   box.replaceChildren(chart, legend);
 }
 
-function renderUsers(tableId, body) {
+const READ_ONLY = "read-only: the dashboard has no token set (SPENDSTREAM_DASHBOARD_TOKEN)";
+
+function userButtons(user, cutOff, tokens, out) {
+  // Grant (and, when cut off, unblock) one user from the page; disabled when read-only.
+  const title = (what) => (writable ? what + " (needs the dashboard token above)" : READ_ONLY);
+  const box = el("span", {class: "actions"},
+    el("button", {"data-action": "grant", "data-user": user, disabled: writable ? null : "",
+                  title: title("grant " + user + " extra budget for today"),
+                  onclick: () => grantUser(user, tokens, out)}, "grant"));
+  if (cutOff) {
+    box.append(el("button", {"data-action": "unblock", "data-user": user,
+                             disabled: writable ? null : "",
+                             title: title("clear " + user + "'s cutoff: today's spend is granted"),
+                             onclick: () => sendUser(user, "unblock", {}, out)}, "unblock"));
+  }
+  return box;
+}
+
+function budgetCell(u) {
+  // Today's budget: the worker's, raised by grants (marked, the tier's in the tooltip).
+  const text = [u.daily_budget_usd !== null && u.daily_budget_usd !== undefined
+                  ? usd(u.daily_budget_usd) : null,
+                u.daily_budget_tokens !== null && u.daily_budget_tokens !== undefined
+                  ? u.daily_budget_tokens + " tokens" : null].filter((x) => x).join(" · ") || "—";
+  const raised = (u.granted_usd && parseFloat(u.granted_usd) > 0) || u.granted_tokens > 0;
+  const grants = [u.granted_usd && parseFloat(u.granted_usd) > 0 ? "$" + u.granted_usd : null,
+                  u.granted_tokens > 0 ? u.granted_tokens + " tokens" : null]
+    .filter((x) => x).join(" and ");
+  return el("td", {class: "num" + (raised ? " granted" : ""), "data-col": "budget",
+                   title: raised ? `tier ${u.tier}: ${usd(u.tier_budget_usd)}, ${grants} granted`
+                     : null}, text);
+}
+
+function renderUsers(tableId, body, actions) {
   const rows = body.rows.map((u) => el("tr", {"data-user": u.key},
-    el("td", {}, u.key), el("td", {}, u.tier), el("td", {class: "num"}, String(u.calls)),
+    el("td", {}, u.key),
+    el("td", {class: u.cut_off ? "state-cut-off" : null, "data-col": "tier",
+              title: u.cut_off ? "cut off now" : null}, u.tier),
+    el("td", {class: "num"}, String(u.calls)),
     el("td", {class: "num", "data-col": "spent"}, usd(u.spend_usd)),
-    el("td", {class: "num"}, usd(u.daily_budget_usd)),
-    el("td", {class: "num", "data-col": "left"}, usd(u.left_today_usd))));
-  fill(tableId, rows.length ? rows : [empty(6, "no spend")]);
+    budgetCell(u),
+    el("td", {class: "num", "data-col": "left"},
+       [u.left_today_usd !== null && u.left_today_usd !== undefined ? usd(u.left_today_usd) : null,
+        u.left_today_tokens !== null && u.left_today_tokens !== undefined
+          ? u.left_today_tokens + " tokens" : null].filter((x) => x).join(" · ") || "—"),
+    actions ? el("td", {}, userButtons(u.key, u.cut_off,
+                                       u.daily_budget_tokens !== null
+                                       && u.daily_budget_tokens !== undefined, actions)) : null));
+  fill(tableId, rows.length ? rows : [empty(actions ? 7 : 6, "no spend")]);
 }
 
 function renderFlags(body) {
@@ -146,8 +188,10 @@ function renderFlags(body) {
     el("td", {}, f.scope + " " + f.id), el("td", {}, f.reason || ""),
     el("td", {class: "num"}, f.unit === "usd" ? usd(f.spent) : (f.spent || "")),
     el("td", {class: "num"}, f.unit === "usd" ? usd(f.budget) : (f.budget || "")),
-    el("td", {}, f.reset_at ? when(f.reset_at) : "when enabled")));
-  fill("flags", rows.length ? rows : [empty(6, "nobody is cut off or warned")]);
+    el("td", {}, f.reset_at ? when(f.reset_at) : "when enabled"),
+    el("td", {}, f.scope === "user"
+      ? userButtons(f.id, f.kind === "cutoff", f.unit === "tokens", "flags-result") : "")));
+  fill("flags", rows.length ? rows : [empty(7, "nobody is cut off or warned")]);
 }
 
 function renderAlerts(body) {
@@ -165,17 +209,18 @@ async function refresh() {
   busy = true;
   const problems = [];
   const by = document.getElementById("hourly-by").value;
+  try {  // first: whether the write controls are enabled
+    writable = (await get("/api/status")).writable;
+    document.getElementById("mode").textContent = writable
+      ? "writes on (token needed): kill switch, grants"
+      : "read-only (SPENDSTREAM_DASHBOARD_TOKEN not set)";
+    document.getElementById("token").disabled = !writable;
+  } catch (e) { problems.push(e.message); }
   const jobs = [
-    ["/api/status", (b) => {
-      writable = b.writable;
-      document.getElementById("mode").textContent = writable
-        ? "kill switch on (token needed)" : "read-only (SPENDSTREAM_DASHBOARD_TOKEN not set)";
-      document.getElementById("token").disabled = !writable;
-    }],
     ["/api/features", renderFeatures],
     ["/api/spend/hourly?by=" + by, renderHourly],
-    ["/api/users/top?period=today", (b) => renderUsers("users-today", b)],
-    ["/api/users/top?period=month", (b) => renderUsers("users-month", b)],
+    ["/api/users/top?period=today", (b) => renderUsers("users-today", b, "users-result")],
+    ["/api/users/top?period=month", (b) => renderUsers("users-month", b, null)],
     ["/api/flags", renderFlags],
     ["/api/alerts?limit=50", renderAlerts],
   ];
@@ -190,19 +235,50 @@ async function refresh() {
   busy = false;
 }
 
-async function toggle(feature, action) {
-  const out = document.getElementById("switch-result");
-  const body = action === "disable" ? {reason: "disabled from the dashboard"} : {};
+async function post(path, body) {
+  // A write action: the token as a bearer token; the answer's status and JSON body.
   const headers = {"Content-Type": "application/json"};
   if (token) headers.Authorization = "Bearer " + token;
+  const r = await fetch(path, {method: "POST", headers, body: JSON.stringify(body)});
+  return [r, await r.json()];
+}
+
+function say(outId, text, ok) {
+  const out = document.getElementById(outId);
+  out.textContent = text;
+  out.className = ok ? "state-ok" : "state-disabled";
+}
+
+async function toggle(feature, action) {
+  const body = action === "disable" ? {reason: "disabled from the dashboard"} : {};
   try {
-    const r = await fetch(`/api/features/${encodeURIComponent(feature)}/${action}`,
-                          {method: "POST", headers, body: JSON.stringify(body)});
-    const answer = await r.json();
-    out.textContent = r.ok ? `${feature}: ${action}d` : `${feature}: refused (${r.status}): ${answer.error}`;
-    out.className = r.ok ? "state-ok" : "state-disabled";
+    const [r, answer] = await post(`/api/features/${encodeURIComponent(feature)}/${action}`, body);
+    say("switch-result", r.ok ? `${feature}: ${action}d`
+      : `${feature}: refused (${r.status}): ${answer.error}`, r.ok);
   } catch (e) {
-    out.textContent = feature + ": " + e.message;
+    say("switch-result", feature + ": " + e.message, false);
+  }
+  refresh();
+}
+
+function grantUser(user, tokens, out) {
+  // Ask for the amount: dollars ("1.00"), or tokens ("20000 tokens") for a token budget.
+  const asked = prompt(`Grant ${user} extra budget for today: USD` +
+                       (tokens ? ', or tokens as "20000 tokens"' : ""), "1.00");
+  if (asked === null) return;  // cancelled
+  const text = asked.trim().replace(/^\$/, "");
+  const many = /^(\d+)\s*tokens?$/i.exec(text);
+  const body = many ? {tokens: parseInt(many[1], 10)} : {usd: text};
+  sendUser(user, "grant", {...body, reason: "granted from the dashboard"}, out);
+}
+
+async function sendUser(user, action, body, out) {
+  try {
+    const [r, answer] = await post(`/api/users/${encodeURIComponent(user)}/${action}`, body);
+    say(out, r.ok ? "sent: " + answer.message
+      : `${user}: ${action} refused (${r.status}): ${answer.error}`, r.ok);
+  } catch (e) {
+    say(out, user + ": " + e.message, false);
   }
   refresh();
 }

@@ -120,3 +120,62 @@ async def test_the_fetch_high_watermark_is_the_end_whatever_list_offsets_says(br
     finally:
         await probe.stop()
         await c.stop()
+
+
+MEMBER = """\
+import asyncio, sys
+from aiokafka import AIOKafkaConsumer
+
+async def main(bootstrap, topic, group, instance):
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
+                         group_instance_id=instance, session_timeout_ms=60000,
+                         heartbeat_interval_ms=1000)
+    await c.start()
+    while not c.assignment():
+        await c.getmany(timeout_ms=100)
+    print("assigned", flush=True)
+    while True:
+        await c.getmany(timeout_ms=500)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def test_a_static_member_killed_and_restarted_gets_its_partitions_before_its_session_ends(
+        broker, uid, tmp_path):
+    """``SPENDSTREAM_GROUP_INSTANCE_ID``: a restarted worker is the same member, so the
+    broker hands its partitions back without waiting out the dead one's session (60 s
+    here; the wait below is far shorter, so a broker without static membership fails)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    topic = f"static-{uid}"
+    asyncio.run(ensure_topics(broker.bootstrap, [topic], 2))
+    script = tmp_path / "member.py"
+    script.write_text(MEMBER)
+    argv = [sys.executable, str(script), broker.bootstrap, topic, f"g-{uid}", f"w-{uid}"]
+
+    def assigned(proc: subprocess.Popen[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert proc.stdout is not None
+            if proc.poll() is not None:
+                return False
+            if proc.stdout.readline().strip() == "assigned":
+                return True
+        return False
+
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert assigned(first, 60)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    again = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert assigned(again, 40), "the restarted static member waited for the old session"
+    finally:
+        again.kill()
+        again.wait()

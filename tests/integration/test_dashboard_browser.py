@@ -1,7 +1,8 @@
 """The dashboard page in a real browser (Debian's chromium driven by Playwright; nothing is
 downloaded): a real worker, ledger and Redis behind a real `spendstream dashboard` process.
 The page shows the ledger's numbers exactly, refreshes without a reload, and the kill
-switch works with the token (the real Guard refuses the feature) and not without it."""
+switch works with the token (the real Guard refuses the feature) and not without it; so do
+a user's grant and unblock (the real Guard admits the cut-off user again)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
+from spendstream.contract.keys import cutoff_user
 from spendstream.domain.budgets import parse_budgets
 from spendstream.embedded import free_port
-from spendstream.errors import FeatureDisabled
+from spendstream.errors import BudgetExceeded, FeatureDisabled
 from spendstream.producers.guard import Guard
 from tests.dashboard_stack import BUDGETS, Running, money, running  # noqa: F401
 from tests.fault.faultkit import message, usage
@@ -182,6 +184,86 @@ def test_kill_switch_from_the_page_with_the_token(browser, dashboards, running):
         page.close()
 
 
+def _spend(running: Running, user: str, n: int, cost: str) -> None:  # noqa: F811
+    _in_thread(running.stack.publish, [message(usage(user, "chat", cost=cost))
+                                       for _ in range(n)])
+
+
+def _wait_text(page: Any, selector: str, text: str) -> None:
+    """Poll until the element shows ``text`` (the page refreshes every 3 s)."""
+    page.wait_for_function(
+        "([s, t]) => { const e = document.querySelector(s); "
+        "return e !== null && e.innerText.trim() === t; }", arg=[selector, text],
+        timeout=60_000)
+
+
+def test_grant_and_unblock_from_the_page(browser, dashboards, running):  # noqa: F811
+    user = "acct-granted"
+    flag = f'#flags tr[data-flag="{cutoff_user(user)}"]'
+    row = f'#users-today tr[data-user="{user}"]'
+    keys = running.stack.redis()
+    guard = Guard(running.stack.redis_url, parse_budgets(yaml.safe_load(BUDGETS)),
+                  prefix=running.stack.prefix, cache_ttl=0)
+    msgs = [{"role": "user", "content": "hi"}]
+
+    def admitted() -> bool:
+        try:
+            guard.admit(user, "chat", msgs, model="gpt-4o")
+        except BudgetExceeded:
+            return False
+        return True
+
+    _spend(running, user, 4, "0.03")  # $0.12 of the free tier's $0.10: cut off
+    wait_until(lambda: keys.get(cutoff_user(user)), 60, f"{user}'s cutoff")
+    assert not admitted()
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    asked: list[tuple[str, str]] = []
+
+    def answer(dialog: Any) -> None:
+        asked.append((dialog.message, dialog.default_value))
+        dialog.accept("0.10")
+
+    page.on("dialog", answer)
+    try:
+        page.goto(dashboards[0].url)
+        page.wait_for_selector(f'{row} button[data-action="unblock"]')  # shown: cut off
+        assert page.locator(f'{row} td[data-col="tier"]').get_attribute("title") == "cut off now"
+        page.click(f'{row} button[data-action="grant"]')  # no token entered yet: refused
+        page.wait_for_function("document.querySelector('#users-result').innerText"
+                               ".includes('grant refused (401)')")
+        assert keys.get(cutoff_user(user)) and not admitted()
+
+        # With the token: $0.10 more today, so $0.2 with $0.12 spent; the cutoff clears.
+        page.fill("#token", TOKEN)
+        page.click(f'{row} button[data-action="grant"]')
+        assert asked[-1][1] == "1.00" and user in asked[-1][0]
+        page.wait_for_function("document.querySelector('#users-result').innerText"
+                               ".includes('raised by $0.10')")
+        _wait_text(page, f'{row} td[data-col="budget"]', "$0.2")
+        _wait_text(page, f'{row} td[data-col="left"]', "$0.08")
+        budget = page.locator(f'{row} td[data-col="budget"]')
+        assert "granted" in str(budget.get_attribute("class"))
+        assert "$0.1 granted" in str(budget.get_attribute("title"))
+        wait_until(admitted, 30, f"{user} admitted after the grant")
+        page.wait_for_selector(flag, state="detached", timeout=30_000)
+        page.wait_for_selector(f'{row} button[data-action="unblock"]', state="detached")
+        _shot(page, "dashboard-grant")
+
+        # Past the raised budget: cut off again, then unblocked from the flags table; the
+        # worker grants today's $0.21, so $0.41 with $0.2 left.
+        _spend(running, user, 3, "0.03")
+        page.click(f'{flag} button[data-action="unblock"]', timeout=60_000)
+        page.wait_for_function("document.querySelector('#flags-result').innerText"
+                               ".includes('unblock " + user + "')")
+        _wait_text(page, f'{row} td[data-col="budget"]', "$0.41")
+        _wait_text(page, f'{row} td[data-col="left"]', "$0.2")
+        wait_until(admitted, 30, f"{user} admitted after the unblock")
+        page.wait_for_selector(flag, state="detached", timeout=30_000)
+    finally:
+        guard.close()
+        page.close()
+
+
 def test_page_without_a_token_setting_cannot_write(browser, dashboards, running):  # noqa: F811
     page = browser.new_page()
     page.goto(dashboards[1].url)
@@ -193,5 +275,13 @@ def test_page_without_a_token_setting_cannot_write(browser, dashboards, running)
                            ".includes('refused (403)')")
     assert "SPENDSTREAM_DASHBOARD_TOKEN" in _cell(page, "#switch-result")
     assert running.stack.redis().get("cutoff:feature:chat") is None
+    # Grant and unblock are disabled, saying why.
+    heavy = '#flags tr[data-flag="cutoff:user:acct-heavy"]'
+    page.wait_for_selector(f'{heavy} button[data-action="unblock"]')
+    for button in (page.locator(f'{heavy} button[data-action="unblock"]'),
+                   page.locator('#users-today tr[data-user="acct-heavy"] '
+                                'button[data-action="grant"]')):
+        assert button.is_disabled()
+        assert "read-only" in str(button.get_attribute("title"))
     assert Decimal(running.sql("SELECT count(*) FROM cost_logs")[0][0]) > 0
     page.close()

@@ -60,6 +60,11 @@ class Env:
         self.worker: Worker = stack.worker("w", log_level="warning")
         self.guard = Guard(stack.redis_url, parse_budgets(yaml.safe_load(BUDGETS)),
                            prefix=stack.prefix, cache_ttl=0)
+        # The same budgets with reservations: each call's worst case is held against the
+        # day's budget, which a grant must raise for this guard too.
+        self.holding = Guard(stack.redis_url, parse_budgets(
+            yaml.safe_load(BUDGETS + "reservations: {ttl: 10m, hold: 5s}\n")),
+            prefix=stack.prefix, cache_ttl=0)
 
     def spend(self, user: str, n: int, cost: str) -> None:
         self.stack.publish(message(usage(user, cost=cost)) for _ in range(n))
@@ -125,6 +130,12 @@ def test_grant_and_unblock_through_the_cli(env: Env) -> None:
     assert live["remaining_usd"] == "0.08" and Decimal(live["spent_usd"]) == Decimal("0.12")
     wait_until(lambda: env.keys.get(cutoff_user("acct-g")) is None, 30, "the cutoff cleared")
     assert env.admitted("acct-g")
+    # What the guard says is left counts the grant, and a reservation is held against the
+    # raised budget (without the grant, 0.12 spent of 0.10 refuses every call).
+    assert env.guard.admit("acct-g", "chat", MSGS, model="gpt-4o").remaining_usd == \
+        Decimal("0.08")
+    held = env.holding.admit("acct-g", "chat", MSGS, model="gpt-4o", max_tokens=50)
+    assert held.reservation is not None and held.remaining_usd == Decimal("0.08")
 
     # The same grant id again counts once; spend under the raised budget is not cut off.
     assert env.cli("grant", "acct-g", "--usd", "0.10", "--id", "g-1").returncode == 0

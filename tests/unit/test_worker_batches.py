@@ -61,13 +61,15 @@ class Pipeline:
                           lambda a: True, grace, counters)
         features = RollupStage(BUDGETS, rstate, self.flags, lambda a: True, grace, counters)
         self.rollup_topic: list[tuple[bytes, bytes]] = []
+        self.partitions: list[int | None] = []
         self.dlq: list[tuple[Record, str, bytes | None]] = []
         self.users = UserBatches(users, self.ustate, set(), self.send, self.dead_letter,
                                  self.flags.kick)
         self.features = RollupBatches(features, self.dead_letter, self.flags.kick)
 
-    async def send(self, key: bytes, value: bytes) -> None:
+    async def send(self, key: bytes, value: bytes, partition: int | None) -> None:
         self.rollup_topic.append((key, value))
+        self.partitions.append(partition)
 
     async def dead_letter(self, record: Record, reason: str, element: bytes | None) -> None:
         self.dlq.append((record, reason, element))
@@ -138,3 +140,34 @@ async def test_recovery_skips_a_keyless_changelog_record_with_a_warning(
     assert "without a key" in caplog.text
     assert restored.offset(0) == w.ustate.offset(0)  # the stray record's offset 99 unused
     assert sorted(restored.scan()) == sorted(w.ustate.scan())
+
+
+async def test_forwards_go_one_message_per_rollup_partition_and_each_window_where_its_key_routes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from spendstream.contract.rollup import message_key
+    route = {"*": 0, "chat": 1, "search": 1, "faq": 2}.__getitem__
+    w = Pipeline()
+    w.users.route = route
+    events = [UsageEvent(user_id=f"u{i}", feature=f, model="m", input_tokens=10, ts=NOW)
+              for i, f in enumerate(["chat", "search", "faq", "chat", "faq"])]
+    await w.users.process([Record(0, i, e.to_json()) for i, e in enumerate(events)], NOW)
+    sent = [RollupMessage.decode(v) for _, v in w.rollup_topic]
+    assert sorted(w.partitions) == [0, 1, 2]  # three messages, not one per feature
+    for message, partition in zip(sent, w.partitions, strict=True):
+        assert {route(message_key(k)) for k in message.parts} == {partition}
+    await w.roll()
+    assert [w.flags.keys[spend_feature(f)]["events"] for f in ("chat", "search", "faq")] == \
+        [2, 1, 2]
+
+    # A batch touching more windows than one message should hold is split, never mixed.
+    monkeypatch.setattr(batches, "FORWARD_BYTES", 2 * batches.part_weight("f|chat|month|x"))
+    w = Pipeline()
+    w.users.route = route
+    await w.users.process([Record(0, i, e.to_json()) for i, e in enumerate(events)], NOW)
+    assert len(w.rollup_topic) > 3
+    for (_, value), partition in zip(w.rollup_topic, w.partitions, strict=True):
+        parts = RollupMessage.decode(value).parts
+        assert {route(message_key(k)) for k in parts} == {partition}
+    await w.roll()
+    assert [w.flags.keys[spend_feature(f)]["events"] for f in ("chat", "search", "faq")] == \
+        [2, 1, 2]
