@@ -93,24 +93,17 @@ class FlagSnapshot:
         """The user's budget today: the tier's, plus what a grant added (``spendstream
         grant`` / ``unblock``: the worker puts ``granted_usd`` / ``granted_tokens`` on the
         live spend key)."""
-        spend = self.live(self.spend_user, now)
-        if tier is None or spend is None:
-            return tier
-        usd = _decimal(spend.get("granted_usd"))
-        tokens = spend.get("granted_tokens")
-        if not usd and not (isinstance(tokens, int) and tokens > 0):
-            return tier
-        return raised(tier, usd or Decimal(0), tokens if isinstance(tokens, int) else 0)
+        return _granted(tier, self.live(self.spend_user, now))
 
     def remaining(self, tier: Limit | None, now: datetime) -> tuple[Decimal | None, int | None]:
         """What is left today of the user's USD and token budgets (:meth:`budget`; ``None``
         where the tier has no such budget): the budget less the live spend key's
         ``spent_usd`` / ``spent_tokens``, never below 0; no spend key yet means nothing
         spent."""
-        tier = self.budget(tier, now)
+        spend = self.live(self.spend_user, now)
+        tier = _granted(tier, spend)
         if tier is None:
             return None, None
-        spend = self.live(self.spend_user, now)
         if spend is None:  # nothing spent yet today: the whole budget
             return tier.usd, tier.tokens
         usd = tokens = None
@@ -121,6 +114,18 @@ class FlagSnapshot:
             used = spend.get("spent_tokens")
             tokens = max(tier.tokens - (used if isinstance(used, int) else 0), 0)
         return usd, tokens
+
+
+def _granted(tier: Limit | None, spend: dict[str, Any] | None) -> Limit | None:
+    """``tier`` raised by the grant on a live spend key (``granted_usd`` /
+    ``granted_tokens``), if any."""
+    if tier is None or spend is None:
+        return tier
+    usd = _decimal(spend.get("granted_usd"))
+    tokens = spend.get("granted_tokens")
+    if not usd and not (isinstance(tokens, int) and tokens > 0):
+        return tier
+    return raised(tier, usd or Decimal(0), tokens if isinstance(tokens, int) else 0)
 
 
 def _error(cls: type[Refused], flag: dict[str, Any], default_reason: str, what_to_do: str
