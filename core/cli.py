@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from spendstream.errors import ConfigError, SpendstreamError
+from spendstream.switch import MAX_TTL
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -93,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
                        "happens. Exits 0 once all three were seen (within about a minute).")
     d.add_argument("--keep-running", action="store_true",
                    help="stay up after the demo succeeded, until Ctrl-C")
-    d.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")
+    d.add_argument("--timeout", type=_seconds, default=120.0, metavar="SECONDS",
+                   help="give up after this many seconds")
 
     i = sub.add_parser("init", help="write an example budgets.yaml",
                        description="Write the documented example budgets file.")
@@ -112,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
                        "ready, 1 when not, with the reason.")
     h.add_argument("--host", default="127.0.0.1", help="where the worker listens "
                    "(default: %(default)s)")
-    h.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
+    h.add_argument("--timeout", type=_seconds, default=3.0, metavar="SECONDS",
+                   help="seconds to wait for an answer")
     sub.add_parser("flags", help="list active cutoff and warn flags in Redis",
                    description="Scan SPENDSTREAM_REDIS_URL for cutoff/warn keys and print "
                    "each with its reason, spend and time to live.")
@@ -138,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
         "read-only. See docs/dashboard.md.")
     db.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default: %(default)s; 0.0.0.0 for all)")
-    db.add_argument("--port", type=int, default=8642, help="port (default: %(default)s)")
+    db.add_argument("--port", type=_port, default=8642, help="port (default: %(default)s)")
     _grant_parsers(sub)
     _audit_parser(sub)
     _estimate_parser(sub)
@@ -218,7 +221,7 @@ examples:
                    "included, e.g. 2026-11-01..2026-11-30 (default: month; UTC)")
     r.add_argument("--feature", help="only this feature")
     r.add_argument("--user", help="only this user id")
-    r.add_argument("--top", type=int, default=20, metavar="N",
+    r.add_argument("--top", type=_top, default=20, metavar="N",
                    help="rows in the top features and top users (default: %(default)s)")
     r.add_argument("--format", choices=["table", "csv", "json"], default="table")
     r.add_argument("--digest", action="store_true",
@@ -244,10 +247,11 @@ examples:
   spendstream sql "SELECT model, COUNT(*) FROM cost_logs WHERE price_source = 'unpriced'
                    GROUP BY model" --format csv
 """ + LEDGER_NOTE)
-    q.add_argument("query", help="one SQL statement")
+    q.add_argument("query", type=_query, help="one SQL statement")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    q.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="cancel the query after this long (default: %(default)s)")
+    q.add_argument("--timeout", type=_seconds, default=60.0, metavar="SECONDS",
+                   help="cancel the query after this long, at most 3600 (default: "
+                   "%(default)s)")
 
     g = sub.add_parser("ledger", help="the ledger's own consumer; prune old months",
                        formatter_class=raw, description="The spend ledger's own consumer "
@@ -310,7 +314,7 @@ example:
     a.add_argument("--tolerance", type=_fraction, default=Decimal("0.02"), metavar="FRACTION",
                    help="allowed drift as a fraction of the local count (default: "
                    "%(default)s = 2%%)")
-    a.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+    a.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
                    help="give up on the endpoint after this long (default: %(default)s)")
 
 
@@ -358,7 +362,58 @@ def _duration(text: str) -> int:
                                          ) from None
     if seconds <= 0:
         raise argparse.ArgumentTypeError("the TTL must be positive")
+    if seconds > MAX_TTL:
+        raise argparse.ArgumentTypeError(f"{text} is more than {MAX_TTL // 86400} days; "
+                                         "leave --ttl out to disable until `spendstream enable`")
     return seconds
+
+
+MAX_SECONDS = 3600.0
+"""The longest --timeout: a query or a call that needs more is a mistake, not a wait."""
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds up to :data:`MAX_SECONDS`."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds like 30 or 2.5"
+                                         ) from None
+    if not 0 < value <= MAX_SECONDS:  # False for nan too
+        raise argparse.ArgumentTypeError(f"{text} seconds: give more than 0 and at most "
+                                         f"{MAX_SECONDS:g}")
+    return value
+
+
+def _port(text: str) -> int:
+    """A TCP port, 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port: give 1 to 65535")
+    return value
+
+
+MAX_TOP = 100_000
+
+
+def _top(text: str) -> int:
+    """Rows of a top-N section, 1 to :data:`MAX_TOP`."""
+    value = _count(text)
+    if not 1 <= value <= MAX_TOP:
+        raise argparse.ArgumentTypeError(f"{text} rows: give 1 to {MAX_TOP}")
+    return value
+
+
+def _query(text: str) -> str:
+    """One SQL statement; an empty one is a mistake (quoting), not a query of nothing."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "the query is empty; give one SQL statement in quotes, e.g. "
+            "spendstream sql \"SELECT count(*) FROM cost_logs\"")
+    return text
 
 
 def _date(text: str) -> date:
@@ -401,12 +456,20 @@ def main(argv: list[str] | None = None) -> int:
         from spendstream.settings import load_settings
 
         settings = load_settings(args.settings)
-        return int(COMMANDS[args.command](args, settings) or 0)
+        code = int(COMMANDS[args.command](args, settings) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except SpendstreamError as e:
         print(f"spendstream: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head -1`): stop quietly, as the Python docs advise;
+        # stdout goes to devnull so the exit's own flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by it
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -470,7 +533,15 @@ def _init(args: argparse.Namespace, settings: Settings) -> int:
     if args.path.exists() and not args.force:
         print(f"{args.path} exists; use --force to overwrite", file=sys.stderr)
         return 1
-    args.path.write_text(EXAMPLE_BUDGETS)
+    folder = args.path.parent
+    if not folder.is_dir():
+        raise ConfigError(f"cannot write {args.path}: the directory {folder} does not exist; "
+                          "create it first or give a path in an existing one")
+    try:
+        args.path.write_text(EXAMPLE_BUDGETS)
+    except OSError as e:
+        raise ConfigError(f"cannot write {args.path} ({e.strerror}); give another path"
+                          ) from None
     print(f"wrote {args.path}; check it with: spendstream check {args.path}")
     return 0
 

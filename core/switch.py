@@ -15,6 +15,8 @@ from typing import Any
 from spendstream.contract import keys
 
 STAMP = "%Y-%m-%dT%H:%M:%SZ"
+MAX_TTL = 366 * 86400
+"""The longest timed switch (seconds): longer is a typo; no TTL means until enabled."""
 
 
 def switch_key(prefix: str, feature: str) -> str:
@@ -48,8 +50,9 @@ def disable(prefix: str, feature: str, reason: str, ttl: int | None, now: dateti
     enabled again)."""
     if not feature or len(feature) > 200:
         raise ValueError("a feature name is 1 to 200 characters")
-    if ttl is not None and ttl <= 0:
-        raise ValueError("the TTL must be positive")
+    if ttl is not None and not 0 < ttl <= MAX_TTL:
+        raise ValueError(f"the TTL must be positive and at most {MAX_TTL} seconds "
+                         f"({MAX_TTL // 86400} days); none disables until enabled again")
     end = now + timedelta(seconds=ttl) if ttl else None
     value = keys.flag_value("feature", feature, reason, "cutoff", Decimal(0), Decimal(0),
                             "switch", now.strftime(STAMP), end.strftime(STAMP) if end else None)

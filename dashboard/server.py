@@ -4,7 +4,9 @@ and running it."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 from importlib.resources import files
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from spendstream.dashboard.alert_feed import AlertFeed
 from spendstream.dashboard.ledger_reads import LedgerReader
 from spendstream.dashboard.openapi import document
 from spendstream.domain.budgets import Budgets
+from spendstream.errors import SpendstreamError
 from spendstream.settings import Settings
 
 log = logging.getLogger("spendstream.dashboard")
@@ -81,7 +84,37 @@ def run_dashboard(settings: Settings, budgets: Budgets, host: str, port: int) ->
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     mode = "writes allowed with the token" if settings.dashboard_token else (
         "read-only: set SPENDSTREAM_DASHBOARD_TOKEN to allow the kill switch")
+    try:
+        sock = listen(host, port)
+    except OSError as e:
+        raise SpendstreamError(_bind_error(e, host, port)) from None
     print(f"spendstream | dashboard: http://{shown}:{port}/ ({mode})", flush=True)
-    web.run_app(app, host=host, port=port, print=None, access_log=None,
-                handle_signals=True)
+    web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True)
     return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` and listening, before anything is printed: a port in
+    use is told as such, not as a traceback from inside the server."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp does
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_error(e: OSError, host: str, port: int) -> str:
+    if e.errno == errno.EADDRINUSE:
+        return (f"port {port} on {host} is in use (another dashboard, or `spendstream up`, "
+                f"which serves one?); pick another with --port, e.g. --port {port + 1}"
+                if port < 65535 else f"port {port} on {host} is in use; pick another with --port")
+    if e.errno == errno.EACCES:
+        return (f"not allowed to listen on port {port} (ports below 1024 need privileges); "
+                "pick another with --port, e.g. --port 8642")
+    return (f"cannot listen on {host}:{port} ({e.strerror or e}); check --host (an address "
+            "of this machine, or 0.0.0.0 for all) and --port")

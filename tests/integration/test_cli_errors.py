@@ -59,3 +59,29 @@ def test_up_with_a_budgets_file_that_does_not_exist_exits_2_like_worker(tmp_path
         out = cli(command, env={"SPENDSTREAM_BUDGETS": missing}, timeout=30)
         assert out.returncode == 2, (command, out.stdout, out.stderr)
         assert "nope.yaml" in out.stderr and "example budgets" not in out.stdout + out.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    # `spendstream check ... | head -0`: the pipe is closed before the command writes.
+    proc = subprocess.Popen([sys.executable, "-m", "spendstream", "check", budgets(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert err == "", err  # no BrokenPipeError, no "Exception ignored"
+
+
+def test_a_dashboard_port_in_use_says_so_and_how_to_pick_another(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        out = cli("dashboard", "--port", str(port),
+                  env={"SPENDSTREAM_BUDGETS": budgets(tmp_path)}, timeout=60)
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"spendstream: error: port {port} on 127.0.0.1 is in use")
+    assert f"--port {port + 1}" in lines[0]
