@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING, Any
 
 from spendstream.errors import ConfigError, ServiceUnavailable, SpendstreamError
-from spendstream.ledger.schema import GRANTS, ROLLUP, TABLE, partition_month
+from spendstream.ledger.schema import GRANTS, ROLLUP, TABLE, VIEW, partition_month
 from spendstream.redact import redact_url, scrub, url_password
 
 if TYPE_CHECKING:
@@ -88,6 +88,8 @@ def run(conn: psycopg.Connection[tuple[Any, ...]], query: str,
                          "); `spendstream sql` only reads the ledger") from e
     except psycopg.errors.UndefinedTable as e:
         conn.rollback()
+        if ledger_exists(conn):  # a typo in the query: PostgreSQL's own words say it
+            raise QueryError(e.diag.message_primary or str(e)) from e
         raise QueryError(f"{e.diag.message_primary}: no ledger in this database yet (the "
                          "worker creates it when it starts with SPENDSTREAM_DATABASE_URL)"
                          ) from e
@@ -99,6 +101,14 @@ def run(conn: psycopg.Connection[tuple[Any, ...]], query: str,
         conn.rollback()
         raise QueryError(e.diag.message_primary or str(e)) from e
     return Result(columns, rows)
+
+
+def ledger_exists(conn: psycopg.Connection[tuple[Any, ...]]) -> bool:
+    """Whether the ledger's own tables are in this database (the worker made them)."""
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
+                       (TABLE, VIEW)).fetchone()
+    conn.rollback()
+    return bool(row and row[0])
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,18 @@ def test_sql_reads_and_refuses_writes(database_url):
     assert typo.returncode == 2 and 'column "nope" does not exist' in typo.stderr
 
 
+def test_a_missing_table_is_postgresqls_message_unless_the_ledger_is_missing(database_url):
+    empty = cli(database_url, "sql", "SELECT * FROM cost_logs")
+    assert empty.returncode == 2
+    assert empty.stderr.strip() == (
+        'spendstream: error: relation "cost_logs" does not exist: no ledger in this database '
+        "yet (the worker creates it when it starts with SPENDSTREAM_DATABASE_URL)")
+    write(database_url, rows_at("2026-11-23T10:00:00Z", 1))
+    typo = cli(database_url, "sql", "SELECT * FROM nosuch")
+    assert typo.returncode == 2
+    assert typo.stderr.strip() == 'spendstream: error: relation "nosuch" does not exist'
+
+
 def test_commands_without_a_database_say_how_to_get_one():
     for args in (["report"], ["sql", "SELECT 1"], ["ledger", "prune", "--before", "2026-01-01"],
                  ["ledger", "run"]):
