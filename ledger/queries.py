@@ -70,6 +70,9 @@ class Result:
 
     columns: list[str]
     rows: list[tuple[Any, ...]]
+    types: tuple[int, ...] = ()
+    """PostgreSQL type OIDs of the columns (empty when made by hand): they tell a
+    ``jsonb`` column's lists from an array's when printing."""
 
 
 def run(conn: psycopg.Connection[tuple[Any, ...]], query: str,
@@ -81,6 +84,7 @@ def run(conn: psycopg.Connection[tuple[Any, ...]], query: str,
         with conn.cursor(binary=True) as cur:
             cur.execute(query, params)
             columns = [c.name for c in cur.description or []]
+            types = tuple(c.type_code for c in cur.description or [])
             rows = cur.fetchall() if cur.description else []
     except psycopg.errors.ReadOnlySqlTransaction as e:
         conn.rollback()
@@ -100,7 +104,7 @@ def run(conn: psycopg.Connection[tuple[Any, ...]], query: str,
     except psycopg.Error as e:
         conn.rollback()
         raise QueryError(e.diag.message_primary or str(e)) from e
-    return Result(columns, rows)
+    return Result(columns, rows, types)
 
 
 def ledger_exists(conn: psycopg.Connection[tuple[Any, ...]]) -> bool:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from spendstream.errors import ConfigError
+from spendstream.ledger import pgtext
 from spendstream.ledger.queries import Report, Result
 from spendstream.ledger.schema import next_month
 
@@ -48,25 +49,26 @@ def _at(day: date) -> datetime:
 
 
 def _cell(value: Any, places: int | None = None) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, Decimal):
-        if places is not None:  # a rounded average: no trailing zeros
-            value = round(value, places).normalize()
-        return format(value, "f")
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return str(value)
+    return pgtext.text(value, places)
 
 
 _ROUND = {"avg_output": 1, "avg_cost": 8, "cost_per_user": 8, "hit_rate": 4}
 """Averages are rounded for display (sums never are: they are exact)."""
 
 
+def _shapes(result: Result) -> list[tuple[int | None, pgtext.Kind]]:
+    """Per column: decimal places to round to, and whether it holds JSON."""
+    types = result.types or (None,) * len(result.columns)
+    return [(_ROUND.get(c), pgtext.kind_of(t)) for c, t in zip(result.columns, types,
+                                                                 strict=True)]
+
+
 def cells(result: Result) -> list[list[str]]:
-    """Every value of ``result`` as text (exact decimals; averages rounded)."""
-    places = [_ROUND.get(c) for c in result.columns]
-    return [[_cell(v, p) for v, p in zip(row, places, strict=True)] for row in result.rows]
+    """Every value of ``result`` as PostgreSQL's text output shows it (exact decimals;
+    averages rounded; ``true``, ``{1,2}``, ``\\x78``, ``1 day``, ``{"a": 1}``)."""
+    shapes = _shapes(result)
+    return [[pgtext.text(v, p, k) for v, (p, k) in zip(row, shapes, strict=True)]
+            for row in result.rows]
 
 
 def table(result: Result) -> str:
@@ -89,19 +91,21 @@ def csv_text(result: Result, section: str | None = None) -> str:
     return out.getvalue()
 
 
-def records(result: Result) -> list[dict[str, str | int | None]]:
-    """Rows as objects: counts as integers, decimals as exact strings, NULL as null."""
-    return [{c: (raw if raw is None or (isinstance(raw, int) and not isinstance(raw, bool))
-                 else v) for c, v, raw in zip(result.columns, text, row, strict=True)}
-            for text, row in zip(cells(result), result.rows, strict=True)]
+def records(result: Result) -> list[dict[str, Any]]:
+    """Rows as objects: counts as integers, decimals as exact strings, NULL as null,
+    booleans as booleans, ``json``/``jsonb`` nested, arrays as arrays."""
+    shapes = _shapes(result)
+    return [{c: pgtext.json_value(v, p, k)
+             for c, v, (p, k) in zip(result.columns, row, shapes, strict=True)}
+            for row in result.rows]
 
 
 def render_result(result: Result, fmt: str) -> str:
     """One query's result as ``table``, ``csv`` or ``json``."""
     if fmt == "csv":
         return csv_text(result).rstrip("\n")
-    if fmt == "json":
-        return orjson.dumps(records(result), option=orjson.OPT_INDENT_2).decode()
+    if fmt == "json":  # the standard library's: jsonb may hold integers beyond 64 bits
+        return json.dumps(records(result), indent=2, ensure_ascii=False)
     return table(result) if result.rows else table(result) + "\n(no rows)"
 
 

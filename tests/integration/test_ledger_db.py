@@ -7,6 +7,7 @@ No broker here: rows are written by :class:`LedgerWriter` directly; the worker p
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -129,6 +130,19 @@ def test_a_missing_table_is_postgresqls_message_unless_the_ledger_is_missing(dat
     typo = cli(database_url, "sql", "SELECT * FROM nosuch")
     assert typo.returncode == 2
     assert typo.stderr.strip() == 'spendstream: error: relation "nosuch" does not exist'
+
+
+def test_sql_prints_postgresql_values_not_python_reprs(database_url):
+    write(database_url, rows_at("2026-11-23T10:00:00Z", 1))
+    query = ("SELECT '{\"a\":1}'::jsonb d, ARRAY[1,2] e, 'x'::bytea f, interval '1 day' g, "
+             "true h")
+    csv = cli(database_url, "sql", query, "--format", "csv")
+    assert csv.returncode == 0, csv.stderr
+    assert csv.stdout.splitlines() == ["d,e,f,g,h", '"{""a"": 1}","{1,2}",\\x78,1 day,true']
+    out = cli(database_url, "sql", query, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [{"d": {"a": 1}, "e": [1, 2], "f": "\\x78",
+                                       "g": "1 day", "h": True}]
 
 
 def test_commands_without_a_database_say_how_to_get_one():
