@@ -19,6 +19,7 @@ from spendstream.switch import MAX_TTL
 if TYPE_CHECKING:
     from redis import Redis
 
+    from spendstream.contract import control
     from spendstream.settings import Settings
 
 DESCRIPTION = """\
@@ -171,7 +172,7 @@ def _grant_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "      --reason 'ticket 4411'\n" + GRANT_NOTE)
     g.add_argument("user", help="the user id, as the app sends it in usage events")
     g.add_argument("--usd", metavar="AMOUNT", help="USD to add to the daily budget, e.g. 1 "
-                   "or 0.50 (an exact decimal)")
+                   "or 0.50 (an exact decimal, at most 6 decimal places)")
     g.add_argument("--tokens", type=_count, metavar="N", help="tokens to add to the daily "
                    "token budget (for tiers that limit tokens)")
     g.add_argument("--until", type=_date, metavar="DATE", help="last UTC day the grant "
@@ -681,11 +682,29 @@ def _grant(args: argparse.Namespace, settings: Settings) -> int:
                                    reason=args.reason, by=args.by, grant_id=args.grant_id)
     except ValueError as e:
         raise ConfigError(f"{args.command}: {e}") from None
+    warning = _grant_warning(record, settings)
+    if warning:
+        print(f"spendstream: warning: {warning}", file=sys.stderr)
     partition, offset = asyncio.run(send_control(
         settings.bootstrap_servers, settings.topic, record, kafka_client_kwargs(settings)))
     print(describe(record))
     print(f"sent to {settings.topic} partition {partition} offset {offset}")
     return 0
+
+
+def _grant_warning(record: control.Control, settings: Settings) -> str | None:
+    """Whether the grant changes nothing for the user's tier, by the budgets file when it
+    is here (the CLI may run where the worker's budgets are not: then nothing is said)."""
+    from spendstream.domain.budgets import load_budgets
+    from spendstream.grant import no_effect
+
+    if not Path(settings.budgets).is_file():
+        return None
+    try:
+        budgets = load_budgets(settings.budgets)
+    except SpendstreamError:
+        return None
+    return no_effect(record, budgets)
 
 
 def _audit(args: argparse.Namespace, settings: Settings) -> int:

@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 from spendstream.contract.control import Control
+from spendstream.domain.budgets import Budgets
 from spendstream.errors import ServiceUnavailable
 
 SEND_TIMEOUT = 15.0
@@ -45,13 +46,33 @@ async def send_control(bootstrap: str, topic: str, control: Control,
     return meta.partition, meta.offset
 
 
+def no_effect(control: Control, budgets: Budgets) -> str | None:
+    """A one-line warning when the grant raises a budget the user's tier does not have
+    (tokens on a USD-only tier, USD on a tokens-only one, any amount without user tiers):
+    the worker applies it and nothing changes."""
+    if control.control != "grant":
+        return None
+    tier = budgets.users.tier_of(control.user_id)
+    limit = budgets.users.limit_of(control.user_id)
+    if limit is None:
+        return (f"the budgets file has no user tiers, so this grant changes nothing for "
+                f"{control.user_id}")
+    idle = [what for what, given, has in (("tokens", control.tokens, limit.tokens),
+                                          ("usd", control.usd, limit.usd))
+            if given is not None and has is None]
+    if not idle:
+        return None
+    return (f"{control.user_id}'s tier {tier} has no {' or '.join(idle)} budget, so the "
+            f"granted {' and '.join(idle)} change nothing for them")
+
+
 def describe(control: Control) -> str:
     """One line saying what the worker will do with ``control``."""
     if control.control == "unblock":
         return (f"unblock {control.user_id} (grant {control.grant_id}): the worker grants what "
                 f"they have spent today ({control.day}), so their cutoff clears and they "
                 "have their daily budget again")
-    amounts = " and ".join(x for x in (f"${control.usd}" if control.usd else "",
+    amounts = " and ".join(x for x in (f"${control.usd:f}" if control.usd else "",
                                        f"{control.tokens} tokens" if control.tokens else "")
                            if x)
     days = (f"today ({control.day})" if len(control.days) == 1

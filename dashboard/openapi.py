@@ -17,7 +17,7 @@ SWITCH_BODY = {
                     "description": "re-enable after this long (disable)"}}
 GRANT_BODY = {
     "usd": {"type": "string", "description": "USD added to the daily budget, an exact decimal "
-            "string such as \"1.50\" (usd and/or tokens)"},
+            "string such as \"1.50\", at most 6 decimal places (usd and/or tokens)"},
     "tokens": {"type": "integer", "minimum": 1,
                "description": "tokens added to the daily token budget"},
     "until": {"type": "string", "format": "date",

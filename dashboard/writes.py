@@ -13,7 +13,7 @@ from spendstream import switch
 from spendstream.contract import control
 from spendstream.dashboard.context import READ_ONLY, ApiError, ctx_of, redis_call
 from spendstream.errors import ServiceUnavailable
-from spendstream.grant import describe, send_control
+from spendstream.grant import describe, no_effect, send_control
 from spendstream.kafka_auth import kafka_client_kwargs
 
 
@@ -131,4 +131,5 @@ async def _send(request: web.Request, kind: str) -> web.Response:
         raise ApiError(503, str(e)) from e
     return web.json_response({"user": user, "control": record.model_dump(
         mode="json", by_alias=True, exclude_none=True), "partition": partition,
-        "offset": offset, "message": describe(record)})
+        "offset": offset, "message": describe(record),
+        "warning": no_effect(record, ctx.budgets)})

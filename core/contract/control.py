@@ -35,6 +35,8 @@ from spendstream.contract.event import MAX_TOKENS_PER_EVENT, MalformedEvent
 
 MAX_GRANT_USD = Decimal("100000")
 """Above this a grant is a typo, not a support request."""
+MAX_GRANT_PLACES = 6
+"""A new grant's ``usd`` has at most this many decimal places (a millionth of a dollar)."""
 MAX_GRANT_DAYS = 31
 """``until`` at most this many days after the grant's own day."""
 MARKER = b'"control"'
@@ -128,7 +130,7 @@ class Control(BaseModel):
 
     @field_serializer("usd")
     def _ser_usd(self, v: Decimal | None) -> str | None:
-        return None if v is None else str(v)
+        return None if v is None else format(v, "f")  # plain: never 1.5E+3
 
     @property
     def day(self) -> date:
@@ -156,9 +158,29 @@ def grant(user_id: str, usd: Decimal | str | None = None, tokens: int | None = N
           grant_id: str | None = None, ts: datetime | None = None) -> Control:
     """A grant of ``usd`` and/or ``tokens`` to ``user_id``; ``ValueError`` naming what is
     wrong."""
-    fields: dict[str, Any] = {"control": "grant", "user_id": user_id, "usd": usd,
+    fields: dict[str, Any] = {"control": "grant", "user_id": user_id, "usd": _amount(usd),
                               "tokens": tokens, "until": until, "reason": reason, "by": by}
     return _build(fields, grant_id, ts)
+
+
+def _amount(usd: Any) -> Any:
+    """A new grant's ``usd`` in plain notation (``1.5E+3`` is ``1500``), refused with more
+    than :data:`MAX_GRANT_PLACES` decimal places (``1e-12`` is a typo, not a grant).
+    Anything that is not a finite decimal goes to the model unchanged, which says why.
+    Records already sent are read as they are (:func:`control_of`)."""
+    if not isinstance(usd, str | Decimal):
+        return usd
+    try:
+        d = Decimal(usd)
+    except InvalidOperation:
+        return usd
+    if not d.is_finite():
+        return usd
+    exponent = d.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -MAX_GRANT_PLACES:
+        raise ValueError(f"usd: {usd} has more than {MAX_GRANT_PLACES} decimal places; give "
+                         f"at most {MAX_GRANT_PLACES} (0.000001 is the smallest amount)")
+    return Decimal(format(d, "f"))
 
 
 def unblock(user_id: str, *, reason: str = "", by: str = "", grant_id: str | None = None,

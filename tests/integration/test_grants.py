@@ -202,6 +202,13 @@ def test_errors_name_what_is_wrong(env: Env) -> None:
     assert r.returncode == 2 and "usd" in r.stderr
     r = env.cli("grant", "acct-x", "--usd", "1", "--until", "2001-01-01")
     assert r.returncode == 2 and "before the grant's day" in r.stderr
+    r = env.cli("grant", "acct-x", "--usd", "1e-12")
+    assert r.returncode == 2 and "usd: 1e-12 has more than 6 decimal places" in r.stderr
+    r = env.cli("grant", "acct-x", "--usd", "1.5E+3", "--tokens", "500")
+    assert r.returncode == 0, r.stderr
+    assert "raised by $1500 and 500 tokens" in r.stdout
+    assert r.stderr.strip() == ("spendstream: warning: acct-x's tier free has no tokens "
+                                "budget, so the granted tokens change nothing for them")
 
 
 def _settings(env: Env, token: str | None) -> Any:
@@ -232,6 +239,9 @@ async def test_grant_and_unblock_from_the_dashboard_api(env: Env) -> None:
         assert r.status == 400 and "usd" in (await r.json())["error"]  # a float: refused
         r = await client.post("/api/users/acct-d/unblock", headers=auth, json={"usd": "1"})
         assert r.status == 400 and "usd" in (await r.json())["error"]
+        r = await client.post("/api/users/acct-d/grant", headers=auth, json={"usd": "1e-7"})
+        assert r.status == 400
+        assert "more than 6 decimal places" in (await r.json())["error"]
 
         await asyncio.to_thread(cut_off, env, "acct-d")  # publishes with its own loop
         r = await client.post("/api/users/acct-d/grant", headers=auth,

@@ -10,10 +10,11 @@ import pytest
 
 from spendstream.contract.control import control_of, grant, unblock
 from spendstream.contract.event import MalformedEvent, UsageEvent
-from spendstream.domain.budgets import Limit
+from spendstream.domain.budgets import Budgets, Limit
 from spendstream.domain.grants import level_after, raised, unblock_amount
 from spendstream.domain.ladder import Ladder, Level
 from spendstream.domain.totals import Totals
+from spendstream.grant import describe, no_effect
 
 TS = datetime(2026, 11, 23, 10, tzinfo=UTC)
 
@@ -59,6 +60,39 @@ def test_an_unblock_takes_no_amounts() -> None:
 def test_builders_raise_value_errors_naming_the_field() -> None:
     with pytest.raises(ValueError, match="user_id"):
         grant("", "1")
+
+
+@pytest.mark.parametrize(("given", "plain"), [
+    ("1.5E+3", "1500"), ("1e-6", "0.000001"), ("0.50", "0.50"), ("2.1000000", "2.1000000"),
+    (Decimal("1E+2"), "100")])
+def test_a_grant_amount_is_kept_in_plain_notation(given: str | Decimal, plain: str) -> None:
+    g = grant("u", given, ts=TS)
+    assert orjson.loads(g.to_json())["usd"] == plain
+    assert f"raised by ${plain} " in describe(g)
+
+
+@pytest.mark.parametrize("given", ["1e-12", "0.0000001", "1.0000005"])
+def test_a_grant_amount_with_more_than_six_places_is_refused(given: str) -> None:
+    with pytest.raises(ValueError, match=f"usd: {given} has more than 6 decimal places"):
+        grant("u", given, ts=TS)
+
+
+def test_a_record_already_sent_with_more_places_is_still_read() -> None:
+    sent = b'{"control": "grant", "user_id": "u", "usd": "1e-12", "grant_id": "g"}'
+    got = control_of(sent)
+    assert got is not None and got.usd == Decimal("1e-12")
+
+
+def test_a_grant_in_a_unit_the_tier_has_no_budget_for_is_flagged() -> None:
+    budgets = Budgets.model_validate({"users": {"default_tier": "free", "tiers": {
+        "free": {"usd": 1}, "tok": {"tokens": 1000}}, "members": {"t": "tok"}}})
+    assert no_effect(grant("u", "1", 500, ts=TS), budgets) == (
+        "u's tier free has no tokens budget, so the granted tokens change nothing for them")
+    assert no_effect(grant("t", "1", ts=TS), budgets) == (
+        "t's tier tok has no usd budget, so the granted usd change nothing for them")
+    assert no_effect(grant("u", "1", ts=TS), budgets) is None
+    assert no_effect(unblock("u", ts=TS), budgets) is None
+    assert "no user tiers" in (no_effect(grant("u", "1", ts=TS), Budgets()) or "")
 
 
 def test_a_grant_raises_only_the_units_a_tier_limits() -> None:
