@@ -667,6 +667,7 @@ def _enable(args: argparse.Namespace, settings: Settings) -> int:
 
 def _grant(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
+    import logging
 
     from spendstream.contract import control
     from spendstream.errors import ConfigError
@@ -682,13 +683,16 @@ def _grant(args: argparse.Namespace, settings: Settings) -> int:
                                    reason=args.reason, by=args.by, grant_id=args.grant_id)
     except ValueError as e:
         raise ConfigError(f"{args.command}: {e}") from None
+    # aiokafka logs each failed connection; the one error below says it and what to do.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     warning = _grant_warning(record, settings)
     if warning:
         print(f"spendstream: warning: {warning}", file=sys.stderr)
     partition, offset = asyncio.run(send_control(
         settings.bootstrap_servers, settings.topic, record, kafka_client_kwargs(settings)))
     print(describe(record))
-    print(f"sent to {settings.topic} partition {partition} offset {offset}")
+    print(f"grant id {record.grant_id}: on {settings.topic} partition {partition} "
+          f"offset {offset}")
     return 0
 
 

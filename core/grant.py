@@ -37,10 +37,12 @@ async def send_control(bootstrap: str, topic: str, control: Control,
         meta = await asyncio.wait_for(
             producer.send_and_wait(topic, control.to_json(), key=control.key), timeout)
     except (KafkaError, OSError, TimeoutError) as e:
+        gid = control.grant_id
         raise ServiceUnavailable(
-            f"the {control.control} was not sent: Kafka at {bootstrap} did not take it "
-            f"({type(e).__name__}); check SPENDSTREAM_KAFKA_URL and that the broker is up. "
-            f"Sending the same grant id again is safe (it is applied once)") from e
+            f"the {control.control} {gid} was not sent: Kafka at {bootstrap} did not take it "
+            f"({type(e).__name__}); check SPENDSTREAM_KAFKA_URL and that the broker is up, "
+            f"then send it again with the same grant id (--id {gid}; grant_id in the API): "
+            "the worker applies a grant id once, so a send that did land counts once") from e
     finally:
         await producer.stop()
     return meta.partition, meta.offset
@@ -66,17 +68,22 @@ def no_effect(control: Control, budgets: Budgets) -> str | None:
             f"granted {' and '.join(idle)} change nothing for them")
 
 
+ONCE = ("the worker applies each grant id once, so resending an id it applied before "
+        "changes nothing (a new amount needs a new id)")
+
+
 def describe(control: Control) -> str:
-    """One line saying what the worker will do with ``control``."""
+    """One line saying what was sent and what the worker will do with ``control``: sent,
+    not applied (the worker ignores a grant id it applied before)."""
     if control.control == "unblock":
-        return (f"unblock {control.user_id} (grant {control.grant_id}): the worker grants what "
-                f"they have spent today ({control.day}), so their cutoff clears and they "
-                "have their daily budget again")
+        return (f"unblock {control.grant_id} sent for {control.user_id}: the worker grants "
+                f"what they have spent today ({control.day}), so their cutoff clears and "
+                f"they have their daily budget again; {ONCE}")
     amounts = " and ".join(x for x in (f"${control.usd:f}" if control.usd else "",
                                        f"{control.tokens} tokens" if control.tokens else "")
                            if x)
     days = (f"today ({control.day})" if len(control.days) == 1
             else f"every day {control.day} to {control.days[-1]}")
-    return (f"grant {control.grant_id}: {control.user_id}'s daily budget raised by {amounts} "
-            f"{days}; the worker applies it in order with their events and clears the "
-            "cutoff when they are under the raised budget")
+    return (f"grant {control.grant_id} sent: {control.user_id}'s daily budget to be raised by "
+            f"{amounts} {days}, in order with their events, clearing the cutoff when they "
+            f"are under the raised budget; {ONCE}")

@@ -275,7 +275,7 @@ function grantUser(user, tokens, out) {
 async function sendUser(user, action, body, out) {
   try {
     const [r, answer] = await post(`/api/users/${encodeURIComponent(user)}/${action}`, body);
-    say(out, r.ok ? "sent: " + answer.message + (answer.warning ? ` (note: ${answer.warning})` : "")
+    say(out, r.ok ? answer.message + (answer.warning ? ` (note: ${answer.warning})` : "")
       : `${user}: ${action} refused (${r.status}): ${answer.error}`, r.ok);
   } catch (e) {
     say(out, user + ": " + e.message, false);

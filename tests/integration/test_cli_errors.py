@@ -85,3 +85,16 @@ def test_a_dashboard_port_in_use_says_so_and_how_to_pick_another(tmp_path):
     assert out.returncode == 2 and len(lines) == 1, lines
     assert lines[0].startswith(f"spendstream: error: port {port} on 127.0.0.1 is in use")
     assert f"--port {port + 1}" in lines[0]
+
+
+def test_a_grant_kafka_did_not_take_names_the_id_to_send_again(tmp_path):
+    import re
+
+    out = cli("grant", "acct-7", "--usd", "1",
+              env={"SPENDSTREAM_KAFKA_URL": f"kafka://127.0.0.1:{free_port()}",
+                   "SPENDSTREAM_BUDGETS": str(tmp_path / "absent.yaml")})
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, lines
+    found = re.search(r"the grant ([0-9a-f]{32}) was not sent: .* send it again with the "
+                      r"same grant id \(--id ([0-9a-f]{32});", lines[0])
+    assert found and found[1] == found[2], lines[0]

@@ -83,6 +83,16 @@ def test_a_record_already_sent_with_more_places_is_still_read() -> None:
     assert got is not None and got.usd == Decimal("1e-12")
 
 
+def test_the_success_line_says_sent_and_that_an_id_is_applied_once() -> None:
+    line = describe(grant("acct-7", "2", grant_id="g-1", ts=TS))
+    assert line.startswith("grant g-1 sent: acct-7's daily budget to be raised by $2 today "
+                           "(2026-11-23)")
+    assert line.endswith("the worker applies each grant id once, so resending an id it "
+                         "applied before changes nothing (a new amount needs a new id)")
+    assert describe(unblock("acct-7", grant_id="u-1", ts=TS)).startswith(
+        "unblock u-1 sent for acct-7: ")
+
+
 def test_a_grant_in_a_unit_the_tier_has_no_budget_for_is_flagged() -> None:
     budgets = Budgets.model_validate({"users": {"default_tier": "free", "tiers": {
         "free": {"usd": 1}, "tok": {"tokens": 1000}}, "members": {"t": "tok"}}})
