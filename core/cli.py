@@ -217,19 +217,21 @@ examples:
   spendstream report --period 2026-11-01..2026-11-15 --format csv > spend.csv
   spendstream report --user acct-7 --format json
 """ + LEDGER_NOTE)
-    r.add_argument("--period", default="month", metavar="PERIOD",
+    r.add_argument("--period", metavar="PERIOD",
                    help="today, week (ISO, from Monday), month, or FROM..TO with both dates "
                    "included, e.g. 2026-11-01..2026-11-30 (default: month; UTC)")
     r.add_argument("--feature", help="only this feature")
     r.add_argument("--user", help="only this user id")
-    r.add_argument("--top", type=_top, default=20, metavar="N",
-                   help="rows in the top features and top users (default: %(default)s)")
-    r.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    r.add_argument("--top", type=_top, metavar="N",
+                   help="rows in the top features and top users (default: 20)")
+    r.add_argument("--format", choices=["table", "csv", "json"],
+                   help="default: table")
     r.add_argument("--digest", action="store_true",
                    help="print the weekly digest instead: per feature the last 7 days' spend, "
                    "month to date against the pro-rated budget (over / on track / under) and "
                    "the top movers; the worker posts the same text to Slack at "
-                   "SPENDSTREAM_DIGEST_AT (e.g. 'mon 09:00' UTC)")
+                   "SPENDSTREAM_DIGEST_AT (e.g. 'mon 09:00' UTC). Always the 7 days before "
+                   "now, as text: it takes no other option")
 
     q = sub.add_parser(
         "sql", help="run one read-only SQL query against the ledger",
@@ -755,16 +757,24 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.digest:
         from spendstream.dashboard.digest import build, render
+
+        given = [f"--{name}" for name in ("period", "format", "feature", "user", "top")
+                 if getattr(args, name) is not None]
+        if given:
+            raise ConfigError(f"report --digest takes no {', '.join(given)}: the digest is "
+                              "always the 7 days before now, as text (what the worker posts "
+                              f"to Slack); drop {' and '.join(given)}, or drop --digest for "
+                              "the report")
         from spendstream.domain.budgets import load_budgets
 
         budgets = load_budgets(settings.budgets)
         with connect(_database_url(settings), read_only=True) as conn:
             print(render(build(conn, budgets, datetime.now(UTC))))
         return 0
-    start, end = parse_period(args.period, datetime.now(UTC))
+    start, end = parse_period(args.period or "month", datetime.now(UTC))
     with connect(_database_url(settings), read_only=True) as conn:
-        result = report(conn, Filters(start, end, args.feature, args.user), args.top)
-    print(render_report(result, args.format))
+        result = report(conn, Filters(start, end, args.feature, args.user), args.top or 20)
+    print(render_report(result, args.format or "table"))
     return 0
 
 

@@ -127,12 +127,19 @@ def build(conn: psycopg.Connection[tuple[Any, ...]], budgets: Budgets, now: date
 
 
 def _usd(value: Decimal) -> str:
-    return "$" + (money(value.quantize(Decimal("0.01"))) or "0")
+    """Cents, or two significant digits below a cent: a feature that spent $0.000018 is
+    not a feature that spent nothing."""
+    cents = value.quantize(Decimal("0.01"))
+    if cents or not value:
+        return "$" + (money(cents) or "0")
+    return "$" + (money(value.quantize(Decimal(1).scaleb(value.adjusted() - 1))) or "0")
 
 
 def _percent(rate: Decimal) -> str:
-    # Rounded down: 19.6% must not read as the 20% it is flagged for being under.
-    return f"{(rate * 100).to_integral_value(ROUND_FLOOR)}%"
+    """One decimal (84.6%), rounded down: 19.96% must not read as the 20% it is flagged
+    for being under; a whole number drops its ``.0``."""
+    text = f"{(rate * 100).quantize(Decimal('0.1'), ROUND_FLOOR):f}"
+    return f"{text.removesuffix('.0')}%"
 
 
 def _change(now: Decimal, before: Decimal) -> str:

@@ -93,3 +93,13 @@ def test_init_into_a_missing_directory_says_so(tmp_path: Path,
                     f"{target.parent} does not exist; create it first or give a path in an "
                     "existing one")
     assert not target.parent.exists()
+
+
+@pytest.mark.parametrize(("extra", "named"), [
+    (["--format", "json"], "--format"), (["--period", "today"], "--period"),
+    (["--top", "5", "--user", "u"], "--user, --top")])
+def test_report_digest_refuses_the_reports_options(
+        extra: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:
+    line = refused(["report", "--digest", *extra], capsys)
+    assert line.startswith(f"spendstream: error: report --digest takes no {named}: the "
+                           "digest is always the 7 days before now, as text")

@@ -91,6 +91,28 @@ def test_caching_not_helping_under_20_percent(calls, hits, flagged):
     assert line.caching_not_helping is flagged
 
 
+@pytest.mark.parametrize("calls,hits,shown", [
+    (13, 11, "84.6%"), (10000, 1996, "19.9%"), (5, 1, "20%"), (3, 3, "100%"), (7, 0, "0%")])
+def test_hit_rates_show_one_decimal_rounded_down(calls, hits, shown):
+    # 19.96% is flagged as under 20%, so it must not read as 20.0%.
+    zero = Decimal(0)
+    text = render(Digest(T, T, [FeatureLine("f", zero, zero, zero, None, None, calls, hits)],
+                         [], zero))
+    assert f"; cache hit rate {shown} ({hits} of {calls} calls)" in text
+
+
+@pytest.mark.parametrize("week,before,shown", [
+    ("0.000018", "0", "week $0.000018 (+$0.000018 (new)"),
+    ("0.0045678", "0.0045", "week $0.0046 (+$0.000068 (+2%)"),
+    ("0.004", "0.005", "week $0.004 (-$0.001 (-20%)"),
+    ("1.234", "1.234", "week $1.23 (+$0 (+0%)"),
+    ("0", "0", "week $0 (+$0 (new)")])
+def test_small_amounts_keep_two_significant_digits(week, before, shown):
+    zero = Decimal(0)
+    line = FeatureLine("f", Decimal(week), Decimal(before), zero, None, None)
+    assert f"- f: {shown} on the week before)" in render(Digest(T, T, [line], [], zero))
+
+
 def test_render_flags_features_whose_cache_is_not_helping():
     zero = Decimal(0)
     d = Digest(datetime(2026, 11, 23, 9, tzinfo=UTC), datetime(2026, 11, 30, 9, tzinfo=UTC),
@@ -99,9 +121,9 @@ def test_render_flags_features_whose_cache_is_not_helping():
                 FeatureLine("chat", zero, zero, zero, None, None, 50, None)], [], zero)
     text = render(d)
     assert "- faq: week $0 " in text and "; cache hit rate 55% (110 of 200 calls)" in text
-    assert "; cache hit rate 19% (199 of 1000 calls)" in text  # 19.9%: rounded down
+    assert "; cache hit rate 19.9% (199 of 1000 calls)" in text
     assert "caching not helping (cache hit rate under 20% this week" in text
     flagged = text.split("caching not helping")[1].split("\n\n")[0]
-    assert "- lookup: 19% of 1000 calls answered from the cache" in flagged
+    assert "- lookup: 19.9% of 1000 calls answered from the cache" in flagged
     assert "faq" not in flagged and "chat" not in flagged
     assert "cache hit rate" not in text.split("- chat:")[1].splitlines()[0]
