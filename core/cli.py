@@ -44,11 +44,27 @@ Start here:
   spendstream sql "SELECT..." read-only SQL over the ledger's cost_logs
   spendstream dashboard       the spend dashboard and its HTTP API (port 8642)
 
-Settings come from environment variables (SPENDSTREAM_KAFKA_URL, SPENDSTREAM_REDIS_URL,
-SPENDSTREAM_BUDGETS, SPENDSTREAM_TOPIC, SPENDSTREAM_REDIS_PREFIX, SLACK_WEBHOOK_URL,
-SLACK_BOT_TOKEN, SLACK_CHANNEL, SLACK_API_URL, SPENDSTREAM_DATABASE_URL,
-SPENDSTREAM_DASHBOARD_TOKEN) or a file given with --settings.
+Settings come from environment variables or a KEY=value file given with --settings.
+The main ones:
+{settings}
+Slack: SLACK_WEBHOOK_URL, or SLACK_BOT_TOKEN with SLACK_CHANNEL. The dashboard's write
+actions: SPENDSTREAM_DASHBOARD_TOKEN. Every setting, with its default: docs/contract.md
+(#settings).
 """
+
+SETTINGS = """\
+  SPENDSTREAM_KAFKA_URL          broker(s) (default: kafka://localhost:9092)
+  SPENDSTREAM_REDIS_URL          flag store (default: redis://localhost:6379/0)
+  SPENDSTREAM_BUDGETS            budgets file (default: ./budgets.yaml)
+  SPENDSTREAM_DATABASE_URL       postgresql://...: turns the spend ledger on
+  SPENDSTREAM_APP_ID             names the consumer group and internal topics
+                                 (default: spendstream)
+  SPENDSTREAM_METRICS_PORT       the worker's /metrics and /healthz (default: 9464;
+                                 0: off)
+  SPENDSTREAM_GROUP_INSTANCE_ID  a stable name per worker replica (static membership): a
+                                 restarted worker takes its partitions back at once
+"""
+"""The settings a deployment sets first; docs/contract.md lists every one."""
 
 T = TypeVar("T")
 
@@ -66,7 +82,8 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="spendstream", description=DESCRIPTION,
+    p = argparse.ArgumentParser(prog="spendstream",
+                                description=DESCRIPTION.replace("{settings}", SETTINGS),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", type=Path, metavar="FILE",
                    help="a KEY=value env file read before the environment (e.g. .env)")
@@ -74,9 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     w = sub.add_parser("worker", help="run the stream workers against the configured Kafka/Redis",
-                       description="Run both stream stages until SIGINT/SIGTERM. Start more "
-                       "workers with the same settings to scale out: they share one consumer "
-                       "group and split the partitions.")
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Run both stream stages until SIGINT/SIGTERM. Start "
+                       "more workers with the same settings\nto scale out: they share one "
+                       "consumer group and split the partitions.\n\nSettings (environment "
+                       "variables, or a file given with --settings):\n" + SETTINGS +
+                       "Slack: SLACK_WEBHOOK_URL, or SLACK_BOT_TOKEN with SLACK_CHANNEL.\n"
+                       "Every setting, with its default: docs/contract.md (#settings).")
     w.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     w.add_argument("--no-ledger", action="store_true",
@@ -137,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
         "dashboard", help="the spend dashboard and its HTTP API",
         description="Serve the dashboard page and its HTTP API (OpenAPI at /api/openapi.json): "
         "spend from the ledger (SPENDSTREAM_DATABASE_URL), flags and live spend from Redis, "
-        "alerts from the alert topic. Write actions (the kill switch) need "
+        "alerts from the alert topic. Write actions (the kill switch: disable and enable a "
+        "feature; per user: grant more budget today and unblock) need "
         "SPENDSTREAM_DASHBOARD_TOKEN, given as a bearer token; without it the page is "
         "read-only. See docs/dashboard.md.")
     db.add_argument("--host", default="127.0.0.1",
