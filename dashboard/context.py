@@ -76,9 +76,26 @@ async def redis_call(awaitable: Awaitable[Any]) -> Any:
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn :class:`ApiError` into ``{"error": message}`` with its status."""
+    """Turn :class:`ApiError` into ``{"error": message}`` with its status, and so aiohttp's
+    own errors under ``/api/`` (an unknown route, a method a route does not take): an API
+    client parses every answer as JSON."""
     try:
         return await handler(request)
     except ApiError as e:
         headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
         return web.json_response({"error": str(e)}, status=e.status, headers=headers)
+    except web.HTTPException as e:
+        if e.status < 400 or not request.path.startswith("/api/"):
+            raise
+        allow = e.headers.get("Allow")
+        return web.json_response({"error": _http_error(request, e.status, e.reason, allow)},
+                                 status=e.status, headers={"Allow": allow} if allow else None)
+
+
+def _http_error(request: web.Request, status: int, reason: str, allow: str | None) -> str:
+    if status == 405:
+        return (f"{request.method} is not allowed on {request.path}; use "
+                f"{allow or 'another method'} (see /api/openapi.json)")
+    if status == 404:
+        return f"no API route {request.path}; the routes are in /api/openapi.json"
+    return f"{reason} ({request.method} {request.path})"
