@@ -578,15 +578,29 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     b = load_budgets(path)
     print(f"{path}: valid")
     for name, tier in b.users.tiers.items():
-        print(f"  user tier {name}: usd {tier.usd} tokens {tier.tokens} per UTC day")
+        print(f"  user tier {name}: {_limit(tier.usd, tier.tokens)} per UTC day")
     for name, f in b.features.items():
-        print(f"  feature {name}: usd {f.usd} tokens {f.tokens} per {f.period}"
+        print(f"  feature {name}: {_limit(f.usd, f.tokens)} per {f.period}"
               f"{' (hard cutoff)' if f.cutoff else ''}")
     g = b.global_
-    print(f"  global: hourly alert {g.hourly_usd_alert}, daily cap {g.daily_usd}, "
-          f"tokens/minute {g.tokens_per_minute}")
+    print(f"  global: hourly alert {_usd(g.hourly_usd_alert) or 'none'}, daily cap "
+          f"{_usd(g.daily_usd) or 'none'}, tokens/minute {g.tokens_per_minute or 'no limit'}")
     print(f"  price overrides: {', '.join(b.prices) or 'none'}")
     return 0
+
+
+def _usd(value: Decimal | None) -> str | None:
+    """Money as the budgets file gives it, in plain notation: ``$0.50``, ``$100``."""
+    return None if value is None else f"${value:f}"
+
+
+def _limit(usd: Decimal | None, tokens: int | None) -> str:
+    """``$1 and 20000 tokens``, ``$1 (no token budget)``, ``20000 tokens (no USD budget)``."""
+    if usd is not None and tokens is not None:
+        return f"{_usd(usd)} and {tokens} tokens"
+    if usd is not None:
+        return f"{_usd(usd)} (no token budget)"
+    return f"{tokens} tokens (no USD budget)"
 
 
 def _flags(args: argparse.Namespace, settings: Settings) -> int:

@@ -103,3 +103,18 @@ def test_report_digest_refuses_the_reports_options(
     line = refused(["report", "--digest", *extra], capsys)
     assert line.startswith(f"spendstream: error: report --digest takes no {named}: the "
                            "digest is always the 7 days before now, as text")
+
+
+def test_check_prints_money_and_missing_budgets_in_words(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "b.yaml"
+    path.write_text("users: {tiers: {free: {usd: 1}, pro: {tokens: 5000, usd: 2.25}}}\n"
+                    "features: {s: {tokens: 1000, period: day}}\n"
+                    "global: {hourly_usd_alert: 0.000001}\n")
+    assert main(["check", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "  user tier free: $1 (no token budget) per UTC day",
+        "  user tier pro: $2.25 and 5000 tokens per UTC day",
+        "  feature s: 1000 tokens (no USD budget) per day",
+        "  global: hourly alert $0.000001, daily cap none, tokens/minute no limit",
+        "  price overrides: none"]
