@@ -785,6 +785,14 @@ def _database_url(settings: Settings) -> str | None:
 def _report(args: argparse.Namespace, settings: Settings) -> int:
     from spendstream.extras import require
 
+    given = [f"--{name}" for name in ("period", "format", "feature", "user", "top")
+             if getattr(args, name) is not None]
+    if args.digest and given:
+        raise ConfigError(f"report --digest takes no {', '.join(given)}: the digest is "
+                          "always the 7 days before now, as text (what the worker posts "
+                          f"to Slack); drop {' and '.join(given)}, or drop --digest for "
+                          "the report")
+
     require("worker", "report")  # psycopg
     from datetime import UTC, datetime
 
@@ -793,14 +801,6 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.digest:
         from spendstream.dashboard.digest import build, render
-
-        given = [f"--{name}" for name in ("period", "format", "feature", "user", "top")
-                 if getattr(args, name) is not None]
-        if given:
-            raise ConfigError(f"report --digest takes no {', '.join(given)}: the digest is "
-                              "always the 7 days before now, as text (what the worker posts "
-                              f"to Slack); drop {' and '.join(given)}, or drop --digest for "
-                              "the report")
         from spendstream.domain.budgets import load_budgets
 
         budgets = load_budgets(settings.budgets)
