@@ -119,6 +119,25 @@ def test_sql_reads_and_refuses_writes(database_url):
     assert typo.returncode == 2 and 'column "nope" does not exist' in typo.stderr
 
 
+def test_sql_cannot_reach_files_programs_or_keep_anything(database_url, tmp_path):
+    # The machine's PostgreSQL lets its `postgres` superuser do all of this in a READ ONLY
+    # transaction; `spendstream sql` runs as the ledger's read-only role and rolls back.
+    write(database_url, rows_at("2026-11-23T10:00:00Z", 1))
+    marker = tmp_path / "ran"
+    for query in (f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'",
+                  "SELECT length(pg_read_file('/etc/passwd'))",
+                  "SELECT pg_ls_dir('.')"):
+        out = cli(database_url, "sql", query)
+        assert out.returncode == 2 and "refused" in out.stderr, (query, out.stdout, out.stderr)
+    assert not marker.exists()
+    before = one(database_url, "SELECT count(*) FROM pg_largeobject_metadata")[0]
+    made = cli(database_url, "sql", "SELECT lo_from_bytea(0, 'x') > 0 AS made")
+    assert made.returncode == 0, made.stderr  # allowed, but not kept
+    assert one(database_url, "SELECT count(*) FROM pg_largeobject_metadata")[0] == before
+    grants = cli(database_url, "sql", "SELECT count(*) AS n FROM grants", "--format", "csv")
+    assert grants.returncode == 0 and grants.stdout.splitlines() == ["n", "0"], grants.stderr
+
+
 def test_commands_without_a_database_say_how_to_get_one():
     for args in (["report"], ["sql", "SELECT 1"], ["ledger", "prune", "--before", "2026-01-01"],
                  ["ledger", "run"]):
