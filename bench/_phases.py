@@ -85,11 +85,15 @@ class Run:
 
     def worker(self, name: str, phase: Phase, partitions: int, budgets: Path) -> Child:
         """Start one worker for ``phase``; several in one phase share a consumer group."""
-        return start_worker(self.children, name, worker_env(
+        env = worker_env(
             kafka_url=self.broker.url, redis_url=phase.redis_url, budgets=budgets,
             topic=phase.topic, prefix=phase.prefix, partitions=partitions,
             app_id=phase.app_id, state_dir=self.workdir / f"state-{name}",
-            database_url=self.args.ledger_url if self.args.ledger_in_worker else None))
+            database_url=self.args.ledger_url if self.args.ledger_in_worker else None)
+        for setting in self.args.worker_env:  # --worker-env NAME=VALUE, to try a setting
+            key, _, value = setting.partition("=")
+            env[key] = value
+        return start_worker(self.children, name, env)
 
     def close(self) -> None:
         """Close the Redis clients."""

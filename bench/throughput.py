@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--single", action="store_true",
                    help="publish one event per record (the classic form) instead of the SDK "
                         "emitter's packed records")
+    p.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting for every worker, e.g. SPENDSTREAM_FLUSH_INTERVAL=0.1 "
+                        "(repeatable; recorded with the figures)")
     p.add_argument("--quick", action="store_true", help="small sizes, nothing recorded")
     p.add_argument("--no-record", action="store_true", help="do not append to results.jsonl")
     p.add_argument("--ledger-url", metavar="URL",
@@ -158,7 +161,7 @@ def _parameters(args: argparse.Namespace, elapsed: float) -> dict[str, Any]:
     return {"mode": args.mode, "events": args.events, "users": args.users,
             "memory_users": args.memory_users, "latency_rate": args.latency_rate,
             "latency_seconds": args.latency_seconds, "probes": args.probes,
-            "minutes": round(elapsed / 60, 1)}
+            "worker_env": args.worker_env, "minutes": round(elapsed / 60, 1)}
 
 
 if __name__ == "__main__":

@@ -818,12 +818,16 @@ def _sql(args: argparse.Namespace, settings: Settings) -> int:
     from spendstream.extras import require
 
     require("worker", "sql")  # psycopg
-    from spendstream.ledger.queries import connect, run
+    from spendstream.ledger.queries import connect, read_as_reader, run
     from spendstream.ledger.report import render_result
 
     with connect(_database_url(settings), read_only=True) as conn:
-        conn.execute(f"SET statement_timeout = {int(args.timeout * 1000)}")
-        result = run(conn, args.query)
+        try:
+            read_as_reader(conn)
+            conn.execute(f"SET LOCAL statement_timeout = {int(args.timeout * 1000)}")
+            result = run(conn, args.query)
+        finally:
+            conn.rollback()  # nothing a query did is kept (large objects, sequences...)
     print(render_result(result, args.format))
     return 0
 

@@ -64,6 +64,29 @@ def connect(url: str | None, read_only: bool = False, timeout: float = 5.0
     return conn
 
 
+def read_as_reader(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+    """Take the ledger's read-only role for the rest of the transaction (``spendstream
+    sql``): SELECT on the ledger and nothing else, whoever connected. Without that role, a
+    superuser is refused (it could read files or run programs from SQL); another user runs
+    with its own rights, in a READ ONLY transaction that is always rolled back."""
+    import psycopg
+
+    from spendstream.ledger.schema import READER
+
+    try:
+        conn.execute(f"SET LOCAL ROLE {READER}")
+        return
+    except psycopg.Error:
+        conn.rollback()
+    row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    if row is not None and row[0]:
+        raise QueryError(
+            f"refused: the ledger's read-only role {READER} is missing here, and "
+            "SPENDSTREAM_DATABASE_URL connects as a superuser, who could read files or run "
+            "programs from SQL; start the worker once with the ledger (it creates the role), "
+            "or connect as a user that can only read the ledger")
+
+
 @dataclass(frozen=True)
 class Result:
     """Column names and rows of one query."""
@@ -90,6 +113,10 @@ def run(conn: psycopg.Connection[tuple[Any, ...]], query: str,
         conn.rollback()
         raise QueryError(f"refused: this runs in a READ ONLY transaction ({e.diag.message_primary}"
                          "); `spendstream sql` only reads the ledger") from e
+    except psycopg.errors.InsufficientPrivilege as e:
+        conn.rollback()
+        raise QueryError(f"refused: {e.diag.message_primary} (`spendstream sql` may read "
+                         "the ledger's tables and nothing else)") from e
     except psycopg.errors.UndefinedTable as e:
         conn.rollback()
         if ledger_exists(conn):  # a typo in the query: PostgreSQL's own words say it

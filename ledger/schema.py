@@ -8,7 +8,8 @@ call is made (a producer retry or a Kafka redelivery carries the same ``ts``), s
 copy of an event has the same ``date`` and lands in the same partition, where the key
 catches it.
 
-``grants`` holds every grant and unblock once (keyed by ``grant_id``).
+``grants`` holds every grant and unblock once (keyed by ``(user_id, grant_id)``, the
+identity the worker deduplicates them by).
 
 ``spend_hourly`` is the rollup by (hour, user, feature, model) that month-level
 questions read (calls, tokens, cost, unpriced calls, response-cache hits and what they
@@ -25,7 +26,10 @@ TABLE = "spend_ledger"
 ROLLUP = "spend_hourly"
 VIEW = "cost_logs"
 GRANTS = "grants"
-"""One row per grant or unblock (``spendstream grant`` / ``unblock``), keyed by its id."""
+"""One row per grant or unblock (``spendstream grant`` / ``unblock``), keyed by (user, id)
+as the worker deduplicates them."""
+READER = "spendstream_reader"
+"""The role ``spendstream sql`` takes for its query: SELECT on the ledger, nothing else."""
 
 PRICE_SOURCES = ("event", "table", "override", "failed", "unpriced")
 """Where a row's cost came from: the producer's ``cost_usd``, genai-prices' table, the
@@ -74,7 +78,7 @@ CREATE TABLE IF NOT EXISTS {ROLLUP} (
 CREATE INDEX IF NOT EXISTS {ROLLUP}_user ON {ROLLUP} (user_id, hour);
 
 CREATE TABLE IF NOT EXISTS {GRANTS} (
-    grant_id text PRIMARY KEY,
+    grant_id text NOT NULL,
     kind text NOT NULL CHECK (kind IN ('grant', 'unblock')),
     ts timestamptz NOT NULL,
     date date NOT NULL,
@@ -83,7 +87,8 @@ CREATE TABLE IF NOT EXISTS {GRANTS} (
     usd numeric,
     tokens bigint,
     reason text NOT NULL DEFAULT '',
-    granted_by text NOT NULL DEFAULT ''
+    granted_by text NOT NULL DEFAULT '',
+    PRIMARY KEY (user_id, grant_id)
 );
 CREATE INDEX IF NOT EXISTS {GRANTS}_ts ON {GRANTS} (ts);
 
@@ -106,6 +111,12 @@ DO $$ BEGIN
               FROM {TABLE} WHERE cache_hit GROUP BY 1, 2, 3, 4) r
         WHERE (h.hour, h.user_id, h.feature, h.model) = (r.hour, r.user_id, r.feature, r.model);
     END IF;
+    -- grants were first keyed by grant_id alone; the worker keys them per user.
+    IF (SELECT array_length(conkey, 1) FROM pg_constraint
+        WHERE conrelid = '{GRANTS}'::regclass AND contype = 'p') = 1 THEN
+        ALTER TABLE {GRANTS} DROP CONSTRAINT {GRANTS}_pkey,
+                             ADD PRIMARY KEY (user_id, grant_id);
+    END IF;
 END $$;
 
 CREATE OR REPLACE VIEW {VIEW} AS
@@ -113,6 +124,22 @@ SELECT event_id, ts, date, user_id, feature, model, provider, input_tokens, outp
        cached_input_tokens, cache_write_input_tokens, status, finish_reason, tier,
        estimated, cache_hit, cost_usd, price_source, saved_usd
 FROM {TABLE};
+
+-- The role `spendstream sql` runs its queries as: it may read the ledger and nothing else
+-- (no files, no programs, whoever the connecting user is). Made where the writer's user may
+-- make roles; elsewhere `sql` runs with the connecting user's own rights.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{READER}') THEN
+        CREATE ROLE {READER} NOLOGIN;
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO {READER}', current_schema());
+    GRANT SELECT ON {TABLE}, {ROLLUP}, {GRANTS}, {VIEW} TO {READER};
+    IF pg_has_role(current_user, '{READER}', 'MEMBER') IS NOT TRUE THEN
+        EXECUTE format('GRANT {READER} TO %I', current_user);
+    END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'spendstream: no role {READER} (the ledger user may not create roles)';
+END $$;
 """
 """Idempotent: run at every start of a writer (``IF NOT EXISTS``, ``CREATE OR REPLACE``)."""
 

@@ -132,7 +132,7 @@ class LedgerWriter:
         return int(result[0]) if result else 0
 
     async def write_grants(self, rows: Sequence[GrantRow]) -> int:
-        """Store grants once each (by ``grant_id``); return how many were new."""
+        """Store grants once each (by user and ``grant_id``); return how many were new."""
         if not rows:
             return 0
         cols = ", ".join(GRANT_COLUMNS)
@@ -141,7 +141,7 @@ class LedgerWriter:
         async with self.conn.transaction(), self.conn.cursor() as cur:
             for row in rows:
                 await cur.execute(f"INSERT INTO {GRANTS} ({cols}) VALUES ({marks}) "
-                                  "ON CONFLICT (grant_id) DO NOTHING", row)
+                                  "ON CONFLICT (user_id, grant_id) DO NOTHING", row)
                 new += cur.rowcount
         return new
 

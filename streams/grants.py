@@ -70,7 +70,11 @@ def apply_control(stage: UserStage, partition: int, control: Control, now: datet
     totals = stage._load(partition, f"u|{user}|{day.key}", day)  # judged at the batch's end
     before = raised(base, Decimal(held["usd"]), held["tok"])
     if control.control == "unblock":
-        usd, tokens = unblock_amount(totals, before)
+        usd, tokens = unblock_amount(totals, base, before)
+        if not usd and not tokens:  # not cut off (or unblocked already): nothing to clear
+            log.info("unblock %s of user %r: not cut off, nothing to do", control.grant_id,
+                     user)
+            return False
     else:
         usd, tokens = control.usd or Decimal(0), control.tokens or 0
     for d in control.days:

@@ -20,13 +20,18 @@ def raised(limit: Limit | None, usd: Decimal, tokens: int) -> Limit | None:
                  tokens=None if limit.tokens is None else limit.tokens + tokens)
 
 
-def unblock_amount(totals: Totals, limit: Limit | None) -> tuple[Decimal, int]:
-    """An unblock's grant: what the user has spent in each unit their limit counts, so
-    they have their whole daily budget again."""
-    if limit is None:
+def unblock_amount(totals: Totals, tier: Limit | None, current: Limit | None
+                   ) -> tuple[Decimal, int]:
+    """An unblock's grant: for a user cut off now, what gives them their tier's whole daily
+    budget left again (spent + the tier's budget - today's budget, in each unit the tier
+    limits); for anyone else nothing, so a second unblock (a double click) grants nothing."""
+    if tier is None or current is None or totals.level < Level.CUTOFF:
         return Decimal(0), 0
-    return (totals.usd if limit.usd is not None else Decimal(0),
-            totals.tokens if limit.tokens is not None else 0)
+    usd = (max(totals.usd + tier.usd - current.usd, Decimal(0))
+           if tier.usd is not None and current.usd is not None else Decimal(0))
+    tokens = (max(totals.tokens + tier.tokens - current.tokens, 0)
+              if tier.tokens is not None and current.tokens is not None else 0)
+    return usd, tokens
 
 
 def level_after(totals: Totals, limit: Limit | None, ladder: Ladder) -> Level:

@@ -250,13 +250,13 @@ def test_grant_and_unblock_from_the_page(browser, dashboards, running):  # noqa:
         _shot(page, "dashboard-grant")
 
         # Past the raised budget: cut off again, then unblocked from the flags table; the
-        # worker grants today's $0.21, so $0.41 with $0.2 left.
+        # worker grants what gives the tier's whole $0.10 back: $0.31 with $0.1 left.
         _spend(running, user, 3, "0.03")
         page.click(f'{flag} button[data-action="unblock"]', timeout=60_000)
         page.wait_for_function("document.querySelector('#flags-result').innerText"
                                ".includes('unblock " + user + "')")
-        _wait_text(page, f'{row} td[data-col="budget"]', "$0.41")
-        _wait_text(page, f'{row} td[data-col="left"]', "$0.2")
+        _wait_text(page, f'{row} td[data-col="budget"]', "$0.31")
+        _wait_text(page, f'{row} td[data-col="left"]', "$0.1")
         wait_until(admitted, 30, f"{user} admitted after the unblock")
         page.wait_for_selector(flag, state="detached", timeout=30_000)
     finally:

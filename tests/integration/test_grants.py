@@ -160,19 +160,22 @@ def test_grant_and_unblock_through_the_cli(env: Env) -> None:
                       "the event after the restart", check=w.alive)
     assert live["budget_usd"] == "0.20" and live["remaining_usd"] == "0"
 
-    # Unblock: the worker grants what was spent today (0.23): budget 0.43, 0.20 left.
+    # Unblock: the tier's whole budget left again: 0.23 + 0.10 - 0.20 = 0.13 more, so
+    # budget 0.33 with 0.10 left.
     r = env.cli("unblock", "acct-g", "--id", "u-1", "--reason", "loop fixed")
     assert r.returncode == 0, r.stderr
-    live = wait_until(lambda: (v := env.live("acct-g")).get("budget_usd") == "0.43" and v,
+    live = wait_until(lambda: (v := env.live("acct-g")).get("budget_usd") == "0.33" and v,
                       60, "the unblock applied", check=w.alive)
-    assert live["remaining_usd"] == "0.20"
+    assert live["remaining_usd"] == "0.10"
     wait_until(lambda: env.keys.get(cutoff_user("acct-g")) is None, 30, "the cutoff cleared")
     assert env.admitted("acct-g")
     assert env.cli("unblock", "acct-g", "--id", "u-1").returncode == 0  # again: once
+    # A second unblock (a double click, a new id) of a user who is not cut off: nothing.
+    assert env.cli("unblock", "acct-g", "--id", "u-2").returncode == 0
     env.spend("acct-g", 1, "0.01")
     live = wait_until(lambda: (v := env.live("acct-g")).get("events") == 8 and v, 60,
                       "the event after the unblock", check=w.alive)
-    assert live["budget_usd"] == "0.43"
+    assert live["budget_usd"] == "0.33"
 
     # One alert per grant: exactly two of kind grant, in order.
     alerts = [orjson.loads(a.value) for a in env.stack.read(".alerts", 100, timeout=5)]
@@ -180,15 +183,16 @@ def test_grant_and_unblock_through_the_cli(env: Env) -> None:
     assert [(a["subject"], a["previous"], a["level"]) for a in grants] == [
         ("acct-g", "cutoff", "ok"), ("acct-g", "cutoff", "ok")], grants
     assert "g-1" in grants[0]["detail"] and "ticket 7" in grants[0]["detail"]
-    assert grants[1]["budget"] == "0.43"
+    assert grants[1]["budget"] == "0.33"
 
     # The ledger: one row per grant id, and the report's grants section.
     wait_until(lambda: ledger_rows(env.url) == env.published, 60, "every event in the ledger")
     rows = wait_until(lambda: len(r := env.sql(
-        "SELECT grant_id, kind, user_id, usd, reason FROM grants ORDER BY ts")) == 2 and r,
-        60, "two grants in the ledger")
+        "SELECT grant_id, kind, user_id, usd, reason FROM grants ORDER BY ts")) == 3 and r,
+        60, "the three requests in the ledger")
     assert rows == [("g-1", "grant", "acct-g", Decimal("0.10"), "ticket 7"),
-                    ("u-1", "unblock", "acct-g", None, "loop fixed")]
+                    ("u-1", "unblock", "acct-g", None, "loop fixed"),
+                    ("u-2", "unblock", "acct-g", None, "")]
     report = env.cli("report", "--period", "today")
     assert report.returncode == 0, report.stderr
     section = report.stdout.split("\ngrants\n", 1)[1]
@@ -259,7 +263,7 @@ async def test_grant_and_unblock_from_the_dashboard_api(env: Env) -> None:
                    check=env.worker.alive)
         r = await client.post("/api/users/acct-d/unblock", headers=auth, json={})
         assert r.status == 200, await r.text()
-        wait_until(lambda: env.live("acct-d").get("budget_usd") == "0.41", 60,
+        wait_until(lambda: env.live("acct-d").get("budget_usd") == "0.31", 60,
                    "the dashboard's unblock applied", check=env.worker.alive)
         wait_until(lambda: env.keys.get(cutoff_user("acct-d")) is None, 30, "cutoff cleared")
         assert env.admitted("acct-d")

@@ -23,6 +23,7 @@ from spendstream.domain.budgets import Price
 from spendstream.domain.pricing import Pricer
 from spendstream.ledger.queries import FOUR_QUERIES
 from spendstream.ledger.writer import LedgerWriter
+from tests.pg import create_database, drop_database
 
 pytestmark = [pytest.mark.integration]
 
@@ -120,16 +121,21 @@ def test_sql_reads_and_refuses_writes(database_url):
     assert typo.returncode == 2 and 'column "nope" does not exist' in typo.stderr
 
 
-def test_a_missing_table_is_postgresqls_message_unless_the_ledger_is_missing(database_url):
-    empty = cli(database_url, "sql", "SELECT * FROM cost_logs")
+def test_a_missing_table_is_postgresqls_message_unless_the_ledger_is_missing(
+        database_url, pg_admin_url, uid):
+    write(database_url, rows_at("2026-11-23T10:00:00Z", 1))  # also makes the reader role
+    typo = cli(database_url, "sql", "SELECT * FROM nosuch")
+    assert typo.returncode == 2
+    assert typo.stderr.strip() == 'spendstream: error: relation "nosuch" does not exist'
+    name = f"ss_empty_{uid}"
+    try:
+        empty = cli(create_database(pg_admin_url, name), "sql", "SELECT * FROM cost_logs")
+    finally:
+        drop_database(pg_admin_url, name)
     assert empty.returncode == 2
     assert empty.stderr.strip() == (
         'spendstream: error: relation "cost_logs" does not exist: no ledger in this database '
         "yet (the worker creates it when it starts with SPENDSTREAM_DATABASE_URL)")
-    write(database_url, rows_at("2026-11-23T10:00:00Z", 1))
-    typo = cli(database_url, "sql", "SELECT * FROM nosuch")
-    assert typo.returncode == 2
-    assert typo.stderr.strip() == 'spendstream: error: relation "nosuch" does not exist'
 
 
 def test_sql_prints_postgresql_values_not_python_reprs(database_url):
@@ -143,6 +149,25 @@ def test_sql_prints_postgresql_values_not_python_reprs(database_url):
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [{"d": {"a": 1}, "e": [1, 2], "f": "\\x78",
                                        "g": "1 day", "h": True}]
+
+
+def test_sql_cannot_reach_files_programs_or_keep_anything(database_url, tmp_path):
+    # The machine's PostgreSQL lets its `postgres` superuser do all of this in a READ ONLY
+    # transaction; `spendstream sql` runs as the ledger's read-only role and rolls back.
+    write(database_url, rows_at("2026-11-23T10:00:00Z", 1))
+    marker = tmp_path / "ran"
+    for query in (f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'",
+                  "SELECT length(pg_read_file('/etc/passwd'))",
+                  "SELECT pg_ls_dir('.')"):
+        out = cli(database_url, "sql", query)
+        assert out.returncode == 2 and "refused" in out.stderr, (query, out.stdout, out.stderr)
+    assert not marker.exists()
+    before = one(database_url, "SELECT count(*) FROM pg_largeobject_metadata")[0]
+    made = cli(database_url, "sql", "SELECT lo_from_bytea(0, 'x') > 0 AS made")
+    assert made.returncode == 0, made.stderr  # allowed, but not kept
+    assert one(database_url, "SELECT count(*) FROM pg_largeobject_metadata")[0] == before
+    grants = cli(database_url, "sql", "SELECT count(*) AS n FROM grants", "--format", "csv")
+    assert grants.returncode == 0 and grants.stdout.splitlines() == ["n", "0"], grants.stderr
 
 
 def test_commands_without_a_database_say_how_to_get_one():

@@ -116,7 +116,16 @@ def test_a_grant_raises_only_the_units_a_tier_limits() -> None:
 def test_unblock_grants_what_was_spent_and_the_level_falls() -> None:
     spent = Totals(usd=Decimal("0.12"), tokens=900, level=Level.CUTOFF)
     limit = Limit(usd=Decimal("0.10"))
-    assert unblock_amount(spent, limit) == (Decimal("0.12"), 0)
+    assert unblock_amount(spent, limit, limit) == (Decimal("0.12"), 0)
+    # Unblocked once already (budget 0.22): not cut off any more, a second click grants 0.
+    again = Totals(usd=Decimal("0.12"), level=Level.OK)
+    assert unblock_amount(again, limit, raised(limit, Decimal("0.12"), 0)) == (Decimal(0), 0)
+    # Cut off again after a grant of 0.05 (0.16 of 0.15): back to 0.10 left.
+    cut = Totals(usd=Decimal("0.16"), level=Level.CUTOFF)
+    assert unblock_amount(cut, limit, raised(limit, Decimal("0.05"), 0)) == (Decimal("0.11"), 0)
+    both = Limit(usd=Decimal("1"), tokens=1000)
+    assert unblock_amount(Totals(usd=Decimal("0.5"), tokens=1200, level=Level.CUTOFF), both,
+                          both) == (Decimal("0.5"), 1200)
     ladder = Ladder(warn=Decimal("0.8"), cutoff=Decimal("1"), alert=None, escalate=None)
     assert level_after(spent, raised(limit, Decimal("0.12"), 0), ladder) == Level.OK
     assert level_after(spent, raised(limit, Decimal("0.03"), 0), ladder) == Level.WARN
