@@ -76,9 +76,10 @@ def describe(control: Control) -> str:
     """One line saying what was sent and what the worker will do with ``control``: sent,
     not applied (the worker ignores a grant id it applied before)."""
     if control.control == "unblock":
-        return (f"unblock {control.grant_id} sent for {control.user_id}: the worker grants "
-                f"what they have spent today ({control.day}), so their cutoff clears and "
-                f"they have their daily budget again; {ONCE}")
+        return (f"unblock {control.user_id} sent (grant id {control.grant_id}): if they are "
+                f"cut off now, the worker grants them their tier's whole daily budget again "
+                f"for today ({control.day}), so the cutoff clears (nothing for a user not cut "
+                f"off); {ONCE}")
     amounts = " and ".join(x for x in (f"${control.usd:f}" if control.usd else "",
                                        f"{control.tokens} tokens" if control.tokens else "")
                            if x)

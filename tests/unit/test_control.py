@@ -90,7 +90,7 @@ def test_the_success_line_says_sent_and_that_an_id_is_applied_once() -> None:
     assert line.endswith("the worker applies each grant id once, so resending an id it "
                          "applied before changes nothing (a new amount needs a new id)")
     assert describe(unblock("acct-7", grant_id="u-1", ts=TS)).startswith(
-        "unblock u-1 sent for acct-7: ")
+        "unblock acct-7 sent (grant id u-1): if they are cut off now")
 
 
 def test_a_grant_in_a_unit_the_tier_has_no_budget_for_is_flagged() -> None:
