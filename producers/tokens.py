@@ -61,10 +61,11 @@ _MAX_MODELS = 1024
 """Model names come from callers; bound the per-model cache so junk names cannot grow it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TokenCount:
     """A token count; ``exact`` is False when another tokenizer or the character estimate
-    stood in for the model's own, and ``encoding`` names what was used."""
+    stood in for the model's own, and ``encoding`` names what was used. (Not frozen: one is
+    made per guarded call, and a frozen dataclass costs several times more to build.)"""
 
     tokens: int
     exact: bool

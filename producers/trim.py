@@ -12,8 +12,7 @@ included), whose total is additive: 3 priming tokens plus each message's own cos
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from spendstream.errors import InputTooLong
 from spendstream.producers.tokens import TOKENS_REPLY_PRIMING, TokenCount, count_messages
@@ -23,9 +22,9 @@ Counter = Callable[[Sequence[Mapping[str, Any]], str], TokenCount]
 SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
-@dataclass(frozen=True, slots=True)
-class Fitted:
-    """The messages to send, their token count, and whether anything was cut."""
+class Fitted(NamedTuple):
+    """The messages to send, their token count, and whether anything was cut (a tuple: one
+    is made per guarded call)."""
 
     messages: list[dict[str, Any]]
     tokens: int
