@@ -57,3 +57,13 @@ def test_the_guides_example_runs(redis_url: str, uid: str) -> None:
     assert all(a.startswith("(gpt-4o-mini") for a in answers[:19])
     assert answers[19].startswith("Too many requests: try again at ")
     assert guard._reserver is not None and guard._reserver.global_budget == Decimal(100)
+
+
+def test_the_readmes_budgets_file_has_the_cache_the_reservations_and_the_limits() -> None:
+    readme = block_under(ROOT / "README.md", "## At the call site", lang="yaml")
+    b = parse_budgets(yaml.safe_load(readme))
+    free = b.users.tiers["free"]
+    assert free.limits is not None and (free.limits.rpm, free.limits.tpm) == (30, 20000)
+    assert b.features["chat"].limits is not None and b.features["chat"].limits.rpm == 20
+    assert b.features["faq"].cache is not None and b.features["faq"].cache.ttl == 3600
+    assert b.reservations is not None and b.reservations.ttl == 600
