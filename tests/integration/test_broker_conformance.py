@@ -141,6 +141,7 @@ asyncio.run(main(*sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # about a minute: two joins of the embedded broker's group
 def test_a_static_member_killed_and_restarted_gets_its_partitions_before_its_session_ends(
         broker, uid, tmp_path):
     """``SPENDSTREAM_GROUP_INSTANCE_ID``: a restarted worker is the same member, so the

@@ -39,7 +39,8 @@ def batch(n: int, users: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
-@pytest.mark.parametrize("membership", ["dynamic", "static"])
+@pytest.mark.parametrize("membership", [
+    "dynamic", pytest.param("static", marks=pytest.mark.slow)])  # static: ~100 s under load
 def test_sigkill_and_restart_counts_every_event_exactly_once(broker, redis_server, uid,
                                                              tmp_path, membership):
     budgets = tmp_path / "budgets.yaml"
