@@ -69,8 +69,11 @@ def test_metrics_and_health_of_a_counting_worker(broker, redis_server, uid, tmp_
         asyncio.run(send_in_order(broker.bootstrap, topic, messages))
 
         def counted() -> str | None:
+            # The batch's timing is observed when the batch ends, after its events count.
             text = scrape(port)[1]
-            return text if metric(text, "spendstream_events_counted_total") == 17 else None
+            done = (metric(text, "spendstream_events_counted_total") == 17
+                    and (metric(text, "spendstream_batch_seconds_count") or 0) >= 1)
+            return text if done else None
 
         text = wait_until(counted, 60, "17 events in /metrics", check=worker.alive)
         assert metric(text, "spendstream_duplicates_total") == 1
