@@ -202,9 +202,9 @@ def _grant_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     u = sub.add_parser(
         "unblock", help="clear one user's cutoff: their daily budget again, for today",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Clear USER's cutoff for today (UTC): the worker grants what the user\n"
-        "has spent today, in order with their events, so the cutoff clears and they\n"
-        "have their tier's daily budget again; past it they are cut off again.\n\n"
+        description="Clear USER's cutoff for today (UTC): if they are cut off, the worker\n"
+        "grants, in order with their events, what gives them their tier's whole daily\n"
+        "budget again; past it they are cut off again. A user not cut off gets nothing.\n\n"
         "  spendstream unblock acct-7 --reason 'cut off by a retry loop we fixed'\n"
         + GRANT_NOTE)
     u.add_argument("user", help="the user id, as the app sends it in usage events")
@@ -708,7 +708,6 @@ def _grant(args: argparse.Namespace, settings: Settings) -> int:
     import logging
 
     from spendstream.contract import control
-    from spendstream.errors import ConfigError
     from spendstream.grant import describe, send_control
     from spendstream.kafka_auth import kafka_client_kwargs
 

@@ -90,7 +90,7 @@ async def grant(request: web.Request) -> web.Response:
 
 
 async def unblock(request: web.Request) -> web.Response:
-    """Unblock: clear a user's cutoff today (the worker grants what they have spent today).
+    """Unblock: clear a user's cutoff today (the worker grants their daily budget back).
 
     Body ``{"reason": "...", "grant_id": "..."}`` (both optional).
     """

@@ -103,7 +103,7 @@ def apply_control(stage: UserStage, partition: int, control: Control, now: datet
             stage.flags.set(keys.warn_user(user),
                             flag_payload("user", user, reason, level, m.spent, m.budget,
                                          m.unit, day), day.end_epoch)
-    what = (f"${usd}" if usd else "") + (" and " if usd and tokens else "") + (
+    what = (f"${usd:f}" if usd else "") + (" and " if usd and tokens else "") + (
         f"{tokens} tokens" if tokens else "")
     detail = (f"{control.control} {control.grant_id}: +{what or 'nothing'} on "
               f"{len(control.days)} day(s) through {control.days[-1]}"

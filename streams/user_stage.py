@@ -115,11 +115,7 @@ class UserStage(Stage):
             counters.unpriced += 1
         if prefix is LATE:
             counters.late += 1
-        key = f"{prefix}{user}|{day.key}"
-        totals = self._dirty.get((partition, key))
-        if totals is None:
-            totals = self._load(partition, key, day)
-        totals.add(c)
+        self._fold(partition, f"{prefix}{user}|{day.key}", day, c)
         # Every other window (and the calls and cache hits per feature) is summed per
         # minute of the batch first: a batch then costs a few hundred window updates
         # instead of six per event.

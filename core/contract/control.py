@@ -50,9 +50,10 @@ class Control(BaseModel):
     """One grant (``control: "grant"``) or unblock (``control: "unblock"``) of one user.
 
     A grant raises the user's daily budget by ``usd`` and/or ``tokens`` on every UTC day
-    from the day of ``ts`` through ``until`` (default: that day only). An unblock gives the
-    user their daily budget again on the day of ``ts``: the worker grants what they have
-    spent that day, so the amount is decided in order with their events.
+    from the day of ``ts`` through ``until`` (default: that day only). An unblock clears a
+    cutoff on the day of ``ts``: for a user cut off then, the worker grants what gives them
+    their tier's whole daily budget back (nothing otherwise), so the amount is decided in
+    order with their events.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
@@ -115,8 +116,8 @@ class Control(BaseModel):
             raise ValueError("a grant needs usd, tokens or both")
         if self.control == "unblock" and (self.usd is not None or self.tokens is not None
                                           or self.until is not None):
-            raise ValueError("an unblock takes no usd, tokens or until: the worker grants "
-                             "what the user has spent today")
+            raise ValueError("an unblock takes no usd, tokens or until: the worker works out "
+                             "what gives a cut-off user their daily budget back")
         if self.until is not None:
             if self.until < self.day:
                 raise ValueError(f"until ({self.until}) is before the grant's day ({self.day})")

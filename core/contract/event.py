@@ -249,9 +249,6 @@ def decode_event(raw: bytes | None, horizon: Horizon | None = None,
         repeated = _repeated_keys(raw)
         if repeated and repeated[0]:
             raise MalformedEvent(_repeated_reason(repeated[0]))
-    fast = _fast_many([data], raw, origin) if type(data) is dict else None
-    if fast is not None and (horizon is None or fast[0].ts <= horizon.latest):
-        return fast[0]
     return _validate(data, horizon, origin and (origin, None))
 
 
