@@ -1,4 +1,4 @@
-"""The faust application: two agents over the usage and rollup topics, and the sinks.
+"""The faust application: two batch loops over the usage and rollup topics, and the sinks.
 
 Wiring only: the logic lives in ``stages.py`` over ports; here faust tables become
 :class:`StateStore` s, Redis becomes the flag store and Slack the alert notifier.
@@ -6,9 +6,10 @@ Wiring only: the logic lives in ``stages.py`` over ports; here faust tables beco
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -25,7 +26,7 @@ from spendstream.domain.pricing import Pricer
 from spendstream.kafka_auth import kafka_client_kwargs
 from spendstream.settings import Settings
 from spendstream.streams.batches import Record, RollupBatches, UserBatches, recover
-from spendstream.streams.consumer import WorkerApp
+from spendstream.streams.consumer import BatchFeed, Chunk, WorkerApp
 from spendstream.streams.flags import RedisFlagSink
 from spendstream.streams.memory import trim as trim_memory
 from spendstream.streams.observe import BatchTimer, Health, ObservabilityServer, Sources
@@ -37,7 +38,10 @@ from spendstream.streams.user_stage import UserStage
 log = logging.getLogger("spendstream.worker")
 
 BATCH = 2000
-"""Kafka records per batch (a packed record holds up to 500 events from the SDK)."""
+"""Kafka records per batch at most (a packed record holds up to 500 events from the SDK):
+a batch is whatever was fetched since the last one began, never waited for."""
+FEED_BYTES = 16 * 1024 * 1024
+"""Fetched bytes a topic's feed holds before fetching waits for the worker."""
 SWEEP_EVERY = 300.0
 
 
@@ -88,9 +92,40 @@ def _log_table(app: faust.App, name: str, partitions: int, state_factory: Any,
     return table.bind(state_factory(table), source_topic)
 
 
-def records(events: Iterable[faust.types.EventT[bytes]]) -> list[Record]:
-    """A faust batch as :class:`Record` s (each keeps its event, for the DLQ)."""
-    return [Record(ev.message.partition, ev.message.offset, ev.value, ev) for ev in events]
+def records(chunks: Iterable[Chunk]) -> list[Record]:
+    """A feed's batch as :class:`Record` s (each keeps its Kafka record, for the DLQ)."""
+    return [Record(r.partition, r.offset, r.value, r) for _, recs in chunks for r in recs]
+
+
+async def run_feed(app: WorkerApp, feed: BatchFeed,
+                   count: Callable[[list[Record], datetime], Awaitable[None]],
+                   timer: BatchTimer | None = None) -> None:
+    """Count the feed's batches for good: each is marked counted (committable) only once
+    ``count`` returned. A batch that raises (a lost broker, a bug) is retried, never
+    skipped, with the error logged: its records are neither counted twice nor committed
+    unseen (dedup absorbs what a retry folds again)."""
+    while True:
+        chunks = await feed.take(BATCH)
+        batch = records(chunks)
+        failures = 0
+        try:
+            while True:
+                started = time.perf_counter()
+                try:
+                    await count(batch, utcnow())
+                    break
+                except Exception:
+                    failures += 1
+                    log.exception("could not count a batch of %d record(s) of %s (attempt "
+                                  "%d); trying again", len(batch), feed.topic, failures)
+                    await asyncio.sleep(min(5.0, 0.25 * 2 ** failures))
+        except BaseException:
+            feed.abandon()
+            raise
+        feed.finished(chunks)
+        app.consumer.note_progress(tp for tp, _ in chunks)  # type: ignore[attr-defined]
+        if timer is not None:
+            timer.observe(time.perf_counter() - started)
 
 
 def utcnow() -> datetime:
@@ -98,19 +133,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def consumer_lag(app: faust.App, topic: str) -> dict[int, int]:
+def consumer_lag(app: WorkerApp, topic: str) -> dict[int, int]:
     """Records of ``topic`` behind each assigned partition's high watermark (as the last
     fetch response reported it) that the worker has not read yet."""
     consumer = app.consumer
+    read = app.feeds[topic].read
     lag: dict[int, int] = {}
     for tp in consumer.assignment():
         if tp.topic != topic:
             continue
         high = consumer.highwater(tp)
-        # faust: the last offset handed to the agent (not on its ConsumerT interface)
-        read = consumer._read_offset.get(tp)  # type: ignore[attr-defined]
+        last = read.get(tp)
         if high is not None:
-            lag[tp.partition] = max(0, high - (read + 1 if read is not None else 0))
+            lag[tp.partition] = max(0, high - (last + 1 if last is not None else 0))
     return lag
 
 
@@ -156,9 +191,6 @@ def _worker_app(settings: Settings, partitions: int, **faust_options: Any) -> Wo
         broker_heartbeat_interval=1.0,
         producer_acks=-1,
         table_standby_replicas=0,
-        # Room for several take_events batches per partition, so fetching never waits on
-        # the agent (measured: +15% on a bare agent against faust's default of 4096).
-        stream_buffer_maxsize=4 * BATCH,
         # Kafka's default message.max.bytes: a message the broker accepted (up to 1 MiB)
         # must fit the DLQ unchanged (faust's default is 1,000,000 bytes).
         producer_max_request_size=1_048_576 + 1024,
@@ -182,6 +214,7 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                       partitions=n)
     rollup = app.topic(settings.rollup_topic, key_serializer="raw", value_serializer="raw",
                        partitions=n_rollup)
+    usage_feed, rollup_feed = app.feed(usage, FEED_BYTES), app.feed(rollup, FEED_BYTES)
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
     alert_topic = app.topic(settings.alert_topic, key_serializer="raw", value_serializer="raw")
     horizon = float(settings.dedup_seconds)
@@ -259,14 +292,13 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
         """The original key and bytes to the DLQ, with why and where they came from (a bad
         element of a packed record goes alone, its good neighbours are counted)."""
         counters.dead_letters += 1
-        ev: faust.types.EventT[bytes] = record.source
-        m = ev.message
+        m = record.source  # the Kafka record (aiokafka's ConsumerRecord)
         source = f"{m.topic}/{m.partition}/{m.offset}"
         try:
-            await dlq.send(key=ev.key, value=ev.value if element is None else element, headers={
+            await dlq.send(key=m.key, value=m.value if element is None else element, headers={
                 "x-spendstream-reason": reason.encode(),
                 "x-spendstream-source": source.encode()})
-        except Exception:  # the agent must go on counting: the message stays in its topic
+        except Exception:  # the loop must go on counting: the message stays in its topic
             log.exception("could not dead-letter %s (%s); it is still at that offset",
                           source, reason)
 
@@ -284,21 +316,13 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
                                max_future_seconds=settings.max_future_seconds, route=route)
     rollup_batches = RollupBatches(features, dead_letter, flags.kick)
 
-    @app.agent(usage, name="users")
-    async def user_agent(stream: faust.StreamT[bytes]) -> None:
-        # take_events exists on faust's Stream but is missing from its StreamT interface.
-        async for events in stream.take_events(  # type: ignore[attr-defined]
-                BATCH, within=settings.flush_interval):
-            started = time.perf_counter()
-            await user_batches.process(records(events), utcnow())
-            batches.observe(time.perf_counter() - started)
+    @app.task  # type: ignore[untyped-decorator]
+    async def count_users() -> None:
+        await run_feed(app, usage_feed, user_batches.process, batches)
 
-    @app.agent(rollup, name="rollup")
-    async def rollup_agent(stream: faust.StreamT[bytes]) -> None:
-        # take_events exists on faust's Stream but is missing from its StreamT interface.
-        async for events in stream.take_events(  # type: ignore[attr-defined]
-                BATCH, within=settings.flush_interval):
-            await rollup_batches.process(records(events), utcnow())
+    @app.task  # type: ignore[untyped-decorator]
+    async def count_rollups() -> None:
+        await run_feed(app, rollup_feed, rollup_batches.process)
 
     @app.timer(settings.status_interval)  # type: ignore[untyped-decorator]
     async def status() -> None:

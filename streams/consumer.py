@@ -36,16 +36,35 @@ producer (the changelog) before it commits; the agent never lets one event fail 
    median delivery at 1500 ms, 9 ms at 100 ms. A cutoff flag that waits for a fetch is a
    user billed for longer, so the worker asks for :data:`FETCH_MAX_WAIT_MS`.
 
+5. *Whole fetches, not records, for the worker's own topics.* faust delivers a fetch one
+   record at a time: a ``Message`` and an ``Event`` each, a queue put and get, a sensor
+   call and an ack, in two tasks per record. That was two thirds of the worker's CPU
+   (issue 11), and ``take_events`` then waited its window out after every batch. The
+   usage and rollup topics are instead diverted where faust's fetch returns
+   (:meth:`_Consumer._getmany`) into a :class:`BatchFeed` each, and the worker's loops
+   take a whole fetch (or as many as are waiting) at once. faust keeps everything else:
+   membership, table recovery and changelogs, timers, the producer, and the commit, which
+   still flushes the producer (changelog, rollup messages, dead letters) before it
+   commits. A feed reports what was counted (:meth:`BatchFeed.finished`); faust commits
+   exactly that through :meth:`_Consumer._new_offset`. Before partitions are revoked and
+   before the consumer stops, queued records are dropped (they are not committed, so they
+   are fetched again) and the batch in hand is finished, then faust commits
+   (:meth:`_Consumer.wait_empty`).
+
 Upstream changes that would remove 1 to 3: faust passing a copy of its active set (or
 aiokafka treating an empty set as "nothing"), aiokafka's ``seek_to_committed``
 resetting partitions that have no committed offset; for 3, a broker that answers
-ListOffsets(latest) with the high watermark, as Apache Kafka does.
+ListOffsets(latest) with the high watermark, as Apache Kafka does. For 5: an agent
+option that hands a stream whole fetches and takes one ack per partition and offset range
+(faust's ``Stream.take_events`` still builds and acks every record's event).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from time import monotonic
 from typing import Any, cast
 
 import aiokafka
@@ -125,13 +144,184 @@ async def fetched_highwaters(probe: aiokafka.AIOKafkaConsumer, listed: Mapping[T
     return {tp: max(listed[tp], probe.highwater(ktp)) for tp, ktp in tps.items()}
 
 
+Chunk = tuple[TP, list[Any]]
+"""One partition's records from one fetch (aiokafka ``ConsumerRecord`` s, in offset order)."""
+
+
+class BatchFeed:
+    """The fetched records of one topic, waiting for the loop that counts them.
+
+    :meth:`put` takes one partition's records of a fetch (it waits while :attr:`limit`
+    bytes are queued: the fetch waits with it); :meth:`take` hands the loop everything
+    queued (at least one fetch, up to about ``most`` records) and :meth:`finished` marks it
+    counted, which is what the consumer commits. :meth:`settle` drops what is queued and
+    waits for the batch in hand: before a rebalance or a stop, so no record is counted
+    after its partition is gone, and nothing queued is committed.
+    """
+
+    def __init__(self, topic: str, limit: int) -> None:
+        self.topic = topic
+        self.limit = limit
+        self.counted: dict[TP, int] = {}
+        """Per partition, the offset after the last record counted (what may be committed)."""
+        self.read: dict[TP, int] = {}
+        """Per partition, the offset of the last record queued."""
+        self._chunks: deque[Chunk] = deque()
+        self._size = 0
+        self._epoch = 0
+        self._more = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def queued(self) -> int:
+        """Bytes waiting to be taken (values, and a little per record)."""
+        return self._size
+
+    @staticmethod
+    def weight(records: list[Any]) -> int:
+        """What ``records`` count against :attr:`limit`."""
+        return sum(len(r.value) if r.value else 0 for r in records) + 64 * len(records)
+
+    async def put(self, tp: TP, records: list[Any]) -> None:
+        """Queue one partition's records (in offset order); dropped if :meth:`settle` runs
+        while this waits for room."""
+        epoch = self._epoch
+        while self._size >= self.limit:
+            self._room.clear()
+            await self._room.wait()
+            if epoch != self._epoch:
+                return
+        self._chunks.append((tp, records))
+        self._size += self.weight(records)
+        self.read[tp] = records[-1].offset
+        self._more.set()
+
+    async def take(self, most: int) -> list[Chunk]:
+        """Everything queued, at least one chunk and whole chunks up to ``most`` records;
+        waits for a first one. The caller must call :meth:`finished` with it, or
+        :meth:`abandon`."""
+        while not self._chunks:
+            self._more.clear()
+            await self._more.wait()
+        taken: list[Chunk] = []
+        n = 0
+        while self._chunks and (not taken or n + len(self._chunks[0][1]) <= most):
+            chunk = self._chunks.popleft()
+            taken.append(chunk)
+            n += len(chunk[1])
+            self._size -= self.weight(chunk[1])
+        self._room.set()
+        self._idle.clear()
+        return taken
+
+    def finished(self, chunks: Iterable[Chunk]) -> None:
+        """The chunks :meth:`take` gave are counted: their offsets may be committed."""
+        counted = self.counted
+        for tp, records in chunks:
+            end = records[-1].offset + 1
+            if end > counted.get(tp, -1):
+                counted[tp] = end
+        self._idle.set()
+
+    def abandon(self) -> None:
+        """The batch in hand was not counted (the loop stops): nothing of it is committed."""
+        self._idle.set()
+
+    async def settle(self) -> None:
+        """Drop what is queued; wait until the batch in hand is finished or abandoned."""
+        self._epoch += 1
+        self._chunks.clear()
+        self._size = 0
+        self._room.set()
+        await self._idle.wait()
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        """Partitions gone (revoked): nothing more to commit or report for them."""
+        for tp in tps:
+            self.counted.pop(tp, None)
+            self.read.pop(tp, None)
+
+
 class _Consumer(faust_aiokafka.Consumer):
+    @property
+    def feeds(self) -> dict[str, BatchFeed]:
+        """Topic name to its feed (:attr:`WorkerApp.feeds`): records of these topics never
+        reach faust's streams."""
+        return cast(dict[str, BatchFeed], getattr(self.app, "feeds", {}))
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float
+                       ) -> Mapping[TP, list[Any]]:
+        """faust's fetch, with the records of fed topics moved to their feeds."""
+        generation = self.app.consumer_generation_id
+        records = await super()._getmany(active_partitions, timeout)
+        feeds = self.feeds
+        if not feeds or not records or not any(tp.topic in feeds for tp in records):
+            return records
+        # Records fetched across a rebalance are dropped, as faust drops its own: the
+        # rebalance seeks every partition back to its committed offset.
+        current = (self.flow_active and not self.should_stop
+                   and self.app.consumer_generation_id == generation)
+        rest: dict[TP, list[Any]] = {}
+        for tp, recs in records.items():
+            feed = feeds.get(tp.topic)
+            if feed is None:
+                rest[tp] = recs
+            elif current and recs and (active_partitions is None or tp in active_partitions):
+                await feed.put(tp, recs)
+        return rest
+
+    def note_progress(self, tps: Iterable[TP]) -> None:
+        """Tell faust's monitor these partitions are moving (its livelock check)."""
+        now = monotonic()
+        inbound = self.app.monitor.stream_inbound_time
+        for tp in tps:
+            inbound[tp] = now
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
+        yield from super()._filter_tps_with_pending_acks(topics)
+        for feed in self.feeds.values():
+            for tp in feed.counted:
+                if topics is None or tp in topics or tp.topic in topics:
+                    yield tp
+
+    def _new_offset(self, tp: TP) -> int | None:
+        feed = self.feeds.get(tp.topic)
+        if feed is None:
+            return super()._new_offset(tp)
+        return feed.counted.get(tp)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        await super().on_partitions_revoked(revoked)  # waits (wait_empty) and commits
+        for feed in self.feeds.values():
+            feed.forget(revoked)
+
+    async def wait_empty(self) -> None:
+        """Finish the feeds' batches in hand and drop what is queued, then faust's own wait,
+        which commits: before a rebalance (faust has stopped the flow) and before a stop."""
+        for feed in self.feeds.values():
+            await feed.settle()
+        await super().wait_empty()
 
 
 class WorkerApp(faust.App):
     """A faust app whose Kafka consumer fetches and seeks as the module docstring says."""
+
+    feeds: dict[str, BatchFeed]
+    """The topics whose records go to a :class:`BatchFeed` instead of faust's streams."""
+
+    def feed(self, topic: faust.types.TopicT, limit: int) -> BatchFeed:
+        """Subscribe to ``topic`` and queue its fetched records in a new feed."""
+        self.topics.add(topic)
+        feeds = self.__dict__.setdefault("feeds", {})
+        (name,) = topic.topics
+        feeds[name] = feed = BatchFeed(name, limit)
+        return feed
 
     def _new_transport(self) -> TransportT:
         transport = super()._new_transport()
