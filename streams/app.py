@@ -26,7 +26,7 @@ from spendstream.domain.pricing import Pricer
 from spendstream.kafka_auth import kafka_client_kwargs
 from spendstream.settings import Settings
 from spendstream.streams.batches import Record, RollupBatches, UserBatches, recover
-from spendstream.streams.consumer import BatchFeed, Chunk, WorkerApp
+from spendstream.streams.consumer import BatchFeed, Chunk, PreviousMember, WorkerApp
 from spendstream.streams.flags import RedisFlagSink
 from spendstream.streams.memory import trim as trim_memory
 from spendstream.streams.observe import BatchTimer, Health, ObservabilityServer, Sources
@@ -210,6 +210,7 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
     n = counts.get(settings.topic) or settings.partitions
     n_rollup = counts.get(settings.rollup_topic) or n
     app = _worker_app(settings, n, **faust_options)
+    app.previous_member = PreviousMember(settings.state_dir / f"{settings.app_id}.member.json")
     usage = app.topic(settings.topic, key_serializer="raw", value_serializer="raw",
                       partitions=n)
     rollup = app.topic(settings.rollup_topic, key_serializer="raw", value_serializer="raw",

@@ -180,3 +180,80 @@ def test_a_static_member_killed_and_restarted_gets_its_partitions_before_its_ses
     finally:
         again.kill()
         again.wait()
+
+
+DYNAMIC_MEMBER = """\
+import asyncio, sys
+from aiokafka import AIOKafkaConsumer
+
+async def main(bootstrap, topic, group):
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
+                         session_timeout_ms=60000, heartbeat_interval_ms=1000)
+    await c.start()
+    while not c.assignment():
+        await c.getmany(timeout_ms=100)
+    print("assigned", c._coordinator.member_id, flush=True)
+    while True:
+        await c.getmany(timeout_ms=500)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def test_leave_group_for_a_killed_member_frees_its_partitions_before_its_session_ends(
+        broker, uid, tmp_path):
+    """What a restarted worker does with the member id its killed predecessor left
+    (``streams/consumer.py``, 6): LeaveGroup on that id succeeds once, and the next member
+    is assigned without waiting out the dead one's session (60 s here; the wait below is
+    far shorter, so a broker that ignored the LeaveGroup fails). The embedded broker
+    answers 0 for an unknown member too, so the worker cannot tell from the answer whether
+    the member was still there."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from aiokafka.client import AIOKafkaClient
+
+    from spendstream.streams.consumer import leave_group
+
+    topic, group = f"leave-{uid}", f"g-{uid}"
+    asyncio.run(ensure_topics(broker.bootstrap, [topic], 2))
+    script = tmp_path / "member.py"
+    script.write_text(DYNAMIC_MEMBER)
+    argv = [sys.executable, str(script), broker.bootstrap, topic, group]
+
+    def assigned(proc: subprocess.Popen[str], timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert proc.stdout is not None
+            if proc.poll() is not None:
+                return None
+            words = proc.stdout.readline().split()
+            if words[:1] == ["assigned"]:
+                return words[1]
+        return None
+
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        member = assigned(first, 60)
+        assert member
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+    async def leave() -> int:
+        client = AIOKafkaClient(bootstrap_servers=broker.bootstrap)
+        await client.bootstrap()
+        try:
+            return await leave_group(client, group, member)
+        finally:
+            await client.close()
+
+    assert asyncio.run(leave()) == 0
+    after = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert assigned(after, 40), "the new member waited for the dead one's session"
+    finally:
+        after.kill()
+        after.wait()

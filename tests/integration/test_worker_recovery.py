@@ -49,9 +49,9 @@ def test_sigkill_and_restart_counts_every_event_exactly_once(broker, redis_serve
     env = {"SPENDSTREAM_KAFKA_URL": broker.url, "SPENDSTREAM_REDIS_URL": redis_server.url,
            "SPENDSTREAM_BUDGETS": str(budgets), "SPENDSTREAM_TOPIC": topic,
            "SPENDSTREAM_REDIS_PREFIX": prefix, "SPENDSTREAM_APP_ID": f"app{uid}",
-           "SPENDSTREAM_PARTITIONS": "3",
-           # The dead member's partitions are held until its session expires (10 s default).
-           "SPENDSTREAM_SESSION_TIMEOUT": "3"}
+           "SPENDSTREAM_PARTITIONS": "3", "SPENDSTREAM_STATE_DIR": str(tmp_path / "state")}
+    # Default session (10 s): the restart sends LeaveGroup for the dead member it finds in
+    # the state directory, so the group does not wait for that session to end.
     if membership == "static":
         # A session far longer than the waits below: only static membership (the restart
         # is the same member) gives the partitions back in time.
@@ -83,6 +83,10 @@ def test_sigkill_and_restart_counts_every_event_exactly_once(broker, redis_serve
             r.get(prefix + spend_feature("chat")))["events"] >= 600, 30, "feature totals")
     finally:
         assert worker.stop() == 0, worker.output()
+    if membership == "dynamic":  # the killed worker's member left the group at the restart
+        out = worker.log.read_text(errors="replace")
+        assert "did not stop cleanly" in out, out
+        assert not list((tmp_path / "state").glob("*.member.json"))  # a clean stop leaves none
     g = global_day()
     assert g["events"] == 600 and Decimal(g["spent_usd"]) == Decimal("0.600")
     f = orjson.loads(r.get(prefix + spend_feature("chat")))
