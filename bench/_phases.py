@@ -33,8 +33,12 @@ from _watch import Check, settle_checks, wait_final
 from spendstream.embedded import EmbeddedBroker, EmbeddedRedis
 
 PER_WORKER_TARGET = 50_000
+"""Issue 11: events/s of one worker on packed records (the SDK's form)..."""
+PER_WORKER_TARGET_SINGLE = 25_000
+"""... and on one event per record (``--single``)."""
 CEILING_SHARE_TARGET = 0.25
-P99_TARGET = 1.0
+"""Or this share of the plain aiokafka consumer's rate on the same broker, in the same run."""
+P99_TARGET = 0.5
 BYTES_PER_USER_TARGET = 300
 FULL_MEMORY_USERS = 1_000_000
 MEMORY_USERS = 200_000
@@ -153,7 +157,7 @@ def measure_ceilings(run: Run, topic: str, partitions: int, n: int, faust: bool)
 
 def rate_figures(run: Run, key: str, label: str, rate: float, workers: int) -> None:
     """The worker rate and its ratio to each ceiling."""
-    target = PER_WORKER_TARGET * workers
+    target = (PER_WORKER_TARGET_SINGLE if run.args.single else PER_WORKER_TARGET) * workers
     run.figures.append(at_least(key, label, rate, f"{rate:,.0f} ev/s", target,
                                 f"{target:,} ev/s"))
     plain = run.ceilings["aiokafka"]
@@ -232,7 +236,7 @@ def latency_phase(run: Run, worker: Child, probes: list[str]) -> None:
                               _seconds(p50)))
     run.figures.append(below("flag_latency_p99_s", f"event-to-flag p99 {load} "
                              f"({len(result.latencies)} of {len(probes)} probes flagged)",
-                             p99, _seconds(p99), P99_TARGET, "1 s"))
+                             p99, _seconds(p99), P99_TARGET, "500 ms"))
     run.checks.append(Check("every latency probe cut off", result.missing == 0,
                             f"{len(result.latencies)} of {len(probes)} within 120 s"))
 
