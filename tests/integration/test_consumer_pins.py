@@ -126,3 +126,41 @@ async def test_seek_to_committed_leaves_uncommitted_partitions_and_ours_resets_t
         assert await c.position(ctp) == 5  # changelogs are positioned by table recovery
     finally:
         await c.stop()
+
+
+def test_faust_commits_through_the_hooks_the_batch_feeds_fill_and_waits_where_they_settle():
+    """``streams/consumer.py``, 5: the feeds' counted offsets reach faust's commit only
+    through ``_filter_tps_with_pending_acks`` and ``_new_offset``, the fetch through
+    ``_getmany``, and a rebalance or a stop finishes the batch in hand through
+    ``wait_empty``. If faust moves any of these, the feed must move with it."""
+    consumer = faust_consumer.Consumer
+    assert "self._getmany(" in _source(consumer._wait_next_records)
+    assert "await self._wait_next_records(timeout)" in _source(consumer.getmany)
+    assert "self._filter_tps_with_pending_acks(topics)" in _source(consumer.force_commit)
+    assert "self._filter_committable_offsets(tps)" in _source(consumer._commit_tps)
+    assert "offset = self._new_offset(tp)" in _source(consumer._filter_committable_offsets)
+    assert "await self.app.producer.flush()" in _source(consumer._commit_offsets)  # first
+    assert "await self.commit_and_end_transactions()" in _source(consumer.wait_empty) or (
+        "commit_and_end_transactions)()" in _source(consumer.wait_empty))
+    app_source = Path(inspect.getfile(faust_consumer)).parent.parent / "app" / "base.py"
+    text = app_source.read_text()
+    # revocation: flow stopped before the wait (no put after the feeds settle), the wait
+    # before the assignment's seek; a stop waits too
+    revoked = text[text.index("async def _on_partitions_revoked"):]
+    revoked = revoked[:revoked.index("async def _stop_fetcher")]
+    assert revoked.index("consumer.stop_flow") < revoked.index("_consumer_wait_empty")
+    assert "await consumer.wait_empty()" in text
+    stop = text[text.index("async def _stop_consumer"):text.index("def on_rebalance_start")]
+    assert "await self._consumer_wait_empty(consumer, self.log)" in stop
+    # the monitor's livelock check reads the inbound time the feeds' loops update
+    assert "stream_inbound_time" in _source(faust_aiokafka.AIOKafkaConsumerThread
+                                           .verify_event_path)
+
+
+def test_the_worker_app_routes_its_topics_to_feeds(tmp_path):
+    settings = Settings(_env_file=None, state_dir=tmp_path)  # type: ignore[call-arg]
+    app = build_app(settings, Budgets(), LogNotifier())
+    assert set(app.feeds) == {settings.topic, settings.rollup_topic}
+    assert not list(app.agents)  # nothing of theirs reaches a faust stream
+    names = {t for topic in app.topics for t in topic.topics}
+    assert {settings.topic, settings.rollup_topic} <= names  # still subscribed
