@@ -360,15 +360,16 @@ class _Consumer(faust_aiokafka.Consumer):
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float
                        ) -> Mapping[TP, list[Any]]:
         """faust's fetch, with the records of fed topics moved to their feeds."""
-        generation = self.app.consumer_generation_id
         records = await super()._getmany(active_partitions, timeout)
         feeds = self.feeds
         if not feeds or not records or not any(tp.topic in feeds for tp in records):
             return records
-        # Records fetched across a rebalance are dropped, as faust drops its own: the
-        # rebalance seeks every partition back to its committed offset.
-        current = (self.flow_active and not self.should_stop
-                   and self.app.consumer_generation_id == generation)
+        # aiokafka returns only records at each partition's current position, so what
+        # comes back is the next to count, whatever rebalanced meanwhile. A record is
+        # dropped only where faust drops its own and a seek to the committed offset
+        # follows: the flow stopped (a rebalance or a stop; faust's getmany then seeks at
+        # once) or its partition paused (recovery, which ends with that seek).
+        current = self.flow_active and not self.should_stop
         rest: dict[TP, list[Any]] = {}
         for tp, recs in records.items():
             feed = feeds.get(tp.topic)
