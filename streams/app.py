@@ -26,7 +26,13 @@ from spendstream.domain.pricing import Pricer
 from spendstream.kafka_auth import kafka_client_kwargs
 from spendstream.settings import Settings
 from spendstream.streams.batches import Record, RollupBatches, UserBatches, recover
-from spendstream.streams.consumer import BatchFeed, Chunk, PreviousMember, WorkerApp
+from spendstream.streams.consumer import (
+    BatchFeed,
+    Chunk,
+    PreviousMember,
+    TableManager,
+    WorkerApp,
+)
 from spendstream.streams.flags import RedisFlagSink
 from spendstream.streams.memory import trim as trim_memory
 from spendstream.streams.observe import BatchTimer, Health, ObservabilityServer, Sources
@@ -188,6 +194,7 @@ def _worker_app(settings: Settings, partitions: int, **faust_options: Any) -> Wo
         broker_session_timeout=settings.session_timeout,
         consumer_group_instance_id=settings.group_instance_id,
         datadir=str(settings.state_dir / "{conf.name}"),
+        TableManager=TableManager,
         broker_heartbeat_interval=1.0,
         producer_acks=-1,
         table_standby_replicas=0,

@@ -64,6 +64,12 @@ producer (the changelog) before it commits; the agent never lets one event fail 
    directory do not expel each other), and static membership
    (``SPENDSTREAM_GROUP_INSTANCE_ID``) needs none of it.
 
+7. *No second of sleep at start.* faust's ``TableManager.on_start`` sleeps 1 s before it
+   registers the tables' changelogs, so that tables declared while the app starts are
+   included; the worker declares all of its tables before it starts (``build_app``), so
+   :class:`TableManager` goes straight on, and every start and restart is a second
+   shorter.
+
 Upstream changes that would remove 1 to 3: faust passing a copy of its active set (or
 aiokafka treating an empty set as "nothing"), aiokafka's ``seek_to_committed``
 resetting partitions that have no committed offset; for 3, a broker that answers
@@ -89,6 +95,7 @@ import aiokafka
 import faust
 from aiokafka.client import ConnectionGroup, CoordinationType
 from aiokafka.protocol.group import LeaveGroupRequest
+from faust.tables.manager import TableManager as FaustTableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, TransportT
 
@@ -418,6 +425,15 @@ class _Consumer(faust_aiokafka.Consumer):
         for feed in self.feeds.values():
             await feed.settle()
         await super().wait_empty()
+
+
+class TableManager(FaustTableManager):
+    """faust's table manager without the 1 s sleep at start (module docstring, 7)."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
 
 class WorkerApp(faust.App):

@@ -163,3 +163,20 @@ def test_the_worker_app_routes_its_topics_to_feeds(tmp_path):
     assert not list(app.agents)  # nothing of theirs reaches a faust stream
     names = {t for topic in app.topics for t in topic.topics}
     assert {settings.topic, settings.rollup_topic} <= names  # still subscribed
+
+
+def test_faust_sleeps_a_second_before_registering_tables_and_the_worker_does_not(tmp_path):
+    """``streams/consumer.py``, 7: the worker's table manager skips faust's sleep and does
+    the rest of faust's ``on_start`` as it is."""
+    from faust.tables.manager import TableManager as FaustTableManager
+
+    from spendstream.streams.consumer import TableManager
+
+    faust_start = _source(FaustTableManager.on_start)
+    assert "await self.sleep(1.0)" in faust_start
+    ours = _source(TableManager.on_start)
+    for step in ("await self._update_channels()", "await self.recovery.start()"):
+        assert step in faust_start and step in ours
+    assert "sleep" not in ours
+    settings = Settings(_env_file=None, state_dir=tmp_path)  # type: ignore[call-arg]
+    assert isinstance(build_app(settings, Budgets(), LogNotifier()).tables, TableManager)
