@@ -1,14 +1,16 @@
-"""The worker's faust app class: faust's own, with its Kafka consumer bent in three places.
+"""The worker's faust app class: faust's own, with its consumer and table manager bent.
 
 Everything faust is bent for lives here, each piece pinned by a test of the faust or
-aiokafka behaviour it relies on (``tests/unit/test_worker_consumer.py``).
+aiokafka behaviour it relies on (``tests/integration/test_consumer_pins.py``; the broker's
+in ``tests/integration/test_broker_conformance.py``).
 
 **Invariant.** A source offset is committed (to Kafka by faust, or to the changelog with
 the state) only after every event before it was counted or dead-lettered; a restart
 resumes from the first uncounted event, whatever the broker answers for end offsets.
-faust acks a ``take_events`` batch after the agent's body is done with it and flushes the
-producer (the changelog) before it commits; the agent never lets one event fail a batch
-(``streams/app.py``). What faust does not give, this module adds:
+The worker's loops mark a batch counted only once they are done with it, and faust's
+commit flushes the producer (the changelog) before it commits what they marked (5); a
+loop never lets one event fail a batch (``streams/app.py``). What faust does not give,
+this module adds:
 
 1. *Never drain the usage partitions by accident.* faust hands aiokafka its live, mutable
    set of active partitions; table recovery empties that set in place while a fetch waits,
@@ -35,7 +37,6 @@ producer (the changelog) before it commits; the agent never lets one event fail 
    wait even while records arrive. Measured against it with a record every 100 ms: 415 ms
    median delivery at 1500 ms, 9 ms at 100 ms. A cutoff flag that waits for a fetch is a
    user billed for longer, so the worker asks for :data:`FETCH_MAX_WAIT_MS`.
-
 5. *Whole fetches, not records, for the worker's own topics.* faust delivers a fetch one
    record at a time: a ``Message`` and an ``Event`` each, a queue put and get, a sensor
    call and an ack, in two tasks per record. That was two thirds of the worker's CPU
@@ -50,7 +51,6 @@ producer (the changelog) before it commits; the agent never lets one event fail 
    before the consumer stops, queued records are dropped (they are not committed, so they
    are fetched again) and the batch in hand is finished, then faust commits
    (:meth:`_Consumer.wait_empty`).
-
 6. *A restart after a crash does not wait for its dead self.* A worker killed without
    leaving its group stays a member until its session times out; on the embedded broker a
    new member's join then completed with the dead one still in it, its sync waited for
@@ -63,19 +63,20 @@ producer (the changelog) before it commits; the agent never lets one event fail 
    by a process that is still running is never used (two workers started on one state
    directory do not expel each other), and static membership
    (``SPENDSTREAM_GROUP_INSTANCE_ID``) needs none of it.
-
 7. *No second of sleep at start.* faust's ``TableManager.on_start`` sleeps 1 s before it
    registers the tables' changelogs, so that tables declared while the app starts are
    included; the worker declares all of its tables before it starts (``build_app``), so
    :class:`TableManager` goes straight on, and every start and restart is a second
    shorter.
 
-Upstream changes that would remove 1 to 3: faust passing a copy of its active set (or
-aiokafka treating an empty set as "nothing"), aiokafka's ``seek_to_committed``
-resetting partitions that have no committed offset; for 3, a broker that answers
-ListOffsets(latest) with the high watermark, as Apache Kafka does. For 5: an agent
-option that hands a stream whole fetches and takes one ack per partition and offset range
-(faust's ``Stream.take_events`` still builds and acks every record's event).
+Upstream changes that would remove them: 1, faust passing a copy of its active set (or
+aiokafka treating an empty set as "nothing"); 2, aiokafka's ``seek_to_committed``
+resetting partitions that have no committed offset; 3, a broker that answers
+ListOffsets(latest) with the high watermark, as Apache Kafka does; 4, a faust setting for
+``fetch_max_wait_ms``; 5, an agent option that hands a stream whole fetches and takes one
+ack per partition and offset range (``Stream.take_events`` still builds and acks every
+record's event); 6, a broker that does not join a new member with a dead one (static
+membership avoids it too); 7, a faust setting to skip the sleep.
 """
 
 from __future__ import annotations
