@@ -36,8 +36,11 @@ POSITIONS = 1 << 16
 of a partial, increasing even between two commits inside one packed record."""
 COMMIT_BYTES = 512 * 1024
 """Bound of what one changelog record of the user stage may carry (estimated per event by
-:func:`changelog_weight`): a commit happens before it is reached, so every record stays
-within Kafka's default 1 MiB message limit whatever a batch holds."""
+:func:`changelog_weight`): a commit happens before any partition's record reaches it, so
+every record stays within Kafka's default 1 MiB message limit whatever a batch holds.
+Each partition logs its own record, so the bound is per partition: a batch over four
+partitions commits a quarter as often as a bound on their sum would (the per-user work
+of a commit, judging and logging each touched window, then covers more events)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +115,7 @@ class UserBatches:
             for p in {r.partition for r in records} & self.fresh:
                 self.users.resend(p)
                 self.fresh.discard(p)
-        weight = 0
+        weights: dict[int, int] = {}
         horizon = Horizon(now, self.max_future_seconds)
         for record in records:
             if record.value and MARKER in record.value and await self._control(record, now):
@@ -139,10 +142,12 @@ class UserBatches:
                     await self.dead_letter(record, f"could not count: {e!r}",
                                            packed_element(record.value, i))
                     continue
-                weight += changelog_weight(event)
+                weight = weights.get(record.partition, 0) + changelog_weight(event)
                 if weight >= COMMIT_BYTES:
                     await self.finish(now)
-                    weight = 0
+                    weights.clear()
+                else:
+                    weights[record.partition] = weight
         await self.finish(now)
 
     async def _control(self, record: Record, now: datetime) -> bool:

@@ -117,6 +117,22 @@ async def test_a_big_batch_commits_before_a_changelog_record_could_outgrow_kafka
     assert w.flags.keys[spend_feature("chat")]["events"] == 7
 
 
+async def test_the_commit_bound_is_per_partition_since_each_logs_its_own_record(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batches, "COMMIT_BYTES", 3 * batches.changelog_weight(event()))
+    w = Pipeline()
+    # two events in each of two partitions: neither record nears the bound, one commit
+    await w.users.process([Record(i % 2, i, event(f"u{i}").to_json()) for i in range(4)], NOW)
+    assert sorted(p for p, _, _ in w.changelog) == [0, 1]
+    # a third event in partition 0 reaches it: a commit before the batch ends
+    w.changelog.clear()
+    await w.users.process([Record(0, 10 + i, event(f"v{i}").to_json()) for i in range(4)],
+                          NOW)
+    assert [p for p, _, _ in w.changelog] == [0, 0]
+    await w.roll()
+    assert w.flags.keys[spend_feature("chat")]["events"] == 8
+
+
 async def test_a_malformed_rollup_message_goes_to_the_dlq_and_the_rest_is_judged() -> None:
     w = Pipeline()
     await w.users.process([Record(0, 0, event().to_json())], NOW)
