@@ -46,8 +46,9 @@ log = logging.getLogger("spendstream.worker")
 BATCH = 2000
 """Kafka records per batch at most (a packed record holds up to 500 events from the SDK):
 a batch is whatever was fetched since the last one began, never waited for."""
-FEED_BYTES = 16 * 1024 * 1024
-"""Fetched bytes a topic's feed holds before fetching waits for the worker."""
+FEED_BYTES = 8 * 1024 * 1024
+"""Fetched bytes a topic's feed holds before fetching waits for the worker: two fetches
+of 1 MiB from each of four partitions."""
 SWEEP_EVERY = 300.0
 
 

@@ -103,6 +103,9 @@ from faust.types import TP, TransportT
 log = logging.getLogger("spendstream.worker")
 
 FETCH_MAX_WAIT_MS = 100
+RECORD_OVERHEAD = 256
+"""What a fetched record costs in memory besides its value (aiokafka's ``ConsumerRecord``,
+its key and headers): with one event per record, about as much as the value itself."""
 PROBE_TIMEOUT = 30.0
 """Seconds the end-offset probe may take before recovery fails (and faust retries it)."""
 
@@ -287,13 +290,14 @@ class BatchFeed:
 
     @property
     def queued(self) -> int:
-        """Bytes waiting to be taken (values, and a little per record)."""
+        """Bytes waiting to be taken (values, and :data:`RECORD_OVERHEAD` per record)."""
         return self._size
 
     @staticmethod
     def weight(records: list[Any]) -> int:
         """What ``records`` count against :attr:`limit`."""
-        return sum(len(r.value) if r.value else 0 for r in records) + 64 * len(records)
+        return (sum(len(r.value) if r.value else 0 for r in records)
+                + RECORD_OVERHEAD * len(records))
 
     async def put(self, tp: TP, records: list[Any]) -> None:
         """Queue one partition's records (in offset order); dropped if :meth:`settle` runs
