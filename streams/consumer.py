@@ -59,7 +59,9 @@ this module adds:
    own join delay). The worker writes its member id to its state directory after each
    assignment (:class:`PreviousMember`) and removes it when it stops cleanly (aiokafka
    then leaves the group); on start, the consumer thread first sends LeaveGroup for a
-   member id it finds there, as the dead process would have on a clean stop. A file left
+   member id it finds there, as the dead process would have on a clean stop, if the group
+   is stable (:func:`remove_dead_member`: mid-rebalance that wedged the embedded broker's
+   group when the dead member was its elected leader). A file left
    by a process that is still running is never used (two workers started on one state
    directory do not expel each other), and static membership
    (``SPENDSTREAM_GROUP_INSTANCE_ID``) needs none of it.
@@ -95,6 +97,7 @@ from typing import Any, cast
 import aiokafka
 import faust
 from aiokafka.client import ConnectionGroup, CoordinationType
+from aiokafka.protocol.admin import DescribeGroupsRequest
 from aiokafka.protocol.group import LeaveGroupRequest
 from faust.tables.manager import TableManager as FaustTableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -156,11 +159,42 @@ def _running(pid: int) -> bool:
 
 async def leave_group(client: Any, group: str, member_id: str) -> int:
     """Send LeaveGroup for ``member_id`` to the group's coordinator; the error code
-    (0: it was a member and is gone; 25, unknown member: it had left already)."""
+    (0: it was a member and is gone; 25, unknown member: it had left already; the embedded
+    broker answers 0 to both)."""
     node = await client.coordinator_lookup(CoordinationType.GROUP, group)
     response = await client.send(node, LeaveGroupRequest(group, member_id),
                                  group=ConnectionGroup.COORDINATION)
     return int(response.error_code)
+
+
+async def group_state(client: Any, group: str) -> tuple[str, frozenset[str]]:
+    """The group's state (``Stable``, ``Empty``, ... as the coordinator names it) and its
+    members' ids, from DescribeGroups."""
+    node = await client.coordinator_lookup(CoordinationType.GROUP, group)
+    response = await client.send(node, DescribeGroupsRequest([group]),
+                                 group=ConnectionGroup.COORDINATION)
+    described = response.groups[0]
+    return str(described[2]), frozenset(str(m[0]) for m in described[5])
+
+
+async def remove_dead_member(client: Any, group: str, member_id: str) -> str:
+    """Send LeaveGroup for a dead process's member, but only while the group is stable
+    with that member in it; what was done, for the log.
+
+    Mid-rebalance the embedded broker must not get it: a member elected leader that died
+    before its SyncGroup and is then removed by LeaveGroup stays the leader the broker
+    names for good, and every other member's sync fails from then on (the group is
+    wedged; without the LeaveGroup the dead member's session ends and the group
+    recovers). ``bench/tansu_leader_leave.py`` shows both.
+    """
+    state, members = await group_state(client, group)
+    if member_id not in members:
+        return f"it is no longer in the group (state {state})"
+    if state != "Stable":
+        return (f"not removed: the group is rebalancing (state {state}), so it waits for "
+                "that member's session to time out")
+    code = await leave_group(client, group, member_id)
+    return f"removed it with LeaveGroup (answer {code})"
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -174,16 +208,14 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if stale is None:
             return
         try:
-            code = await asyncio.wait_for(
-                leave_group(self._ensure_consumer()._client, group, stale), 10.0)
+            done = await asyncio.wait_for(
+                remove_dead_member(self._ensure_consumer()._client, group, stale), 10.0)
         except Exception as e:  # only slower: the broker times the member out instead
             log.warning("could not remove the previous member %s from group %s (%r); "
                         "the group waits for its session to time out", stale, group, e)
         else:
             log.warning("the last worker on this state directory did not stop cleanly "
-                        "(killed?): sent LeaveGroup for its member %s of group %s (answer "
-                        "%d), so the group need not wait for its session to time out",
-                        stale, group, code)
+                        "(killed?); its member %s of group %s: %s", stale, group, done)
 
     async def on_thread_stop(self) -> None:
         await super().on_thread_stop()  # the consumer has left its group

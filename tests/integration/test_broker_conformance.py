@@ -203,7 +203,7 @@ asyncio.run(main(*sys.argv[1:]))
 def test_leave_group_for_a_killed_member_frees_its_partitions_before_its_session_ends(
         broker, uid, tmp_path):
     """What a restarted worker does with the member id its killed predecessor left
-    (``streams/consumer.py``, 6): LeaveGroup on that id succeeds once, and the next member
+    (``streams/consumer.py``, 6): in a stable group, LeaveGroup on that id, and the next member
     is assigned without waiting out the dead one's session (60 s here; the wait below is
     far shorter, so a broker that ignored the LeaveGroup fails). The embedded broker
     answers 0 for an unknown member too, so the worker cannot tell from the answer whether
@@ -215,7 +215,7 @@ def test_leave_group_for_a_killed_member_frees_its_partitions_before_its_session
 
     from aiokafka.client import AIOKafkaClient
 
-    from spendstream.streams.consumer import leave_group
+    from spendstream.streams.consumer import group_state, remove_dead_member
 
     topic, group = f"leave-{uid}", f"g-{uid}"
     asyncio.run(ensure_topics(broker.bootstrap, [topic], 2))
@@ -242,15 +242,20 @@ def test_leave_group_for_a_killed_member_frees_its_partitions_before_its_session
         first.send_signal(signal.SIGKILL)
         first.wait()
 
-    async def leave() -> int:
+    async def leave() -> tuple[str, frozenset[str], str]:
         client = AIOKafkaClient(bootstrap_servers=broker.bootstrap)
         await client.bootstrap()
         try:
-            return await leave_group(client, group, member)
+            state, members = await group_state(client, group)
+            return state, members, await remove_dead_member(client, group, member)
         finally:
             await client.close()
 
-    assert asyncio.run(leave()) == 0
+    state, members, done = asyncio.run(leave())
+    # a settled group names its state "Stable" and lists the dead member, so the worker
+    # removes it (mid-rebalance it would not: see remove_dead_member)
+    assert state == "Stable" and member in members, (state, members)
+    assert done.startswith("removed it with LeaveGroup (answer 0)"), done
     after = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         assert assigned(after, 40), "the new member waited for the dead one's session"
