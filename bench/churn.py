@@ -399,7 +399,7 @@ def scenario_leader(run: Run) -> None:
     delay = rng.uniform(args.every_min, args.every_max)
     time.sleep(delay)
     same = {"same": True, "new": False}.get(args.restart, rng.random() < 0.5)
-    run.result.actions.append(f"SIGKILL the leader {delay:.1f}s after the second joined; "
+    run.result.actions.append(f"SIGKILL the leader {delay:.1f}s after the second started; "
                               f"restart on {'the same' if same else 'a new'} state dir")
     log("  " + run.result.actions[-1])
     run.sigkill(a, sa)
