@@ -370,8 +370,13 @@ def scenario_join(run: Run) -> None:
     wait_events(run, rng.randint(500, 3000), 180, "the first counts")
     log(f"  second worker joins after {run.total_events()} counted")
     run.result.actions.append(f"join at {run.total_events()}")
-    run.start()
-    wait_events(run, run.total_events() + rng.randint(2000, 8000), 180, "counting after join")
+    b, _ = run.start()
+    deadline = time.monotonic() + 120
+    while not b.ready() and time.monotonic() < deadline:  # the rebalance is done
+        time.sleep(0.2)
+    log(f"  second worker ready after {run.total_events()} counted")
+    run.result.actions.append(f"second ready at {run.total_events()}")
+    time.sleep(rng.uniform(0, 3))
     log(f"  SIGTERM the first after {run.total_events()} counted")
     run.result.actions.append(f"SIGTERM first at {run.total_events()}")
     run.sigterm(a, sa)
