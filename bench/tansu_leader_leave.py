@@ -3,7 +3,7 @@ JoinGroup answer and its SyncGroup, and (optionally) another client sends LeaveG
 for it, as a spendstream worker restarted on the dead one's state directory does
 (``streams/consumer.py``, item 6). Does the surviving member ever get an assignment?
 
-    python bench/tansu_leader_leave.py [--no-leave] [--stable] [--wait 60]
+    python bench/tansu_leader_leave.py [--no-leave] [--stable] [--fresh] [--wait 60]
 
 ``--stable``: A dies after the generation synced (a leader of a settled group), instead.
 
@@ -96,7 +96,7 @@ def assign(members: list[str], topic: str) -> list[tuple[str, bytes]]:
             for i, m in enumerate(members)]
 
 
-async def main(leave: bool, wait: float, stable: bool) -> int:
+async def main(leave: bool, wait: float, stable: bool, fresh: bool = False) -> int:
     broker = EmbeddedBroker()
     broker.start()
     try:
@@ -156,6 +156,23 @@ async def main(leave: bool, wait: float, stable: bool) -> int:
             members = [m[0] for m in rb.members]
             code = await b.sync(assign(members, topic) if rb.leader_id == b.member_id else [])
         say(f"B never synced within {wait:.0f}s: the group is wedged")
+        if fresh:  # every member gone, then a new one: does the group come back?
+            lr = await b.send(LeaveGroupRequest(group, b.member_id))
+            say(f"B: LeaveGroup(B) -> error {lr.error_code}; a new member D joins")
+            d = Member("D", broker.bootstrap, group, topic)
+            await d.start()
+            try:
+                for _ in range(3):
+                    rd = await d.join()
+                    if rd.error_code == 0 and await d.sync(
+                            assign([m[0] for m in rd.members], topic)
+                            if rd.leader_id == d.member_id else []) == 0:
+                        say("D synced: the group came back once emptied")
+                        break
+                else:
+                    say("D never synced either")
+            finally:
+                await d.close()
         return 1
     finally:
         for m in (a, b):
@@ -168,6 +185,8 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--no-leave", action="store_true", help="no LeaveGroup: the session expires")
     p.add_argument("--stable", action="store_true", help="A dies after its SyncGroup")
+    p.add_argument("--fresh", action="store_true",
+                   help="after the wedge: B leaves, a new member D joins (does it recover?)")
     p.add_argument("--wait", type=float, default=60.0)
     args = p.parse_args()
-    sys.exit(asyncio.run(main(not args.no_leave, args.wait, args.stable)))
+    sys.exit(asyncio.run(main(not args.no_leave, args.wait, args.stable, args.fresh)))
