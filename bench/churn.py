@@ -10,7 +10,8 @@ Starts the embedded broker (Tansu) and Redis, a stack of its own per run (topic,
 prefix), and ``spendstream worker`` child processes (tests/fault/faultkit.py's ``Worker``).
 
 * ``churn``: ``--workers`` workers in one group on 6 partitions; a publisher sends events of
-  60 users at ``--rate`` events/s for ``--seconds``; meanwhile, every 3-8 s (random; --every-min/--every-max), one of:
+  60 users at ``--rate`` events/s for ``--seconds``; meanwhile, every 3-8 s (random;
+  ``--every-min``/``--every-max``), one of:
   SIGTERM a worker and start a new one (new state dir); SIGKILL one and restart it on the
   same state dir (the LeaveGroup path); SIGKILL one and start one on a new state dir.
 * ``shared``: two workers on ONE state directory; every 3-8 s one of them is SIGKILLed and
@@ -46,7 +47,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
