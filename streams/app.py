@@ -218,7 +218,9 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
     n = counts.get(settings.topic) or settings.partitions
     n_rollup = counts.get(settings.rollup_topic) or n
     app = _worker_app(settings, n, **faust_options)
-    app.previous_member = PreviousMember(settings.state_dir / f"{settings.app_id}.member.json")
+    if settings.group_instance_id is None:  # a static member is the same member anyway
+        app.previous_member = PreviousMember(
+            settings.state_dir / f"{settings.app_id}.member.json")
     usage = app.topic(settings.topic, key_serializer="raw", value_serializer="raw",
                       partitions=n)
     rollup = app.topic(settings.rollup_topic, key_serializer="raw", value_serializer="raw",

@@ -197,11 +197,16 @@ async def remove_dead_member(client: Any, group: str, member_id: str) -> str:
     return f"removed it with LeaveGroup (answer {code})"
 
 
+def _previous_member(app: Any) -> PreviousMember | None:
+    """The app's :attr:`WorkerApp.previous_member` (``None`` for any other faust app)."""
+    return cast(PreviousMember | None, getattr(app, "previous_member", None))
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def on_start(self) -> None:
         await super().on_start()
-        previous: PreviousMember | None = getattr(self.app, "previous_member", None)
-        if previous is None or self.app.conf.consumer_group_instance_id:
+        previous = _previous_member(self.app)
+        if previous is None:
             return
         group = self.app.conf.id
         stale = previous.stale(group)
@@ -219,7 +224,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     async def on_thread_stop(self) -> None:
         await super().on_thread_stop()  # the consumer has left its group
-        previous: PreviousMember | None = getattr(self.app, "previous_member", None)
+        previous = _previous_member(self.app)
         if previous is not None:
             previous.clear()
 
@@ -311,7 +316,8 @@ class BatchFeed:
         """Per partition, the offset after the last record counted (what may be committed)."""
         self.read: dict[TP, int] = {}
         """Per partition, the offset of the last record queued."""
-        self._chunks: deque[Chunk] = deque()
+        self._chunks: deque[tuple[TP, list[Any], int]] = deque()
+        """Queued chunks, each with its :meth:`weight` (worked out once, on :meth:`put`)."""
         self._size = 0
         self._epoch = 0
         self._more = asyncio.Event()
@@ -340,8 +346,9 @@ class BatchFeed:
             await self._room.wait()
             if epoch != self._epoch:
                 return
-        self._chunks.append((tp, records))
-        self._size += self.weight(records)
+        weight = self.weight(records)
+        self._chunks.append((tp, records, weight))
+        self._size += weight
         self.read[tp] = records[-1].offset
         self._more.set()
 
@@ -355,10 +362,10 @@ class BatchFeed:
         taken: list[Chunk] = []
         n = 0
         while self._chunks and (not taken or n + len(self._chunks[0][1]) <= most):
-            chunk = self._chunks.popleft()
-            taken.append(chunk)
-            n += len(chunk[1])
-            self._size -= self.weight(chunk[1])
+            tp, records, weight = self._chunks.popleft()
+            taken.append((tp, records))
+            n += len(records)
+            self._size -= weight
         self._room.set()
         self._idle.clear()
         return taken
@@ -445,8 +452,8 @@ class _Consumer(faust_aiokafka.Consumer):
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         await super().on_partitions_assigned(assigned, generation_id)
-        previous: PreviousMember | None = getattr(self.app, "previous_member", None)
-        if previous is not None and not self.app.conf.consumer_group_instance_id:
+        previous = _previous_member(self.app)
+        if previous is not None:
             member_id = self._thread._ensure_consumer()._coordinator.member_id
             with contextlib.suppress(OSError):  # only a slower restart
                 previous.save(self.app.conf.id, member_id)
@@ -479,7 +486,8 @@ class WorkerApp(faust.App):
     feeds: dict[str, BatchFeed]
     """The topics whose records go to a :class:`BatchFeed` instead of faust's streams."""
     previous_member: PreviousMember | None = None
-    """Where the worker keeps its member id for the next start (module docstring, 6)."""
+    """Where the worker keeps its member id for the next start (module docstring, 6);
+    ``None`` with static membership, which needs none of it."""
 
     def feed(self, topic: faust.types.TopicT, limit: int) -> BatchFeed:
         """Subscribe to ``topic`` and queue its fetched records in a new feed."""

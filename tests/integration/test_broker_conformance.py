@@ -9,12 +9,17 @@ watermark (``streams/consumer.py``, 3).
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.client import AIOKafkaClient
 from aiokafka.structs import OffsetAndMetadata
 
-from spendstream.streams.consumer import fetched_highwaters
+from spendstream.streams.consumer import fetched_highwaters, group_state, remove_dead_member
 from spendstream.streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -140,6 +145,19 @@ async def main(bootstrap, topic, group, instance):
 asyncio.run(main(*sys.argv[1:]))
 """
 
+def _assigned(proc: subprocess.Popen[str], timeout: float) -> list[str] | None:
+    """What a member script (``MEMBER``, ``DYNAMIC_MEMBER``) printed after "assigned" once
+    it got partitions; ``None`` if it exited or ``timeout`` seconds passed first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.stdout is not None
+        if proc.poll() is not None:
+            return None
+        words = proc.stdout.readline().split()
+        if words[:1] == ["assigned"]:
+            return words[1:]
+    return None
+
 
 @pytest.mark.slow  # about a minute: two joins of the embedded broker's group
 def test_a_static_member_killed_and_restarted_gets_its_partitions_before_its_session_ends(
@@ -147,36 +165,22 @@ def test_a_static_member_killed_and_restarted_gets_its_partitions_before_its_ses
     """``SPENDSTREAM_GROUP_INSTANCE_ID``: a restarted worker is the same member, so the
     broker hands its partitions back without waiting out the dead one's session (60 s
     here; the wait below is far shorter, so a broker without static membership fails)."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     topic = f"static-{uid}"
     asyncio.run(ensure_topics(broker.bootstrap, [topic], 2))
     script = tmp_path / "member.py"
     script.write_text(MEMBER)
     argv = [sys.executable, str(script), broker.bootstrap, topic, f"g-{uid}", f"w-{uid}"]
 
-    def assigned(proc: subprocess.Popen[str], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert proc.stdout is not None
-            if proc.poll() is not None:
-                return False
-            if proc.stdout.readline().strip() == "assigned":
-                return True
-        return False
-
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
-        assert assigned(first, 60)
+        assert _assigned(first, 60) is not None
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     again = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
-        assert assigned(again, 40), "the restarted static member waited for the old session"
+        assert _assigned(again, 40) is not None, (
+            "the restarted static member waited for the old session")
     finally:
         again.kill()
         again.wait()
@@ -208,36 +212,17 @@ def test_leave_group_for_a_killed_member_frees_its_partitions_before_its_session
     far shorter, so a broker that ignored the LeaveGroup fails). The embedded broker
     answers 0 for an unknown member too, so the worker cannot tell from the answer whether
     the member was still there."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from aiokafka.client import AIOKafkaClient
-
-    from spendstream.streams.consumer import group_state, remove_dead_member
-
     topic, group = f"leave-{uid}", f"g-{uid}"
     asyncio.run(ensure_topics(broker.bootstrap, [topic], 2))
     script = tmp_path / "member.py"
     script.write_text(DYNAMIC_MEMBER)
     argv = [sys.executable, str(script), broker.bootstrap, topic, group]
 
-    def assigned(proc: subprocess.Popen[str], timeout: float) -> str | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert proc.stdout is not None
-            if proc.poll() is not None:
-                return None
-            words = proc.stdout.readline().split()
-            if words[:1] == ["assigned"]:
-                return words[1]
-        return None
-
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
-        member = assigned(first, 60)
-        assert member
+        printed = _assigned(first, 60)
+        assert printed
+        member = printed[0]
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -258,7 +243,8 @@ def test_leave_group_for_a_killed_member_frees_its_partitions_before_its_session
     assert done.startswith("removed it with LeaveGroup (answer 0)"), done
     after = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
-        assert assigned(after, 40), "the new member waited for the dead one's session"
+        assert _assigned(after, 40) is not None, (
+            "the new member waited for the dead one's session")
     finally:
         after.kill()
         after.wait()

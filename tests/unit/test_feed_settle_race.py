@@ -17,12 +17,9 @@ from types import SimpleNamespace
 from faust.types import TP
 
 from spendstream.streams.consumer import BatchFeed, _Consumer
+from tests.unit.test_batch_feed import recs
 
 P0, P1, P2 = TP("usage", 0), TP("usage", 1), TP("usage", 2)
-
-
-def recs(*offsets: int, size: int = 10) -> list[SimpleNamespace]:
-    return [SimpleNamespace(offset=o, value=b"x" * size) for o in offsets]
 
 
 class _Thread:
