@@ -18,9 +18,9 @@ import orjson
 from spendstream.contract.control import MARKER, control_of
 from spendstream.contract.event import (
     MAX_FUTURE_SECONDS,
+    Decoded,
     Horizon,
     MalformedEvent,
-    UsageEvent,
     decode_events,
 )
 from spendstream.contract.rollup import MalformedRollup, RollupMessage
@@ -70,7 +70,7 @@ def part_weight(key: str) -> int:
     return 160 + len(key)
 
 
-def changelog_weight(event: UsageEvent) -> int:
+def changelog_weight(event: Decoded) -> int:
     """At most what one event adds to a changelog record: its id digest, its user's window
     and the feature, audit and unpriced windows it may create (keys and values)."""
     return 240 + len(event.user_id) + len(event.feature) + 2 * len(event.model)

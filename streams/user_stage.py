@@ -9,7 +9,7 @@ from typing import Any
 
 from spendstream.contract import keys
 from spendstream.contract.alert import Alert, Level
-from spendstream.contract.event import UsageEvent
+from spendstream.contract.event import Decoded
 from spendstream.contract.rollup import (
     GLOBAL,
     LATE,
@@ -72,7 +72,7 @@ class UserStage(Stage):
         self._spans: dict[float, tuple[Window, datetime, str]] = {}
         """This batch's minutes (epoch seconds) and what :meth:`_span` says of them."""
 
-    def process(self, partition: int, offset: int, event: UsageEvent, now: datetime) -> bool:
+    def process(self, partition: int, offset: int, event: Decoded, now: datetime) -> bool:
         """Fold one decoded event; ``False`` for a duplicate (its ``user_id`` and
         ``event_id`` seen before).
 

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import NamedTuple
 
 from spendstream.contract.control import Control
-from spendstream.contract.event import UsageEvent
+from spendstream.contract.event import Decoded, UsageEvent
 from spendstream.domain.pricing import Pricer
 
 COLUMNS = ("event_id", "ts", "date", "user_id", "feature", "model", "provider",
@@ -60,7 +60,7 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
 
 
-def ledger_row(event: UsageEvent, pricer: Pricer, tier: str | None = None) -> LedgerRow:
+def ledger_row(event: UsageEvent | Decoded, pricer: Pricer, tier: str | None = None) -> LedgerRow:
     """The row of one counted event: priced as the worker prices it, ``tier`` the user's
     tier in the budgets file at the time it was written."""
     priced = pricer.price_event(event)

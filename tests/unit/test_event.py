@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from spendstream.contract.event import (
+    Decoded,
     Horizon,
     MalformedEvent,
     UsageEvent,
@@ -110,8 +111,8 @@ def test_a_packed_record_decodes_as_its_elements_do_alone():
         if isinstance(a, MalformedEvent):
             assert isinstance(p, MalformedEvent) and a.reason in p.reason
         else:
-            assert p == a and p.to_json() == a.to_json()
-    good = [e for e in elements if isinstance(decode_events(orjson.dumps(e))[0], UsageEvent)]
+            assert p == a and p.to_model().to_json() == a.to_model().to_json()
+    good = [e for e in elements if isinstance(decode_events(orjson.dumps(e))[0], Decoded)]
     assert decode_events(orjson.dumps(good)) == [decode_events(orjson.dumps(e))[0] for e in good]
 
 
@@ -134,14 +135,15 @@ def test_fast_path_builds_what_the_model_builds(change):
         assert fast == expected and fast.model_dump() == expected.model_dump()
         assert fast.to_json() == expected.to_json()
     decoded = decode_events(orjson.dumps(data))[0]
-    assert decoded == expected if expected is not None else isinstance(decoded, MalformedEvent)
+    assert (decoded == Decoded.of(expected) if expected is not None
+            else isinstance(decoded, MalformedEvent))
 
 
 def test_a_packed_record_decodes_element_by_element():
     good = [{**BASE, "event_id": f"e{i}"} for i in range(3)]
     out = decode_events(orjson.dumps([good[0], {**BASE, "input_tokens": -1}, good[1], 7,
                                       good[2]]))
-    assert [e.event_id for e in out if isinstance(e, UsageEvent)] == ["e0", "e1", "e2"]
+    assert [e.event_id for e in out if isinstance(e, Decoded)] == ["e0", "e1", "e2"]
     bad = [e for e in out if isinstance(e, MalformedEvent)]
     assert [b.reason.split(":")[0] for b in bad] == ["element 1 of 5", "element 3 of 5"]
     assert "input_tokens" in bad[0].reason and "not a JSON object" in bad[1].reason
@@ -178,7 +180,7 @@ def test_events_dated_beyond_the_horizon_are_rejected_with_the_skew():
     epoch = (now + timedelta(days=3)).timestamp()  # epoch seconds too, and packed elements
     out = decode_events(orjson.dumps([{**BASE, "ts": epoch}, BASE]), horizon)
     assert isinstance(out[0], MalformedEvent) and "ahead" in out[0].reason
-    assert isinstance(out[1], UsageEvent)
+    assert isinstance(out[1], Decoded)
     assert decode_event(raw(ts=ahead(2 * 86400))).ts > now  # no horizon: no clock check
 
 
@@ -201,7 +203,8 @@ def test_an_event_without_an_id_takes_its_record_coordinates():
     one = decode_events(orjson.dumps(anonymous), origin=where)[0]
     assert one.event_id == "kafka:spendstream.usage/3/1234"
     assert decode_events(orjson.dumps(anonymous), origin=where)[0] == one
-    assert decode_event(orjson.dumps({**anonymous, "event_id": None}), origin=where) == one
+    again = decode_event(orjson.dumps({**anonymous, "event_id": None}), origin=where)
+    assert Decoded.of(again) == one
     packed = decode_events(orjson.dumps([anonymous, BASE, anonymous]), origin=where)
     assert [e.event_id for e in packed] == ["kafka:spendstream.usage/3/1234/0", "b3f1",
                                             "kafka:spendstream.usage/3/1234/2"]
@@ -231,7 +234,7 @@ def test_contract_checks(value, reason):
 def test_a_repeated_key_costs_only_its_own_element():
     dup = raw()[:-1] + b',"user_id":"acct-8"}'
     out = decode_events(b"[" + raw() + b"," + dup + b"," + raw(event_id="x") + b"]")
-    assert [type(e).__name__ for e in out] == ["UsageEvent", "MalformedEvent", "UsageEvent"]
+    assert [type(e).__name__ for e in out] == ["Decoded", "MalformedEvent", "Decoded"]
     assert "element 1 of 3: user_id: repeated key" in out[1].reason
     # A repeated key inside a string value is not a repeated key.
     assert decode_event(raw(finish_reason='"user_id":"x"')).user_id == "acct-7"
