@@ -7,6 +7,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from spendstream.contract import keys
 from spendstream.contract.alert import Alert, Level
 from spendstream.contract.rollup import split_key, window_of_key
@@ -50,20 +52,20 @@ class RollupStage(Stage):
             if previous is not None and previous[0] >= version:
                 continue
             stored[tag] = [version, sums]
-            fresh = Totals(level=totals.level, pace=totals.pace, end=totals.end,
-                           partition=partition)
+            fresh = Totals(level=totals.level, pace=totals.pace, end=totals.end)
             for _, part in stored.values():
                 fresh.merge(Totals.from_json(part))
             self._dirty[(partition, key)] = fresh
 
-    def _decode(self, partition: int, key: str, raw: dict[str, Any] | None) -> Totals:
-        self._parts[(partition, key)] = dict(raw.get("parts", {})) if raw else {}
-        return super()._decode(partition, key, raw)
+    def _decode(self, partition: int, key: str, raw: bytes | None) -> Totals:
+        value = None if raw is None else orjson.loads(raw)
+        self._parts[(partition, key)] = dict(value.get("parts", {})) if value else {}
+        return Totals.from_json(value)
 
-    def _value(self, key: str, totals: Totals) -> dict[str, Any]:
+    def _value(self, partition: int, key: str, totals: Totals) -> bytes:
         value = totals.to_json()
-        value["parts"] = self._parts[(totals.partition, key)]
-        return value
+        value["parts"] = self._parts[(partition, key)]
+        return orjson.dumps(value)
 
     def _commit(self) -> None:
         super()._commit()

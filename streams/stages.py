@@ -40,6 +40,12 @@ class StateStore(Protocol):
     def put(self, partition: int, key: str, value: dict[str, Any] | None) -> None:
         """Store (``None`` deletes); logged with the batch at :meth:`commit`."""
 
+    def get_raw(self, partition: int, key: str) -> bytes | None:
+        """The stored value as compact JSON, or ``None``."""
+
+    def put_raw(self, partition: int, key: str, value: bytes | None) -> None:
+        """:meth:`put` of a value already encoded as compact JSON."""
+
     def scan(self) -> Iterable[tuple[int, str, dict[str, Any]]]:
         """Every partition, key and value held by this process."""
 
@@ -100,15 +106,14 @@ class Stage:
         """The window's totals, cached for the rest of the batch."""
         totals = self._dirty.get((partition, key))
         if totals is None:
-            totals = self._decode(partition, key, self.state.get(partition, key))
+            totals = self._decode(partition, key, self.state.get_raw(partition, key))
             totals.end = window.end_epoch
-            totals.partition = partition
             self._dirty[(partition, key)] = totals
         return totals
 
-    def _decode(self, partition: int, key: str, raw: dict[str, Any] | None) -> Totals:
+    def _decode(self, partition: int, key: str, raw: bytes | None) -> Totals:
         """The totals in a stored value (stage two also keeps the per-partition parts)."""
-        return Totals.from_json(raw)
+        return Totals.decode(raw)
 
     def _fold(self, partition: int, key: str, window: Window, c: Contribution,
               audit: bool = False) -> Totals:
@@ -137,14 +142,16 @@ class Stage:
         return tr, payload
 
     def _commit(self) -> None:
+        put = self.state.put_raw
         for (partition, key), totals in self._dirty.items():
-            self.state.put(partition, key, self._value(key, totals))
+            put(partition, key, self._value(partition, key, totals))
         self._dirty.clear()
         self.state.commit()
 
-    def _value(self, key: str, totals: Totals) -> dict[str, Any]:
-        """What is stored for ``key`` (stage two adds the per-partition parts)."""
-        return totals.to_json()
+    def _value(self, partition: int, key: str, totals: Totals) -> bytes:
+        """What is stored for ``key``, as compact JSON (stage two adds the per-partition
+        parts)."""
+        return totals.encode()
 
     def _end_of(self, key: str, value: dict[str, Any]) -> int:
         """When the window stored under ``key`` ends (epoch seconds)."""

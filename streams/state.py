@@ -142,6 +142,15 @@ class BatchedState:
         self.part(partition).dirty[key] = (
             None if value is None else memoryview(orjson.dumps(value)).tobytes())
 
+    def get_raw(self, partition: int, key: str) -> bytes | None:
+        """The current value of ``key`` as stored (compact JSON), or ``None``."""
+        p = self.part(partition)
+        return p.dirty[key] if key in p.dirty else p.records.get(key)
+
+    def put_raw(self, partition: int, key: str, value: bytes | None) -> None:
+        """:meth:`put` of a value already encoded as compact JSON (``None`` deletes)."""
+        self.part(partition).dirty[key] = value
+
     def seen(self, partition: int, digest: int) -> bool:
         """True when an event with this id digest was already counted in ``partition``."""
         return digest in self.part(partition).dedup

@@ -182,12 +182,11 @@ class UserStage(Stage):
             key = LATE + key
         self._load(partition, PART + key, window).merge(sums, audit)
 
-    def _value(self, key: str, totals: Totals) -> dict[str, Any]:
+    def _value(self, partition: int, key: str, totals: Totals) -> bytes:
         # Per-user windows are most of the state: their end is in the key, not stored.
-        value = totals.to_json()
         if not key.startswith(PART):
-            del value["end"]
-        return value
+            totals.end = 0
+        return totals.encode()
 
     def _end_of(self, key: str, value: dict[str, Any]) -> int:
         if "end" in value:
