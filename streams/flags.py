@@ -48,9 +48,10 @@ PROBE_INTERVAL = 1.0
 class FlagStore(Protocol):
     """Where decisions go: cutoff/warn flags and live spend, each expiring at a window end."""
 
-    def set(self, key: str, value: dict[str, Any], expire_at: int, *, extend_only: bool = False
-            ) -> None:
-        """Schedule ``key = value`` expiring at epoch ``expire_at``."""
+    def set(self, key: str, value: dict[str, Any] | bytes, expire_at: int, *,
+            extend_only: bool = False) -> None:
+        """Schedule ``key = value`` (a dict, or its JSON already encoded) expiring at epoch
+        ``expire_at``."""
 
     def delete(self, key: str) -> None:
         """Schedule the removal of ``key``."""
@@ -91,15 +92,15 @@ class RedisFlagSink:
         self._wake = asyncio.Event()
         self.stats = FlagStats()
 
-    def set(self, key: str, value: dict[str, Any], expire_at: int, *, extend_only: bool = False
-            ) -> None:
+    def set(self, key: str, value: dict[str, Any] | bytes, expire_at: int, *,
+            extend_only: bool = False) -> None:
         """Schedule a write; with ``extend_only`` a live flag is never shortened by a later one."""
         full = self.prefix + key
         if extend_only:  # only these are remembered: one entry per key would be per user
             if self._expiry.get(full, 0) > max(expire_at, int(time.time())):
                 return
             self._expiry[full] = expire_at
-        entry = (orjson.dumps(value), expire_at)
+        entry = (value if type(value) is bytes else orjson.dumps(value), expire_at)
         self._pending[full] = entry
         if not keys.is_spend(key):
             self._flags[full] = entry

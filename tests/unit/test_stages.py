@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 
 from spendstream.alerts.format import render
@@ -24,8 +25,10 @@ from spendstream.contract.keys import (
     spend_user,
     warn_user,
 )
-from spendstream.domain.budgets import parse_budgets
+from spendstream.domain.budgets import Limit, parse_budgets
 from spendstream.domain.pricing import Pricer
+from spendstream.domain.totals import Totals
+from spendstream.domain.windows import window_of
 from spendstream.streams.rollup_stage import RollupStage
 from spendstream.streams.stages import Counters
 from spendstream.streams.state import BatchedState
@@ -70,7 +73,8 @@ class Flags:
     def set(self, key, value, expire_at, *, extend_only=False):
         if extend_only and key in self.keys and self.keys[key][1] > expire_at:
             return
-        self.keys[key] = (value, expire_at)
+        # The worker hands live spend values over as JSON already encoded.
+        self.keys[key] = (orjson.loads(value) if isinstance(value, bytes) else value, expire_at)
 
     def delete(self, key):
         self.keys.pop(key, None)
@@ -343,3 +347,28 @@ def test_calls_and_cache_hits_are_counted_per_feature_once_each():
     assert (spend["events"], spend["cache_hits"], spend["cache_hit_rate"]) == (2, 1, 0.5)
     assert w.flags.keys[spend_feature("chat")][0]["cache_hit_rate"] == 0.0
     assert w.rstate.restored().data[f"f|faq|month|{NOW:%Y-%m}"]["hit"] == 1
+
+
+@pytest.mark.parametrize(("limit", "grant", "budget"), [
+    (None, None, {}),
+    (Limit(usd=Decimal("0.13")), None,
+     {"budget_usd": "0.13", "budget_tokens": None, "remaining_usd": "0.01"}),
+    (Limit(tokens=5000), None,
+     {"budget_usd": None, "budget_tokens": 5000, "remaining_tokens": 2600}),
+    (Limit(usd=Decimal("0.10"), tokens=1000), (Decimal("0.05"), 0),
+     {"budget_usd": "0.10", "budget_tokens": 1000, "remaining_usd": "0",
+      "remaining_tokens": 0, "granted_usd": "0.05", "granted_tokens": 0}),
+])
+@pytest.mark.parametrize("user", ["u1", 'quo"te\\back', "ユーザー", "tab|pipe</script>"])
+def test_the_live_spend_value_is_the_contract_json(limit, grant, budget, user):
+    # The worker writes this JSON as text (its most frequent write): it must parse to the
+    # contract's fields whatever the id holds and whichever budget applies.
+    w = World()
+    day = window_of("day", NOW)
+    totals = Totals(usd=Decimal("0.12"), tokens=2400, events=3, unpriced=1)
+    w.users._publish_spend(user, day, totals, "free", limit, grant)
+    value, expire = w.flags.keys[spend_user(user)]
+    assert expire == day.end_epoch
+    assert value == {"scope": "user", "id": user, "tier": "free", "spent_usd": "0.12",
+                     "spent_tokens": 2400, "events": 3, "unpriced_events": 1,
+                     "window_start": day.start_text, "window_end": day.end_text, **budget}

@@ -36,9 +36,9 @@ class Flags:
         self.keys: dict[str, dict[str, Any]] = {}
         self.kicks = 0
 
-    def set(self, key: str, value: dict[str, Any], expire_at: int, *,
+    def set(self, key: str, value: dict[str, Any] | bytes, expire_at: int, *,
             extend_only: bool = False) -> None:
-        self.keys[key] = value
+        self.keys[key] = orjson.loads(value) if isinstance(value, bytes) else value
 
     def delete(self, key: str) -> None:
         self.keys.pop(key, None)
