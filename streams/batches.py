@@ -117,6 +117,7 @@ class UserBatches:
                 self.fresh.discard(p)
         weights: dict[int, int] = {}
         horizon = Horizon(now, self.max_future_seconds)
+        process = self.users.process
         for record in records:
             if record.value and MARKER in record.value and await self._control(record, now):
                 continue
@@ -129,25 +130,26 @@ class UserBatches:
                 continue
             # One event, or a packed record: each element has its own position, so the
             # state may be committed between two elements of one record.
+            partition, position = record.partition, record.offset * POSITIONS
+            weight = weights.get(partition, 0)
             for i, event in enumerate(decoded):
                 if isinstance(event, MalformedEvent):
                     await self.dead_letter(record, event.reason, event.element)
                     continue
                 try:  # process() changes nothing when it raises: no half-counted event
-                    self.users.process(record.partition, record.offset * POSITIONS + i, event,
-                                       now)
+                    process(partition, position + i, event, now)
                 except Exception as e:  # issue 11: one event never stops the others
                     log.exception("could not count event %r of record %d/%d", event.event_id,
-                                  record.partition, record.offset)
+                                  partition, record.offset)
                     await self.dead_letter(record, f"could not count: {e!r}",
                                            packed_element(record.value, i))
                     continue
-                weight = weights.get(record.partition, 0) + changelog_weight(event)
+                weight += changelog_weight(event)
                 if weight >= COMMIT_BYTES:
                     await self.finish(now)
                     weights.clear()
-                else:
-                    weights[record.partition] = weight
+                    weight = 0
+            weights[partition] = weight
         await self.finish(now)
 
     async def _control(self, record: Record, now: datetime) -> bool:

@@ -106,6 +106,13 @@ class PartitionState:
         self.chunks = 0
         """Number of chunks in the current snapshot."""
 
+    def remember(self, digest: int, offset: int, now: float) -> None:
+        """Record an event as counted at epoch ``now``: its id digest and its offset."""
+        self.dedup.add(digest, now)
+        self.new_ids.append(digest)
+        if offset > self.offset:
+            self.offset = offset
+
 
 class BatchedState:
     """Per-partition key/value aggregates with a batched changelog (see the module docstring).
@@ -164,11 +171,7 @@ class BatchedState:
 
     def remember(self, partition: int, digest: int, offset: int) -> None:
         """Record an event as counted (its id, and the source offset reached)."""
-        p = self.part(partition)
-        p.dedup.add(digest, self.clock())
-        p.new_ids.append(digest)
-        if offset > p.offset:
-            p.offset = offset
+        self.part(partition).remember(digest, offset, self.clock())
 
     def offset(self, partition: int) -> int:
         """Highest source offset folded into ``partition``'s state (-1: none)."""

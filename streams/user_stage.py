@@ -79,6 +79,11 @@ class UserStage(Stage):
         priced): everything the stage-two windows need, summed before they are touched."""
         self._spans: dict[float, tuple[Window, datetime, str]] = {}
         """This batch's minutes (epoch seconds) and what :meth:`_span` says of them."""
+        self._clock = 0.0
+        """The state's clock, read once per batch: when this batch's event ids were seen."""
+        self._owner: dict[tuple[int, str], tuple[str, Window]] = {}
+        """The user and day of each user window the batch touched (so judging it need not
+        parse its key)."""
 
     def process(self, partition: int, offset: int, event: Decoded, now: datetime) -> bool:
         """Fold one decoded event; ``False`` for a duplicate (its ``user_id`` and
@@ -91,13 +96,14 @@ class UserStage(Stage):
         """
         user = event.user_id
         digest = identity_hash(user, event.event_id)
-        state = self.state
-        if state.seen(partition, digest):
+        part = self.state.part(partition)
+        if digest in part.dedup:
             self.counters.duplicates += 1
             return False
         if now is not self._now:  # computed once per batch: this is the hot path
             self._now = now
             self._cutoff = late_cutoff(now, self.grace)
+            self._clock = self.state.clock()
             self._spans.clear()
         priced = self.pricer.price_event(event)
         # Only provider-reported counts are worth auditing: an estimated event's input
@@ -116,14 +122,19 @@ class UserStage(Stage):
             span = self._span(ts)
         day, minute, prefix = span
         # --- from here on nothing can fail for this event ---
-        state.remember(partition, digest, offset)
+        part.remember(digest, offset, self._clock)
         counters = self.counters
         counters.events += 1
         if not priced.priced:
             counters.unpriced += 1
         if prefix is LATE:
             counters.late += 1
-        self._fold(partition, f"{prefix}{user}|{day.key}", day, c)
+        key = (partition, f"{prefix}{user}|{day.key}")
+        totals = self._dirty.get(key)
+        if totals is None:
+            totals = self._load(partition, key[1], day)
+            self._owner[key] = (user, day)
+        totals.add(c)
         # Every other window (and the calls and cache hits per feature) is summed per
         # minute of the batch first: a batch then costs a few hundred window updates
         # instead of six per event.
@@ -288,13 +299,18 @@ class UserStage(Stage):
             elif key.startswith("u|"):
                 self._judge(partition, key, totals, ladder, now)
         self._commit()
+        self._owner.clear()
         return forward
 
     def _judge(self, partition: int, key: str, totals: Totals, ladder: Any, now: datetime
                ) -> None:
-        _, user, wkey = split_key(key, 3)
-        window = window_from_key("day", wkey)
-        tier, limit, grant = self._limit(partition, user, wkey)
+        owner = self._owner.get((partition, key))
+        if owner is None:  # loaded by a grant, not by an event
+            _, user, wkey = split_key(key, 3)
+            window = window_from_key("day", wkey)
+        else:
+            user, window = owner
+        tier, limit, grant = self._limit(partition, user, window.key)
         if self._live_spend(window):
             self._publish_spend(user, window, totals, tier, limit, grant)
         if limit is None or (not totals.level and self._below_first_step(tier, totals)):
