@@ -202,8 +202,10 @@ class Pricer:
         if not (
             isinstance(model, str)
             and (provider is None or isinstance(provider, str))
-            and _valid_count(input_tokens) and _valid_count(output_tokens) and _valid_count(cached)
-            and _valid_count(written)
+            # plain ints (the decoder's) in one comparison; anything else checked one by one
+            and ((type(input_tokens) is type(output_tokens) is type(cached) is type(written)
+                  is int and min(input_tokens, output_tokens, cached, written) >= 0)
+                 or all(map(_valid_count, (input_tokens, output_tokens, cached, written))))
             and (at is None or isinstance(at, datetime))
         ):
             return None
