@@ -2,6 +2,7 @@
 
 from decimal import Decimal as D
 
+import orjson
 import pytest
 
 from spendstream.domain.budgets import Limit
@@ -44,3 +45,18 @@ def test_measure_binds_on_the_furthest_dimension(usd, tokens, limit, unit, ratio
 ])
 def test_pace(spent, elapsed, expected):
     assert pace_exceeded(D(spent), D(100), D(elapsed), D("1.2")) is expected
+
+
+def test_stored_windows_decode_in_both_forms_and_encode_compactly():
+    # What earlier workers logged (every short name, zeros too, "end" and stage two's
+    # "parts") restores the same sums; what is logged now leaves zero sums out.
+    old = (b'{"usd":"0.0300","tok":240,"n":6,"err":2,"unp":1,"lvl":2,"end":1795478400,'
+           b'"parts":{"0":[7,{"usd":"0.03","tok":240,"n":6}]}}')
+    t = Totals.decode(old)
+    assert (t.usd, t.tokens, t.events, t.failed, t.unpriced, t.level, t.end) == (
+        D("0.0300"), 240, 6, 2, 1, 2, 1795478400)
+    assert t == Totals.from_json(orjson.loads(old))
+    assert Totals.decode(t.encode()) == t
+    assert orjson.loads(Totals(usd=D("0.5"), tokens=3, events=1).encode()) == {
+        "usd": "0.5", "tok": 3, "n": 1}
+    assert Totals.decode(None) == Totals() == Totals.decode(b"{}")
