@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import orjson
+import msgspec
 
 from spendstream.contract import keys
 from spendstream.contract.alert import Alert, Level
@@ -50,9 +50,30 @@ Forward = dict[tuple[int, str], dict[str, dict[str, Any]]]
 """(source partition, rollup key) -> {window key: absolute partial sums}."""
 
 
-def _json(text: str) -> str:
-    """``text`` as a JSON string literal."""
-    return orjson.dumps(text).decode()
+class UserSpend(msgspec.Struct, gc=False):
+    """The value of a user's live spend key (``docs/contract.md``), its fields in the
+    contract's order; the budget fields only when the user has a tier (``budget_usd`` and
+    ``budget_tokens`` are then ``null`` when the tier does not limit them), the grant
+    fields only after a grant. Money is a decimal string."""
+
+    scope: str
+    id: str
+    tier: str
+    spent_usd: Decimal
+    spent_tokens: int
+    events: int
+    unpriced_events: int
+    window_start: str
+    window_end: str
+    budget_usd: Decimal | None | msgspec.UnsetType = msgspec.UNSET
+    budget_tokens: int | None | msgspec.UnsetType = msgspec.UNSET
+    remaining_usd: Decimal | msgspec.UnsetType = msgspec.UNSET
+    remaining_tokens: int | msgspec.UnsetType = msgspec.UNSET
+    granted_usd: Decimal | msgspec.UnsetType = msgspec.UNSET
+    granted_tokens: int | msgspec.UnsetType = msgspec.UNSET
+
+
+_encode = msgspec.json.Encoder().encode
 
 
 class UserStage(Stage):
@@ -238,29 +259,20 @@ class UserStage(Stage):
 
     def _publish_spend(self, user: str, window: Window, totals: Totals, tier: str,
                        limit: Limit | None, grant: tuple[Decimal, int] | None) -> None:
-        """The user's live spend key (the window open now), with the budget a grant raised.
-
-        The JSON is written as text: one per touched user per batch, the worker's most
-        frequent write (a dict and a dumps of it cost twice as much). Keys in the order
-        the contract lists them; the ids are JSON-escaped by orjson."""
-        text = (f'{{"scope":"user","id":{_json(user)},"tier":{_json(tier)},'
-                f'"spent_usd":"{totals.usd}","spent_tokens":{totals.tokens},'
-                f'"events":{totals.events},"unpriced_events":{totals.unpriced},'
-                f'"window_start":"{window.start_text}","window_end":"{window.end_text}"')
+        """The user's live spend key (the window open now), with the budget a grant raised
+        (one per touched user per batch, the worker's most frequent write: encoded in C)."""
+        spend = UserSpend("user", user, tier, totals.usd, totals.tokens, totals.events,
+                          totals.unpriced, window.start_text, window.end_text)
         if limit is not None:
-            usd, tokens = limit.usd, limit.tokens
-            if usd is None:
-                text += ',"budget_usd":null'
-            else:
-                text += f',"budget_usd":"{usd}"'
-            text += f',"budget_tokens":{"null" if tokens is None else tokens}'
+            usd = spend.budget_usd = limit.usd
+            tokens = spend.budget_tokens = limit.tokens
             if usd is not None:
-                text += f',"remaining_usd":"{max(usd - totals.usd, _ZERO)}"'
+                spend.remaining_usd = max(usd - totals.usd, _ZERO)
             if tokens is not None:
-                text += f',"remaining_tokens":{max(tokens - totals.tokens, 0)}'
+                spend.remaining_tokens = max(tokens - totals.tokens, 0)
         if grant is not None:  # the guard adds these to its own copy of the tier's budget
-            text += f',"granted_usd":"{grant[0]}","granted_tokens":{grant[1]}'
-        self.flags.set(keys.spend_user(user), (text + "}").encode(), window.end_epoch)
+            spend.granted_usd, spend.granted_tokens = grant
+        self.flags.set(keys.spend_user(user), _encode(spend), window.end_epoch)
 
     def republish(self, now: datetime) -> int:
         """Schedule every live user spend key again from the state (Redis came back

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Final, Literal, Protocol
 
+import msgspec
 from genai_prices import Usage, data_snapshot
 from genai_prices.types import ModelInfo, ModelPrice, TieredPrices, calc_unit_price
 
@@ -73,14 +74,15 @@ class Call(Protocol):
     def ts(self) -> datetime: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Priced:
+class Priced(msgspec.Struct, frozen=True, gc=False):
     """The cost of one usage event and where it came from.
 
     ``priced`` is False only for an unknown model: its cost is 0 *and* it must be counted
     and alerted on as unpriced, never taken as free. ``source`` is one of ``event`` (the
     producer sent ``cost_usd``), ``override`` (budgets file ``prices``), ``table``
-    (genai-prices), ``failed`` (status other than ok: free) or ``unpriced``.
+    (genai-prices), ``failed`` (status other than ok: free) or ``unpriced``. One is made
+    per event: a struct, since a frozen dataclass sets each field through
+    ``object.__setattr__``.
     """
 
     cost: Decimal

@@ -9,13 +9,14 @@ than adds, so a replay can never fold anything twice.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 
 
-class Contribution(NamedTuple):
-    """What one event adds to every window it falls in (a tuple: one is made per event)."""
+class Contribution(msgspec.Struct, frozen=True, gc=False):
+    """What one event adds to every window it falls in (a struct: one is made per event,
+    in a tenth of the time a named tuple takes)."""
 
     usd: Decimal
     tokens: int
