@@ -300,6 +300,7 @@ class Emitter:
         """At stop: move what memory holds to the spill file, in order, and close it;
         return how many undelivered events it keeps (lock held)."""
         spill, self._spill = self._spill, None
+        self._spilling = False  # a sender that outlived stop() must not look for the file
         if spill is None:
             return 0
         spill.rewind()  # a batch read from the file and not delivered is still in it
@@ -394,6 +395,7 @@ class Emitter:
         with self._lock:
             spill = self._spill
             if self._pending or not self._spilling or spill is None:
+                self._spilling = self._spilling and spill is not None  # never spin on none
                 # Copy before popping so ``buffered`` never under-counts for other threads.
                 self._inflight = list(islice(self._pending, _MAX_BATCH))
                 for _ in self._inflight:

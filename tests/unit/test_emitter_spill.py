@@ -9,10 +9,12 @@ real broker frozen with SIGSTOP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -284,3 +286,29 @@ def test_settings_give_the_spill_dir_and_cap(tmp_path: Path) -> None:
     off = Settings(_env_file=None, state_dir=tmp_path, spill_max_bytes=0)  # type: ignore[call-arg]
     assert off.emitter_spill_dir is None
     assert Emitter.from_settings(off).spill_path is None
+
+
+def test_a_sender_that_outlives_stop_waits_instead_of_spinning(tmp_path: Path) -> None:
+    # stop() waits a bounded time for the sender to end (a cancel can be swallowed inside
+    # the producer's cleanup) and then closes the spill file. A sender left running after
+    # that once looked for the closed file without ever awaiting: the event loop spun at
+    # 100% CPU for good. Run in a thread, so that failure is a failed assert, not a hang.
+    broker = FakeBroker()
+
+    async def scenario() -> None:
+        emitter = _emitter(broker, tmp_path, buffer_size=2)
+        await emitter.start()
+        for i in range(6):
+            emitter.emit(_event(i))
+        assert emitter.stats.spilled == 4
+        assert await emitter.stop(timeout=0.2) is False  # broker down: kept in the file
+        outlived = asyncio.create_task(emitter._send_loop(broker.producer()))  # type: ignore[arg-type]
+        await asyncio.sleep(0.2)  # never returns while a task spins
+        outlived.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await outlived
+
+    runner = threading.Thread(target=lambda: asyncio.run(scenario()), daemon=True)
+    runner.start()
+    runner.join(10)
+    assert not runner.is_alive(), "the sender spun after stop()"
