@@ -62,3 +62,29 @@ async def test_extend_only_never_shortens_a_live_flag_and_expired_writes_are_ski
         assert sink.stats.skipped_expired == 1
     finally:
         await sink.stop()
+
+
+async def test_a_flush_writes_every_key_once_with_its_own_value_and_expiry(redis_url, uid,
+                                                                            monkeypatch):
+    # Keys, values and expiry times travel joined in one argument each, SET_MANY_KEYS per
+    # script call: every key must come out with its own value and time, across chunk
+    # boundaries, and a key holding a newline (it cannot travel joined) on its own.
+    from spendstream.streams import flags
+
+    monkeypatch.setattr(flags, "SET_MANY_KEYS", 7)
+    sink = RedisFlagSink(redis_url, prefix=f"{uid}:")
+    client = redis.Redis.from_url(redis_url)
+    now = int(time.time())
+    users = [f"u{i}" for i in range(20)] + ["new\nline", "ユーザー", 'q"uote']
+    try:
+        for i, user in enumerate(users):
+            sink.set(spend_user(user), f'{{"n":{i}}}'.encode(), now + 600 + 60 * (i % 3))
+        assert await sink.flush()
+        for i, user in enumerate(users):
+            key = f"{uid}:" + spend_user(user)
+            assert client.get(key) == f'{{"n":{i}}}'.encode(), user
+            assert now + 600 + 60 * (i % 3) - 5 < now + client.ttl(key) <= now + 600 + 60 * (i % 3)
+        assert sink.stats.written == len(users)
+    finally:
+        await sink.stop()
+        client.close()
