@@ -34,6 +34,7 @@ from spendstream.streams.consumer import (
     WorkerApp,
 )
 from spendstream.streams.flags import RedisFlagSink
+from spendstream.streams.grants import GRANT
 from spendstream.streams.memory import trim as trim_memory
 from spendstream.streams.observe import BatchTimer, Health, ObservabilityServer, Sources
 from spendstream.streams.rollup_stage import RollupStage
@@ -229,7 +230,8 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
     alert_topic = app.topic(settings.alert_topic, key_serializer="raw", value_serializer="raw")
     horizon = float(settings.dedup_seconds)
-    ledger = _log_table(app, "ledger", n, lambda t: BatchedState(t.changelog, horizon),
+    ledger = _log_table(app, "ledger", n,
+                        lambda t: BatchedState(t.changelog, horizon, tracked=(GRANT,)),
                         settings.topic)
     rollups = _log_table(app, "rollup", n_rollup, lambda t: BatchedState(t.changelog, horizon),
                          settings.rollup_topic)

@@ -88,7 +88,7 @@ class PartitionState:
     """The keys, dedup ids and log bookkeeping of one source partition."""
 
     __slots__ = ("records", "dedup", "dirty", "new_ids", "offset", "seq", "logged",
-                 "logged_bytes", "next_check", "chunks")
+                 "logged_bytes", "next_check", "chunks", "tracked")
 
     def __init__(self, dedup_horizon: float) -> None:
         self.records: dict[str, bytes] = {}
@@ -105,6 +105,8 @@ class PartitionState:
         """Logged bytes at which the state is next sized for a snapshot."""
         self.chunks = 0
         """Number of chunks in the current snapshot."""
+        self.tracked = False
+        """Whether a key with one of the state's tracked prefixes was ever set here."""
 
     def remember(self, digest: int, offset: int, now: float) -> None:
         """Record an event as counted at epoch ``now``: its id digest and its offset."""
@@ -122,8 +124,12 @@ class BatchedState:
     """
 
     def __init__(self, log: Log, dedup_horizon: float = 3600.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, tracked: tuple[str, ...] = ()
+                 ) -> None:
         self.log = log
+        self.tracked = tracked
+        """Prefixes of rare keys that are looked up often (a user's grants): for each
+        partition the state knows whether it ever held one (:meth:`may_hold`)."""
         self.dedup_horizon = dedup_horizon
         self.clock = clock
         self.partitions: dict[int, PartitionState] = {}
@@ -146,8 +152,8 @@ class BatchedState:
     def put(self, partition: int, key: str, value: dict[str, Any] | None) -> None:
         """Set (``None`` deletes) ``key``; logged with the batch at :meth:`commit`."""
         # A copy: orjson hands back its 4 KiB working buffer, which would be kept per key.
-        self.part(partition).dirty[key] = (
-            None if value is None else memoryview(orjson.dumps(value)).tobytes())
+        self.put_raw(partition, key,
+                     None if value is None else memoryview(orjson.dumps(value)).tobytes())
 
     def get_raw(self, partition: int, key: str) -> bytes | None:
         """The current value of ``key`` as stored (compact JSON), or ``None``."""
@@ -156,7 +162,15 @@ class BatchedState:
 
     def put_raw(self, partition: int, key: str, value: bytes | None) -> None:
         """:meth:`put` of a value already encoded as compact JSON (``None`` deletes)."""
-        self.part(partition).dirty[key] = value
+        p = self.part(partition)
+        p.dirty[key] = value
+        if self.tracked and key.startswith(self.tracked):
+            p.tracked = True
+
+    def may_hold(self, partition: int, prefix: str) -> bool:
+        """``False`` only when ``partition`` never held a key starting with ``prefix``,
+        one of the tracked prefixes (for any other prefix: ``True``)."""
+        return prefix not in self.tracked or self.part(partition).tracked
 
     def seen(self, partition: int, digest: int) -> bool:
         """True when an event with this id digest was already counted in ``partition``."""
@@ -265,6 +279,8 @@ class BatchedState:
                 p.records.pop(k, None)
             else:
                 p.records[k] = memoryview(orjson.dumps(raw)).tobytes()
+                if self.tracked and k.startswith(self.tracked):
+                    p.tracked = True
         if body["t"] > self.clock() - self.dedup_horizon:
             for hexid in body["i"]:
                 p.dedup.add(int(hexid, 16), body["t"])

@@ -33,7 +33,7 @@ from spendstream.domain.windows import (
     window_of,
 )
 from spendstream.streams.flags import FlagStore
-from spendstream.streams.grants import granted
+from spendstream.streams.grants import GRANT, granted
 from spendstream.streams.stages import (
     AlertSink,
     Counters,
@@ -252,7 +252,8 @@ class UserStage(Stage):
         users = self.budgets.users
         tier = users.tier_of(user)
         limit: Limit | None = users.tiers.get(tier)
-        grant = granted(self.state, partition, user, wkey)
+        grant = (granted(self.state, partition, user, wkey)
+                 if self.state.may_hold(partition, GRANT) else None)
         if grant is not None:
             limit = raised(limit, *grant)
         return tier, limit, grant

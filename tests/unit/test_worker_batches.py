@@ -14,13 +14,15 @@ from typing import Any
 import orjson
 import pytest
 
+from spendstream.contract.control import grant
 from spendstream.contract.event import UsageEvent
 from spendstream.contract.keys import spend_feature, spend_user
 from spendstream.contract.rollup import RollupMessage
-from spendstream.domain.budgets import parse_budgets
+from spendstream.domain.budgets import Budgets, parse_budgets
 from spendstream.domain.pricing import Pricer
 from spendstream.streams import batches
 from spendstream.streams.batches import Record, RollupBatches, UserBatches, recover
+from spendstream.streams.grants import GRANT
 from spendstream.streams.rollup_stage import RollupStage
 from spendstream.streams.stages import Counters
 from spendstream.streams.state import BatchedState
@@ -50,16 +52,16 @@ class Flags:
 class Pipeline:
     """Both batch bodies wired as ``build_app`` wires them, with lists for the topics."""
 
-    def __init__(self) -> None:
+    def __init__(self, budgets: Budgets = BUDGETS) -> None:
         self.flags, counters = Flags(), Counters()
         self.changelog: list[tuple[int, bytes, bytes | None]] = []
         self.ustate = BatchedState(lambda p, k, v: self.changelog.append((p, k, v)),
-                                   clock=NOW.timestamp)
+                                   clock=NOW.timestamp, tracked=(GRANT,))  # as build_app
         rstate = BatchedState(lambda p, k, v: None, clock=NOW.timestamp)
         grace = timedelta(minutes=10)
-        users = UserStage(BUDGETS, Pricer(BUDGETS.prices), self.ustate, self.flags,
+        users = UserStage(budgets, Pricer(budgets.prices), self.ustate, self.flags,
                           lambda a: True, grace, counters)
-        features = RollupStage(BUDGETS, rstate, self.flags, lambda a: True, grace, counters)
+        features = RollupStage(budgets, rstate, self.flags, lambda a: True, grace, counters)
         self.rollup_topic: list[tuple[bytes, bytes]] = []
         self.partitions: list[int | None] = []
         self.dlq: list[tuple[Record, str, bytes | None]] = []
@@ -187,3 +189,26 @@ async def test_forwards_go_one_message_per_rollup_partition_and_each_window_wher
     await w.roll()
     assert [w.flags.keys[spend_feature(f)]["events"] for f in ("chat", "search", "faq")] == \
         [2, 1, 2]
+
+
+async def test_a_grant_raises_the_budget_also_after_the_state_is_restored() -> None:
+    # The state tracks which partitions ever held a grant, so a user without one costs no
+    # lookup; a grant set by a control record or restored from the changelog is tracked.
+    budgets = parse_budgets({"users": {"default_tier": "free", "tiers": {"free": {"usd": "0.05"}}},
+                             "prices": {"m": {"input": 10, "output": 10}}})
+    w = Pipeline(budgets)
+    assert not w.ustate.may_hold(0, GRANT)
+    await w.users.process([Record(0, 0, grant("u1", "0.10", ts=NOW).to_json()),
+                           Record(0, 1, event("u1").to_json())], NOW)
+    assert w.ustate.may_hold(0, GRANT) and not w.ustate.may_hold(1, GRANT)
+    spend = w.flags.keys[spend_user("u1")]
+    assert (spend["budget_usd"], spend["granted_usd"]) == ("0.15", "0.10")
+
+    restored = BatchedState(lambda p, k, v: None, clock=NOW.timestamp, tracked=(GRANT,))
+    recover(restored, w.changelog)
+    assert restored.may_hold(0, GRANT)
+    again = Pipeline(budgets)
+    again.ustate.partitions = restored.partitions
+    await again.users.process([Record(0, 2, event("u1").to_json())], NOW)
+    spend = again.flags.keys[spend_user("u1")]
+    assert (spend["events"], spend["budget_usd"], spend["granted_usd"]) == (2, "0.15", "0.10")
