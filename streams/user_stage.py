@@ -95,11 +95,14 @@ class UserStage(Stage):
                    None if limit.tokens is None else limit.tokens * lowest)
             for tier, limit in budgets.users.tiers.items()}
         """Per tier, the spend below which a user window cannot leave level OK."""
-        self._minutes: dict[tuple[int, str, datetime, str | None, str, bool, bool], Totals] = {}
+        self._minutes: dict[tuple[int, str, int, str | None, str, bool, bool], Totals] = {}
         """This batch's sums per (partition, feature, minute, provider, model, audited,
         priced): everything the stage-two windows need, summed before they are touched."""
-        self._spans: dict[float, tuple[Window, datetime, str]] = {}
+        self._spans: dict[float, tuple[Window, int, str]] = {}
         """This batch's minutes (epoch seconds) and what :meth:`_span` says of them."""
+        self._minute_at: dict[int, datetime] = {}
+        """The start of each of this batch's minutes, by its epoch seconds (the per-minute
+        sums are keyed by the number: a datetime is hashed anew at every lookup)."""
         self._clock = 0.0
         """The state's clock, read once per batch: when this batch's event ids were seen."""
         self._owner: dict[tuple[int, str], tuple[str, Window]] = {}
@@ -126,6 +129,7 @@ class UserStage(Stage):
             self._cutoff = late_cutoff(now, self.grace)
             self._clock = self.state.clock()
             self._spans.clear()
+            self._minute_at.clear()
         priced = self.pricer.price_event(event)
         # Only provider-reported counts are worth auditing: an estimated event's input
         # is the app's own count already.
@@ -167,13 +171,14 @@ class UserStage(Stage):
         sums.add(c, audit=True)
         return True
 
-    def _span(self, ts: datetime) -> tuple[Window, datetime, str]:
+    def _span(self, ts: datetime) -> tuple[Window, int, str]:
         """The day window, the minute and the user-window prefix (late or not) of ``ts``,
         kept for the rest of the batch: most events of a batch share a few minutes."""
         day = window_of("day", ts)
         minute = window_of("minute", ts)  # never raises, even for year 1 or 9999
-        span = (day, minute.start, LATE if day.ended_before(self._cutoff) else "u|")
+        span = (day, minute.start_epoch, LATE if day.ended_before(self._cutoff) else "u|")
         self._spans[minute.start_epoch] = span
+        self._minute_at[minute.start_epoch] = minute.start
         return span
 
     def _spread(self) -> None:
@@ -185,8 +190,10 @@ class UserStage(Stage):
         features: dict[tuple[int, str, datetime], Totals] = {}
         minutes: dict[tuple[int, datetime], Totals] = {}
         calls = self.counters.calls
-        for (partition, feature, ts, provider, model, audited, priced), sums in (
+        minute_at = self._minute_at
+        for (partition, feature, epoch, provider, model, audited, priced), sums in (
                 self._minutes.items()):
+            ts = minute_at[epoch]
             calls[feature, False] += sums.events - sums.cache_hits
             calls[feature, True] += sums.cache_hits
             total = features.get((partition, feature, ts))

@@ -278,14 +278,14 @@ class Pricer:
             if len(self._cards) >= _MAX_CACHED:
                 self._cards.clear()
             entry = self._cards[id(price)] = (price, _compile(price))
-            if entry[1] == _UNPRICEABLE:
+            if entry[1] is _UNPRICEABLE:
                 logger.warning("model %r is priced per %s, not per token: counted as unpriced; "
                                "add it under `prices:` in the budgets file", info.id,
                                ", ".join(k for k, v in vars(price).items() if v is not None))
         card = entry[1]
-        if card == _UNPRICEABLE:
+        if card is _UNPRICEABLE:  # identity: `==` would call the dataclass's __eq__ per event
             return None
-        if card == _SLOW:
+        if card is _SLOW:
             usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens,
                           cache_read_tokens=cached, cache_write_tokens=written)
             return price.calc_price(usage)["total_price"]
