@@ -23,7 +23,7 @@ from spendstream.contract.alert import Alert, Level
 from spendstream.domain.budgets import Budgets
 from spendstream.domain.ladder import Ladder, Transition, step
 from spendstream.domain.policy import Measure
-from spendstream.domain.totals import Contribution, Totals
+from spendstream.domain.totals import Totals
 from spendstream.domain.windows import Window
 from spendstream.streams.flags import FlagStore
 
@@ -114,12 +114,6 @@ class Stage:
     def _decode(self, partition: int, key: str, raw: bytes | None) -> Totals:
         """The totals in a stored value (stage two also keeps the per-partition parts)."""
         return Totals.decode(raw)
-
-    def _fold(self, partition: int, key: str, window: Window, c: Contribution,
-              audit: bool = False) -> Totals:
-        totals = self._load(partition, key, window)
-        totals.add(c, audit)
-        return totals
 
     def _alert(self, alert: Alert) -> None:
         self.counters.alerts += 1

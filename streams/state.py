@@ -176,13 +176,6 @@ class BatchedState:
         """True when an event with this id digest was already counted in ``partition``."""
         return digest in self.part(partition).dedup
 
-    def admit(self, partition: int, digest: int, offset: int) -> bool:
-        """:meth:`remember` an id not :meth:`seen` yet; ``False`` for one already counted."""
-        if self.seen(partition, digest):
-            return False
-        self.remember(partition, digest, offset)
-        return True
-
     def remember(self, partition: int, digest: int, offset: int) -> None:
         """Record an event as counted (its id, and the source offset reached)."""
         self.part(partition).remember(digest, offset, self.clock())
