@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 import orjson
@@ -66,7 +66,28 @@ def _no_control_chars(value: str) -> str:
     return value
 
 
-class UsageEvent(BaseModel):
+class _Outcome:
+    """What both forms of a usage event (:class:`UsageEvent`, :class:`Decoded`) derive
+    from their fields."""
+
+    __slots__ = ()
+    if TYPE_CHECKING:
+        status: str
+        input_tokens: int
+        output_tokens: int
+
+    @property
+    def ok(self) -> bool:
+        """Only successful calls cost money; failed calls are counted but free."""
+        return self.status == "ok"
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens (cached input is part of input)."""
+        return self.input_tokens + self.output_tokens
+
+
+class UsageEvent(_Outcome, BaseModel):
     """What one model call used and cost; the JSON contract of ``spendstream.usage``."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
@@ -160,16 +181,6 @@ class UsageEvent(BaseModel):
     def _ser_cost(self, v: Decimal | None) -> str | None:
         return None if v is None else str(v)
 
-    @property
-    def ok(self) -> bool:
-        """Only successful calls cost money; failed calls are counted but free."""
-        return self.status == "ok"
-
-    @property
-    def total_tokens(self) -> int:
-        """Input plus output tokens (cached input is part of input)."""
-        return self.input_tokens + self.output_tokens
-
     def to_json(self) -> bytes:
         """The wire form: compact UTF-8 JSON, ``None`` fields left out (and no cache writes
         when there were none, so the common event is what it always was)."""
@@ -184,7 +195,7 @@ class UsageEvent(BaseModel):
         return self.user_id.encode()
 
 
-class Decoded(msgspec.Struct, frozen=True, gc=False):
+class Decoded(_Outcome, msgspec.Struct, frozen=True, gc=False):
     """A usage event as the worker and the ledger read it from Kafka: the fields of
     :class:`UsageEvent`, validated exactly as the model validates them, in a plain struct
     (building one costs a tenth of building the model: this is the worker's hot path).
@@ -207,16 +218,6 @@ class Decoded(msgspec.Struct, frozen=True, gc=False):
     local_input_tokens: int | None = None
     cache_hit: bool | None = None
     saved_usd: Decimal | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Only successful calls cost money; failed calls are counted but free."""
-        return self.status == "ok"
-
-    @property
-    def total_tokens(self) -> int:
-        """Input plus output tokens (cached input is part of input)."""
-        return self.input_tokens + self.output_tokens
 
     def to_model(self) -> UsageEvent:
         """The same event as the validated model (without validating it again)."""
