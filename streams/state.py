@@ -145,8 +145,7 @@ class BatchedState:
 
     def get(self, partition: int, key: str) -> dict[str, Any] | None:
         """The current value of ``key`` (including this batch's writes), or ``None``."""
-        p = self.part(partition)
-        raw = p.dirty[key] if key in p.dirty else p.records.get(key)
+        raw = self.get_raw(partition, key)
         return None if raw is None else orjson.loads(raw)
 
     def put(self, partition: int, key: str, value: dict[str, Any] | None) -> None:
