@@ -77,7 +77,8 @@ def test_ledger_rides_out_a_postgres_outage_without_delaying_flags(
         send("acct-1", 30, "0.001")
         flag = wait_until(lambda: keys.get("cutoff:user:acct-3"), 60,
                           "acct-3's cutoff flag while PostgreSQL is down", check=worker.alive)
-        assert Decimal(flag["spent"]) == Decimal("0.06")
+        # The spend of the batch that reached $0.05 (the 5th event, or the 6th with it).
+        assert Decimal(flag["spent"]) in (Decimal("0.05"), Decimal("0.06")), flag
         assert published.settle(keys, 30, kinds=("user",), check=worker.alive) == []
         wait_until(lambda: "unavailable" in worker.output(), 30,
                    "the ledger's outage warning", check=worker.alive)

@@ -94,7 +94,10 @@ def test_worker_rides_out_a_frozen_then_emptied_redis_and_logs_no_secret(
         own_redis.start()
         flag = wait_until(lambda: keys.get(cutoff_user("restarted")), 30,
                           "the cutoff flag after the restart", check=worker.alive)
-        assert Decimal(flag["spent"]) == Decimal("0.0610") and Decimal(flag["budget"]) == BUDGET
+        # A flag holds the spend of the batch that reached its level: the 9th event crossed
+        # $0.05, and the 10th came in the same batch or a later one.
+        assert Decimal(flag["spent"]) in (Decimal("0.0549"), Decimal("0.0610")), flag
+        assert Decimal(flag["budget"]) == BUDGET
         # Keys touched during the outage are exact; "frozen" was not touched, and the
         # restart lost what Redis held, so it is checked apart.
         wait_until(lambda: all(
