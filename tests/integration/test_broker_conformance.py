@@ -9,6 +9,7 @@ watermark (``streams/consumer.py``, 3).
 from __future__ import annotations
 
 import asyncio
+import select
 import signal
 import subprocess
 import sys
@@ -133,7 +134,7 @@ from aiokafka import AIOKafkaConsumer
 
 async def main(bootstrap, topic, group, instance):
     c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
-                         group_instance_id=instance, session_timeout_ms=60000,
+                         group_instance_id=instance, session_timeout_ms=30000,
                          heartbeat_interval_ms=1000)
     await c.start()
     while not c.assignment():
@@ -148,23 +149,29 @@ asyncio.run(main(*sys.argv[1:]))
 def _assigned(proc: subprocess.Popen[str], timeout: float) -> list[str] | None:
     """What a member script (``MEMBER``, ``DYNAMIC_MEMBER``) printed after "assigned" once
     it got partitions; ``None`` if it exited or ``timeout`` seconds passed first."""
+    assert proc.stdout is not None
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.stdout is not None
-        if proc.poll() is not None:
+    while (left := deadline - time.monotonic()) > 0:
+        # readline alone would block past the deadline (a broker that waited out the dead
+        # member's session would still pass); the script prints whole lines, one at a time
+        if not select.select([proc.stdout], [], [], left)[0]:
             return None
-        words = proc.stdout.readline().split()
+        line = proc.stdout.readline()
+        if not line:  # exited
+            return None
+        words = line.split()
         if words[:1] == ["assigned"]:
             return words[1:]
     return None
 
 
-@pytest.mark.slow  # about a minute: two joins of the embedded broker's group
+@pytest.mark.slow  # half a minute: two joins of the embedded broker's group
 def test_a_static_member_killed_and_restarted_gets_its_partitions_before_its_session_ends(
         broker, uid, tmp_path):
     """``SPENDSTREAM_GROUP_INSTANCE_ID``: a restarted worker is the same member, so the
-    broker hands its partitions back without waiting out the dead one's session (60 s
-    here; the wait below is far shorter, so a broker without static membership fails)."""
+    broker hands its partitions back without waiting out the dead one's session (30 s
+    here, then a join of 15 s: the 25 s wait below fails a broker without static
+    membership)."""
     topic = f"static-{uid}"
     asyncio.run(ensure_topics(broker.bootstrap, [topic], 2))
     script = tmp_path / "member.py"
@@ -179,7 +186,7 @@ def test_a_static_member_killed_and_restarted_gets_its_partitions_before_its_ses
         first.wait()
     again = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
-        assert _assigned(again, 40) is not None, (
+        assert _assigned(again, 25) is not None, (
             "the restarted static member waited for the old session")
     finally:
         again.kill()
@@ -192,7 +199,7 @@ from aiokafka import AIOKafkaConsumer
 
 async def main(bootstrap, topic, group):
     c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
-                         session_timeout_ms=60000, heartbeat_interval_ms=1000)
+                         session_timeout_ms=30000, heartbeat_interval_ms=1000)
     await c.start()
     while not c.assignment():
         await c.getmany(timeout_ms=100)
@@ -208,10 +215,11 @@ def test_leave_group_for_a_killed_member_frees_its_partitions_before_its_session
         broker, uid, tmp_path):
     """What a restarted worker does with the member id its killed predecessor left
     (``streams/consumer.py``, 6): in a stable group, LeaveGroup on that id, and the next member
-    is assigned without waiting out the dead one's session (60 s here; the wait below is
-    far shorter, so a broker that ignored the LeaveGroup fails). The embedded broker
-    answers 0 for an unknown member too, so the worker cannot tell from the answer whether
-    the member was still there."""
+    is assigned without waiting out the dead one's session. The embedded broker completes a
+    join after half the session (15 s here); without the LeaveGroup the dead member holds
+    the group for its whole 30 s session first (45 s in all), so the 25 s wait below fails
+    a broker that ignored it. The embedded broker answers 0 for an unknown member too, so
+    the worker cannot tell from the answer whether the member was still there."""
     topic, group = f"leave-{uid}", f"g-{uid}"
     asyncio.run(ensure_topics(broker.bootstrap, [topic], 2))
     script = tmp_path / "member.py"
@@ -243,7 +251,7 @@ def test_leave_group_for_a_killed_member_frees_its_partitions_before_its_session
     assert done.startswith("removed it with LeaveGroup (answer 0)"), done
     after = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
-        assert _assigned(after, 40) is not None, (
+        assert _assigned(after, 25) is not None, (
             "the new member waited for the dead one's session")
     finally:
         after.kill()
