@@ -29,7 +29,8 @@ from functools import partial
 from typing import Any
 
 from spendstream.contract.control import MARKER, control_of
-from spendstream.contract.event import MAX_FUTURE_SECONDS, Horizon, MalformedEvent, decode_events
+from spendstream.contract.decode import Horizon, decode_events
+from spendstream.contract.event import MAX_FUTURE_SECONDS, MalformedEvent
 from spendstream.contract.ledger import GrantRow, LedgerRow, grant_row, ledger_row
 from spendstream.domain.budgets import Budgets
 from spendstream.domain.pricing import Pricer

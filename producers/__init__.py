@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from spendstream.contract.event import MalformedEvent, UsageEvent, decode_event
+from spendstream.contract.decode import decode_event
+from spendstream.contract.event import MalformedEvent, UsageEvent
 from spendstream.domain.budgets import Budgets, load_budgets, parse_budgets
 
 if TYPE_CHECKING:

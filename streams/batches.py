@@ -16,13 +16,8 @@ from typing import Any
 import orjson
 
 from spendstream.contract.control import MARKER, control_of
-from spendstream.contract.event import (
-    MAX_FUTURE_SECONDS,
-    Decoded,
-    Horizon,
-    MalformedEvent,
-    decode_events,
-)
+from spendstream.contract.decode import Horizon, decode_events
+from spendstream.contract.event import MAX_FUTURE_SECONDS, Decoded, MalformedEvent
 from spendstream.contract.rollup import MalformedRollup, RollupMessage
 from spendstream.streams.grants import apply_control
 from spendstream.streams.rollup_stage import RollupStage

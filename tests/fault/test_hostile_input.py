@@ -4,7 +4,7 @@
 objects with wrong types, huge or negative numbers, unknown schema versions, unicode and
 control characters in ids, messages just over the 64 KiB limit), each followed by a good
 event. Whether a generated message is valid is decided by
-:func:`spendstream.contract.event.decode_event`, the worker's own decoder: some unicode
+:func:`spendstream.contract.decode.decode_event`, the worker's own decoder: some unicode
 ids are valid events and must be counted. Every invalid one must land in ``<topic>.dlq``
 unchanged, with the decoder's reason in ``x-spendstream-reason``; the worker stays up; the
 good events are counted to the cent. The run prints its hypothesis seed; ``FAULT_SEED``
@@ -28,12 +28,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from spendstream.contract.event import (
-    MAX_EVENT_BYTES,
-    MalformedEvent,
-    decode_event,
-    decode_events,
-)
+from spendstream.contract.decode import decode_event, decode_events
+from spendstream.contract.event import MAX_EVENT_BYTES, MalformedEvent
 from spendstream.contract.keys import spend_feature
 from tests.fault.faultkit import Ledger, Message, Stack, message, usage
 from tests.helpers import wait_until

@@ -24,7 +24,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from spendstream.contract.event import MalformedEvent, decode_events
+from spendstream.contract.decode import decode_events
+from spendstream.contract.event import MalformedEvent
 from tests.fault.faultkit import Ledger, Message, Stack, message, usage
 from tests.fault.poison_worker import POISON
 from tests.helpers import wait_until

@@ -8,14 +8,8 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from spendstream.contract.event import (
-    Decoded,
-    Horizon,
-    MalformedEvent,
-    UsageEvent,
-    decode_event,
-    decode_events,
-)
+from spendstream.contract.decode import Horizon, decode_event, decode_events
+from spendstream.contract.event import Decoded, MalformedEvent, UsageEvent
 
 BASE = {"schema": 1, "event_id": "b3f1", "ts": "2026-11-23T10:00:00Z", "user_id": "acct-7",
         "feature": "chat", "model": "gpt-4o", "provider": "openai", "input_tokens": 1200,
@@ -123,7 +117,7 @@ def test_a_cache_hit_keeps_its_flag_and_saving_on_the_fast_path():
 
 @pytest.mark.parametrize("change", VARIANTS, ids=[str(v) for v in VARIANTS])
 def test_fast_path_builds_what_the_model_builds(change):
-    from spendstream.contract.event import _fast
+    from spendstream.contract.decode import _fast
     data = {**BASE, **change}
     try:
         expected = UsageEvent.model_validate(data) if data.get("schema") == 1 else None
@@ -164,7 +158,7 @@ def test_a_broken_packed_record_is_one_rejection(value, reason):
 
 
 def test_everyday_events_take_the_fast_path():
-    from spendstream.contract.event import _fast
+    from spendstream.contract.decode import _fast
     for change in ({}, {"provider": None, "cost_usd": None}, {"local_input_tokens": 5},
                    {"ts": "2026-11-23T11:00:00+01:00"}):
         assert _fast({**BASE, **change}) is not None

@@ -7,7 +7,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spendstream.contract.event import MalformedEvent, UsageEvent, decode_event
+from spendstream.contract.decode import decode_event
+from spendstream.contract.event import MalformedEvent, UsageEvent
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)  # what JSON encoders emit
 JSON = st.recursive(

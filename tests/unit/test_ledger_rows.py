@@ -176,7 +176,7 @@ def test_the_ledger_keeps_exactly_what_the_worker_counts() -> None:
 
     import orjson
 
-    from spendstream.contract.event import origin_id
+    from spendstream.contract.decode import origin_id
     from spendstream.domain.budgets import parse_budgets
     from spendstream.ledger.consumer import LedgerConsumer
 
