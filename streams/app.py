@@ -26,15 +26,11 @@ from spendstream.domain.pricing import Pricer
 from spendstream.kafka_auth import kafka_client_kwargs
 from spendstream.settings import Settings
 from spendstream.streams.batches import Record, RollupBatches, UserBatches, recover
-from spendstream.streams.consumer import (
-    BatchFeed,
-    Chunk,
-    PreviousMember,
-    TableManager,
-    WorkerApp,
-)
+from spendstream.streams.consumer import TableManager, WorkerApp
+from spendstream.streams.feed import BatchFeed, Chunk
 from spendstream.streams.flags import RedisFlagSink
 from spendstream.streams.grants import GRANT
+from spendstream.streams.membership import PreviousMember
 from spendstream.streams.memory import trim as trim_memory
 from spendstream.streams.observe import BatchTimer, Health, ObservabilityServer, Sources
 from spendstream.streams.rollup_stage import RollupStage

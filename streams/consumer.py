@@ -56,15 +56,16 @@ this module adds:
    new member's join then completed with the dead one still in it, its sync waited for
    that member's assignment, and the worker took its partitions back only about 18 s
    later (measured: 18.1 s without, 5.0 s with what follows, the 5 s being the broker's
-   own join delay). The worker writes its member id to its state directory after each
-   assignment (:class:`PreviousMember`) and removes it when it stops cleanly (aiokafka
-   then leaves the group); on start, the consumer thread first sends LeaveGroup for a
-   member id it finds there, as the dead process would have on a clean stop, if the group
-   is stable (:func:`remove_dead_member`: mid-rebalance that wedged the embedded broker's
-   group when the dead member was its elected leader). A file left
-   by a process that is still running is never used (two workers started on one state
-   directory do not expel each other), and static membership
-   (``SPENDSTREAM_GROUP_INSTANCE_ID``) needs none of it.
+   own join delay, half the session timeout). The worker writes its member id to its
+   state directory after each assignment (:class:`PreviousMember`) and removes it when it
+   stops cleanly (aiokafka then leaves the group); on start, the consumer thread first
+   sends LeaveGroup for a member id it finds there, as the dead process would have on a
+   clean stop, if the group is stable (:func:`remove_dead_member`: mid-rebalance that
+   wedged the embedded broker's group when the dead member was its elected leader). A
+   file left by a process that is still running is never used (two workers started on
+   one state directory do not expel each other), and static membership
+   (``SPENDSTREAM_GROUP_INSTANCE_ID``) needs none of it. Both live in
+   ``streams/membership.py``.
 7. *No second of sleep at start.* faust's ``TableManager.on_start`` sleeps 1 s before it
    registers the tables' changelogs, so that tables declared while the app starts are
    included; the worker declares all of its tables before it starts (``build_app``), so
@@ -85,116 +86,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
 from time import monotonic
 from typing import Any, cast
 
 import aiokafka
 import faust
-from aiokafka.client import ConnectionGroup, CoordinationType
-from aiokafka.protocol.admin import DescribeGroupsRequest
-from aiokafka.protocol.group import LeaveGroupRequest
 from faust.tables.manager import TableManager as FaustTableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, TransportT
 
+from spendstream.streams.feed import BatchFeed
+from spendstream.streams.membership import PreviousMember, remove_dead_member
+
 log = logging.getLogger("spendstream.worker")
 
 FETCH_MAX_WAIT_MS = 100
-RECORD_OVERHEAD = 256
-"""What a fetched record costs in memory besides its value (aiokafka's ``ConsumerRecord``,
-its key and headers): with one event per record, about as much as the value itself."""
 PROBE_TIMEOUT = 30.0
 """Seconds the end-offset probe may take before recovery fails (and faust retries it)."""
-
-
-class PreviousMember:
-    """The consumer-group member id of the last process on a state directory (see the
-    module docstring, 6): written after each assignment, read at start."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def save(self, group: str, member_id: str) -> None:
-        """Record ``member_id`` as this process's (atomically: a crash leaves the old one)."""
-        body = json.dumps({"group": group, "member_id": member_id, "pid": os.getpid()})
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(body)
-        tmp.replace(self.path)
-
-    def clear(self) -> None:
-        """The process left its group (a clean stop): nothing for the next start to do."""
-        with contextlib.suppress(OSError):
-            self.path.unlink(missing_ok=True)
-
-    def stale(self, group: str) -> str | None:
-        """The member id a dead process of ``group`` left here, or ``None`` (no file, another
-        group, unreadable, or written by a process that still runs)."""
-        try:
-            saved = json.loads(self.path.read_text())
-            member_id, pid = saved["member_id"], int(saved["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if saved.get("group") != group or not isinstance(member_id, str) or not member_id:
-            return None
-        if pid != os.getpid() and _running(pid):
-            return None
-        return member_id
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
-async def leave_group(client: Any, group: str, member_id: str) -> int:
-    """Send LeaveGroup for ``member_id`` to the group's coordinator; the error code
-    (0: it was a member and is gone; 25, unknown member: it had left already; the embedded
-    broker answers 0 to both)."""
-    node = await client.coordinator_lookup(CoordinationType.GROUP, group)
-    response = await client.send(node, LeaveGroupRequest(group, member_id),
-                                 group=ConnectionGroup.COORDINATION)
-    return int(response.error_code)
-
-
-async def group_state(client: Any, group: str) -> tuple[str, frozenset[str]]:
-    """The group's state (``Stable``, ``Empty``, ... as the coordinator names it) and its
-    members' ids, from DescribeGroups."""
-    node = await client.coordinator_lookup(CoordinationType.GROUP, group)
-    response = await client.send(node, DescribeGroupsRequest([group]),
-                                 group=ConnectionGroup.COORDINATION)
-    described = response.groups[0]
-    return str(described[2]), frozenset(str(m[0]) for m in described[5])
-
-
-async def remove_dead_member(client: Any, group: str, member_id: str) -> str:
-    """Send LeaveGroup for a dead process's member, but only while the group is stable
-    with that member in it; what was done, for the log.
-
-    Mid-rebalance the embedded broker must not get it: a member elected leader that died
-    before its SyncGroup and is then removed by LeaveGroup stays the leader the broker
-    names for good, and every other member's sync fails from then on (the group is
-    wedged; without the LeaveGroup the dead member's session ends and the group
-    recovers). ``bench/tansu_leader_leave.py`` shows both.
-    """
-    state, members = await group_state(client, group)
-    if member_id not in members:
-        return f"it is no longer in the group (state {state})"
-    if state != "Stable":
-        return (f"not removed: the group is rebalancing (state {state}), so it waits for "
-                "that member's session to time out")
-    code = await leave_group(client, group, member_id)
-    return f"removed it with LeaveGroup (answer {code})"
 
 
 def _previous_member(app: Any) -> PreviousMember | None:
@@ -292,110 +202,6 @@ async def fetched_highwaters(probe: aiokafka.AIOKafkaConsumer, listed: Mapping[T
             raise TimeoutError(f"no fetch answer for {list(tps)} within {timeout}s")
         await probe.getmany(*tps.values(), timeout_ms=200)
     return {tp: max(listed[tp], probe.highwater(ktp)) for tp, ktp in tps.items()}
-
-
-Chunk = tuple[TP, list[Any]]
-"""One partition's records from one fetch (aiokafka ``ConsumerRecord`` s, in offset order)."""
-
-
-class BatchFeed:
-    """The fetched records of one topic, waiting for the loop that counts them.
-
-    :meth:`put` takes one partition's records of a fetch (it waits while :attr:`limit`
-    bytes are queued: the fetch waits with it); :meth:`take` hands the loop everything
-    queued (at least one fetch, up to about ``most`` records) and :meth:`finished` marks it
-    counted, which is what the consumer commits. :meth:`settle` drops what is queued and
-    waits for the batch in hand: before a rebalance or a stop, so no record is counted
-    after its partition is gone, and nothing queued is committed.
-    """
-
-    def __init__(self, topic: str, limit: int) -> None:
-        self.topic = topic
-        self.limit = limit
-        self.counted: dict[TP, int] = {}
-        """Per partition, the offset after the last record counted (what may be committed)."""
-        self.read: dict[TP, int] = {}
-        """Per partition, the offset of the last record queued."""
-        self._chunks: deque[tuple[TP, list[Any], int]] = deque()
-        """Queued chunks, each with its :meth:`weight` (worked out once, on :meth:`put`)."""
-        self._size = 0
-        self._epoch = 0
-        self._more = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    @property
-    def queued(self) -> int:
-        """Bytes waiting to be taken (values, and :data:`RECORD_OVERHEAD` per record)."""
-        return self._size
-
-    @staticmethod
-    def weight(records: list[Any]) -> int:
-        """What ``records`` count against :attr:`limit`."""
-        return (sum(len(r.value) if r.value else 0 for r in records)
-                + RECORD_OVERHEAD * len(records))
-
-    async def put(self, tp: TP, records: list[Any]) -> None:
-        """Queue one partition's records (in offset order); dropped if :meth:`settle` runs
-        while this waits for room."""
-        epoch = self._epoch
-        while self._size >= self.limit:
-            self._room.clear()
-            await self._room.wait()
-            if epoch != self._epoch:
-                return
-        weight = self.weight(records)
-        self._chunks.append((tp, records, weight))
-        self._size += weight
-        self.read[tp] = records[-1].offset
-        self._more.set()
-
-    async def take(self, most: int) -> list[Chunk]:
-        """Everything queued, at least one chunk and whole chunks up to ``most`` records;
-        waits for a first one. The caller must call :meth:`finished` with it, or
-        :meth:`abandon`."""
-        while not self._chunks:
-            self._more.clear()
-            await self._more.wait()
-        taken: list[Chunk] = []
-        n = 0
-        while self._chunks and (not taken or n + len(self._chunks[0][1]) <= most):
-            tp, records, weight = self._chunks.popleft()
-            taken.append((tp, records))
-            n += len(records)
-            self._size -= weight
-        self._room.set()
-        self._idle.clear()
-        return taken
-
-    def finished(self, chunks: Iterable[Chunk]) -> None:
-        """The chunks :meth:`take` gave are counted: their offsets may be committed."""
-        counted = self.counted
-        for tp, records in chunks:
-            end = records[-1].offset + 1
-            if end > counted.get(tp, -1):
-                counted[tp] = end
-        self._idle.set()
-
-    def abandon(self) -> None:
-        """The batch in hand was not counted (the loop stops): nothing of it is committed."""
-        self._idle.set()
-
-    async def settle(self) -> None:
-        """Drop what is queued; wait until the batch in hand is finished or abandoned."""
-        self._epoch += 1
-        self._chunks.clear()
-        self._size = 0
-        self._room.set()
-        await self._idle.wait()
-
-    def forget(self, tps: Iterable[TP]) -> None:
-        """Partitions gone (revoked): nothing more to commit or report for them."""
-        for tp in tps:
-            self.counted.pop(tp, None)
-            self.read.pop(tp, None)
 
 
 class _Consumer(faust_aiokafka.Consumer):

@@ -20,7 +20,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.structs import OffsetAndMetadata
 
-from spendstream.streams.consumer import fetched_highwaters, group_state, remove_dead_member
+from spendstream.streams.consumer import fetched_highwaters
+from spendstream.streams.membership import group_state, remove_dead_member
 from spendstream.streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration

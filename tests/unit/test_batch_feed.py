@@ -12,7 +12,8 @@ from types import SimpleNamespace
 
 from faust.types import TP
 
-from spendstream.streams.consumer import BatchFeed, PreviousMember
+from spendstream.streams.feed import BatchFeed
+from spendstream.streams.membership import PreviousMember
 
 A, B = TP("usage", 0), TP("usage", 1)
 

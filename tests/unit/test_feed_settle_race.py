@@ -16,7 +16,8 @@ from types import SimpleNamespace
 
 from faust.types import TP
 
-from spendstream.streams.consumer import BatchFeed, _Consumer
+from spendstream.streams.consumer import _Consumer
+from spendstream.streams.feed import BatchFeed
 from tests.unit.test_batch_feed import recs
 
 P0, P1, P2 = TP("usage", 0), TP("usage", 1), TP("usage", 2)
