@@ -22,9 +22,9 @@ from typing import Any
 
 from spendstream.errors import ConfigError
 from spendstream.producers.guard import Admission
+from spendstream.producers.wrappers.endpoint import GuardedEndpoint
 from spendstream.producers.wrappers.streams import (
     GuardedClient,
-    GuardedEndpoint,
     StreamMeter,
 )
 

@@ -21,6 +21,7 @@ from typing import Any
 from spendstream.errors import ConfigError
 from spendstream.producers.guard import Admission
 from spendstream.producers.tokens import count_text
+from spendstream.producers.wrappers.endpoint import GuardedEndpoint
 from spendstream.producers.wrappers.responses import (
     AsyncEmbeddings,
     AsyncResponses,
@@ -29,7 +30,6 @@ from spendstream.producers.wrappers.responses import (
 )
 from spendstream.producers.wrappers.streams import (
     GuardedClient,
-    GuardedEndpoint,
     Passthrough,
     StreamMeter,
 )

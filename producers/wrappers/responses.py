@@ -15,7 +15,8 @@ from typing import Any
 from spendstream.errors import InputTooLong
 from spendstream.producers.guard import Admission
 from spendstream.producers.tokens import count_text
-from spendstream.producers.wrappers.streams import GuardedEndpoint, StreamMeter
+from spendstream.producers.wrappers.endpoint import GuardedEndpoint
+from spendstream.producers.wrappers.streams import StreamMeter
 
 PROVIDER = "openai"
 
