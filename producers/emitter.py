@@ -17,6 +17,9 @@ with the same ``spill_dir`` and topic, before any new event.
 
 With ``pack`` (the default) each round's events go out as one packed record per partition
 (see :mod:`spendstream.producers._packing`): the worker's cost is per record, not per event.
+A round's records are sent, and their acknowledgements settled, by
+:class:`~spendstream.producers._sending.BatchSender`; this module keeps the buffer, the
+spill file and the loop around it.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError
 
 from spendstream.contract.event import UsageEvent
 from spendstream.errors import ConfigError
@@ -45,7 +47,8 @@ from spendstream.producers._delivery import (
     in_emitter,
     quiet_client_chatter,
 )
-from spendstream.producers._packing import PACK_MAX_BYTES, Message, Packed, pack, singles, split
+from spendstream.producers._packing import PACK_MAX_BYTES, Message
+from spendstream.producers._sending import BatchSender
 from spendstream.producers._spill import SpillFile
 from spendstream.settings import kafka_bootstrap
 
@@ -105,11 +108,12 @@ class Emitter:
         self.bootstrap_servers = bootstrap_servers
         self.buffer_size = buffer_size
         self._request_timeout = request_timeout_ms / 1000
-        self._pack = pack
         # Within the producer's limit (aiokafka's default 1 MiB), with a margin for the key,
         # header and batch overhead it counts as well.
-        self._pack_max_bytes = min(PACK_MAX_BYTES,
-                                   producer_kwargs.get("max_request_size", 1048576) - 1024)
+        self._sender = BatchSender(
+            topic, pack=pack, request_timeout=self._request_timeout,
+            pack_max_bytes=min(PACK_MAX_BYTES,
+                               producer_kwargs.get("max_request_size", 1048576) - 1024))
         # acks="all": a spend record acknowledged by one replica only can vanish on failover.
         self._producer_kwargs: dict[str, Any] = {
             "acks": "all", "client_id": "spendstream-emitter", **producer_kwargs,
@@ -439,96 +443,18 @@ class Emitter:
     async def _send_batch(self, producer: AIOKafkaProducer) -> list[Message]:
         """Send the in-flight batch; return the events to retry, in their original order."""
         batch = self._inflight
-        unsettled = set(range(len(batch)))  # positions neither acknowledged nor given up
-        error: BaseException | None = None
-        records: list[Packed] | None = None  # packed below, once the topic's metadata is in
-        while records is None or records:  # a second round: packed records split up
-            queued: list[tuple[Packed, asyncio.Future[Any]]] = []
-            try:
-                # send() waits for topic metadata, which hangs while the broker is unreachable.
-                async with asyncio.timeout(self._request_timeout):
-                    if records is None:
-                        records = await self._records(producer, batch)
-                    await self._hand_over(producer, records, queued, unsettled)
-            except Exception as e:
-                error = error or e
-            records, failed = await self._settle(queued, unsettled)
-            error = error or failed
-        if unsettled:
-            with self._lock:
-                self.stats.errors += 1
-            self._outage(f"cannot deliver usage events to Kafka topic {self.topic!r}: {error!r}")
-        return [batch[i] for i in sorted(unsettled)]
-
-    async def _records(self, producer: AIOKafkaProducer, batch: list[Message]) -> list[Packed]:
-        if not self._pack:
-            return singles(batch)
-        partitions = await producer.partitions_for(self.topic)
-        return pack(batch, len(partitions), self._pack_max_bytes)
-
-    async def _hand_over(self, producer: AIOKafkaProducer, records: list[Packed],
-                         queued: list[tuple[Packed, asyncio.Future[Any]]],
-                         unsettled: set[int]) -> None:
-        """Queue ``records`` in the producer; one over its size limit is split or given up."""
-        for record in records:
-            try:
-                queued.append((record, await producer.send(
-                    self.topic, record.value, key=record.key, partition=record.partition,
-                    headers=list(record.headers))))
-            except MessageSizeTooLargeError as e:
-                if len(record.messages) > 1:
-                    await self._hand_over(producer, split(record), queued, unsettled)
-                else:
-                    self._give_up(e)
-                    unsettled.difference_update(record.positions)
-
-    async def _settle(self, queued: list[tuple[Packed, asyncio.Future[Any]]],
-                      unsettled: set[int]) -> tuple[list[Packed], BaseException | None]:
-        """Wait for the acknowledgements and settle what they decide; return the packed
-        records the broker refused as too large, split up to go again, and the first error."""
-        if not queued:
-            return [], None
-        # The producer fails a batch after request_timeout; the margin is for its retries.
-        done, _ = await asyncio.wait([f for _, f in queued], timeout=2 * self._request_timeout + 1)
-        resend: list[Packed] = []
-        error: BaseException | None = None
-        sent = 0
-        for record, fut in queued:
-            if fut not in done:
-                # Retried now; the producer may still deliver it (a duplicate, fine) or
-                # fail it later, and that outcome must not surface as an unretrieved error.
-                fut.add_done_callback(_outcome)
-            exc = _outcome(fut) if fut in done else TimeoutError("no acknowledgement")
-            if exc is None:
-                sent += len(record.messages)
-                unsettled.difference_update(record.positions)
-            elif not isinstance(exc, MessageSizeTooLargeError):
-                error = error or exc
-            elif len(record.messages) > 1:
-                # Sent after the round's later records of that partition: those few events
-                # lose their order (event time, not order, places them in windows).
-                resend += split(record)
-                self._shrink_packs(len(record.value), exc)
-            else:
-                self._give_up(exc)
-                unsettled.difference_update(record.positions)
+        outcome = await self._sender.send(producer, batch)
+        for error in outcome.rejected:
+            log.error("usage event rejected by Kafka and dropped: %r", error)
         with self._lock:
-            self.stats.sent += sent
-        return resend, error
-
-    def _shrink_packs(self, refused: int, error: BaseException) -> None:
-        """Pack smaller from now on: the broker's limit is below what the producer's was."""
-        if refused // 2 < self._pack_max_bytes:
-            self._pack_max_bytes = refused // 2
-            log.warning("Kafka refused a packed record of %d bytes (%r); packing at most %d "
-                        "bytes from now on", refused, error, self._pack_max_bytes)
-
-    def _give_up(self, error: BaseException) -> None:
-        """Drop an event the broker will never take: retrying it would stall all others."""
-        log.error("usage event rejected by Kafka and dropped: %r", error)
-        with self._lock:
-            self.stats.errors += 1
-            self._count_dropped(1, f"rejected by Kafka: {error!r}")
+            self.stats.sent += outcome.sent
+            self.stats.errors += len(outcome.rejected) + bool(outcome.failed)
+            for error in outcome.rejected:
+                self._count_dropped(1, f"rejected by Kafka: {error!r}")
+        if outcome.failed:
+            self._outage(f"cannot deliver usage events to Kafka topic {self.topic!r}: "
+                         f"{outcome.error!r}")
+        return [batch[i] for i in outcome.failed]
 
     def _outage(self, message: str) -> None:
         """Log the first failure of an outage as a warning, the repeats at debug level."""
@@ -565,8 +491,3 @@ def settings_options(settings: Settings) -> dict[str, Any]:
     return {**kafka_client_kwargs(settings), "spill_dir": settings.emitter_spill_dir,
             "spill_max_bytes": settings.spill_max_bytes, "pack": settings.pack_events}
 
-
-def _outcome(fut: asyncio.Future[Any]) -> BaseException | None:
-    if fut.cancelled():
-        return asyncio.CancelledError()
-    return fut.exception()

@@ -190,7 +190,7 @@ async def test_a_packed_record_the_producer_refuses_goes_event_by_event(
     await create_topic(broker.bootstrap, topic)
     events = make_events(100, uid)
     emitter = Emitter(broker.bootstrap, topic, max_request_size=4096)
-    emitter._pack_max_bytes = 64 * 1024  # packs too big for the producer: it raises at send
+    emitter._sender.pack_max_bytes = 64 * 1024  # packs too big for the producer: it raises at send
     async with emitter:
         assert all([emitter.emit(e) for e in events])
         assert await emitter.flush(30)

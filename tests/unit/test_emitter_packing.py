@@ -82,10 +82,10 @@ async def test_a_refused_packed_record_is_resent_event_by_event(
 
 def test_settings_turn_packing_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SPENDSTREAM_STATE_DIR", str(tmp_path))
-    assert Emitter.from_settings(load_settings())._pack is True
+    assert Emitter.from_settings(load_settings())._sender.pack is True
     monkeypatch.setenv("SPENDSTREAM_PACK_EVENTS", "false")
-    assert Emitter.from_settings(load_settings())._pack is False
-    assert Emitter.from_settings(load_settings(), pack=True)._pack is True  # options win
+    assert Emitter.from_settings(load_settings())._sender.pack is False
+    assert Emitter.from_settings(load_settings(), pack=True)._sender.pack is True  # options win
 
 
 def test_a_custom_partitioner_needs_packing_off() -> None:
