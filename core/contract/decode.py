@@ -180,11 +180,14 @@ def _may_repeat(raw: bytes, keys: int) -> bool:
     """A cheap screen for a repeated key (orjson keeps the last value silently, so a second
     ``user_id`` would move the event to another user): in compact JSON every key ends in
     ``":``, so a text with more of those than the parsed objects have keys may repeat one.
-    Texts the screen cannot judge (escapes, a space before a colon) go to the exact check
-    too; only a text that fails the screen pays for it. (A two-byte search costs as much as
-    the count, a one-byte one almost nothing: the rare byte is looked for first.)"""
+    Texts the screen cannot judge (escapes, whitespace between a key and its colon) go to
+    the exact check too; only a text that fails the screen pays for it. A tab, newline or
+    carriage return can only be whitespace between tokens (inside a string JSON escapes
+    them), so any of them sends the text to the exact check. (A two-byte search costs as
+    much as the count, a one-byte one almost nothing: the rare byte is looked for first.)"""
     return (raw.count(b'":') != keys or (b"\\" in raw and b"\\u" in raw)
-            or (b" " in raw and b'" :' in raw))
+            or (b" " in raw and b" :" in raw)
+            or b"\t" in raw or b"\n" in raw or b"\r" in raw)
 
 
 class _Pairs(dict[str, Any]):

@@ -226,6 +226,19 @@ def test_contract_checks(value, reason):
     assert reason in e.value.reason
 
 
+@pytest.mark.parametrize("space", [" ", "  ", "\t", "\n", "\r", "\r\n", " \t", "\n  "])
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_repeated_key_is_caught_whatever_whitespace_surrounds_its_colon(space, packed):
+    """JSON allows any of space, tab, newline and carriage return between a key and its
+    colon; a second ``cost_usd`` so spelled must not replace the first unseen."""
+    dup = raw(cost_usd="0.001")[:-1] + f',"cost_usd"{space}:{space}"50"}}'.encode()
+    out = decode_events(b"[" + raw() + b"," + dup + b"]" if packed else dup,
+                        origin=("t", 0, 0))
+    bad = out[-1]
+    assert isinstance(bad, MalformedEvent) and "cost_usd: repeated key" in bad.reason
+    assert all(isinstance(e, Decoded) for e in out[:-1])
+
+
 def test_a_repeated_key_costs_only_its_own_element():
     dup = raw()[:-1] + b',"user_id":"acct-8"}'
     out = decode_events(b"[" + raw() + b"," + dup + b"," + raw(event_id="x") + b"]")
