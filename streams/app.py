@@ -21,6 +21,7 @@ from mode import Service
 
 from spendstream.alerts import AlertDispatcher, Notifier, handover
 from spendstream.contract.alert import Alert
+from spendstream.contract.dead_letter import dead_letter as contract_dead_letter
 from spendstream.domain.budgets import Budgets
 from spendstream.domain.pricing import Pricer
 from spendstream.kafka_auth import kafka_client_kwargs
@@ -299,17 +300,17 @@ def build_app(settings: Settings, budgets: Budgets, notifier: Notifier,
 
     async def dead_letter(record: Record, reason: str, element: bytes | None = None) -> None:
         """The original key and bytes to the DLQ, with why and where they came from (a bad
-        element of a packed record goes alone, its good neighbours are counted)."""
-        counters.dead_letters += 1
+        element of a packed record goes alone, its good neighbours are counted).
+
+        A send that fails raises: the batch is then retried, never committed with this
+        record neither counted nor dead-lettered. A record too big to produce again goes
+        cut (``contract/dead_letter.py``), so no record can fail this for good."""
         m = record.source  # the Kafka record (aiokafka's ConsumerRecord)
-        source = f"{m.topic}/{m.partition}/{m.offset}"
-        try:
-            await dlq.send(key=m.key, value=m.value if element is None else element, headers={
-                "x-spendstream-reason": reason.encode(),
-                "x-spendstream-source": source.encode()})
-        except Exception:  # the loop must go on counting: the message stays in its topic
-            log.exception("could not dead-letter %s (%s); it is still at that offset",
-                          source, reason)
+        key, value, headers = contract_dead_letter(
+            m.key, m.value if element is None else element, reason,
+            f"{m.topic}/{m.partition}/{m.offset}")
+        await dlq.send(key=key, value=value, headers=headers)
+        counters.dead_letters += 1
 
     async def forward(key: bytes, value: bytes, partition: int | None) -> None:
         await rollup.send(key=key, value=value, partition=partition)

@@ -3,6 +3,7 @@ worker`` as raw JSON and judged by what the worker leaves in Redis and the DLQ."
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -11,6 +12,8 @@ import orjson
 import pytest
 import yaml
 
+from spendstream.contract import dead_letter
+from spendstream.contract.decode import MAX_RECORD_EVENTS
 from spendstream.domain.budgets import parse_budgets
 from spendstream.embedded import EmbeddedRedis
 from spendstream.producers.guard import Guard
@@ -266,3 +269,43 @@ def test_spend_keys_come_back_after_redis_restarts_empty(broker, uid, tmp_path):
         assert worker.proc.returncode == 0, worker.output()
     finally:
         server.stop()
+
+
+def test_records_too_big_to_produce_again_go_to_the_dlq_cut_and_their_neighbours_count(
+        broker, redis_url, uid, tmp_path):
+    """A 2 MB event and a packed record of 10,001 events (2.4 MB) are over the worker's
+    limits and over the 1 MB a producer sends by default: each goes to the DLQ cut to
+    512 KiB, with its size and SHA-256, and the events around them count exactly. (Before,
+    the DLQ send failed, the record was counted as dead-lettered, and its offset was
+    committed with it in neither place.)"""
+    stack = Stack(broker.bootstrap, broker.url, redis_url, uid, tmp_path, PLAIN_BUDGETS)
+    stack.create_topics()
+    keys = stack.redis()
+    ledger = Ledger()
+    big = usage("acct-big", pad="x" * 2_000_000)
+    many = [usage("acct-many") for _ in range(MAX_RECORD_EVENTS + 1)]
+    oversize = [message(big), (b"acct-many", orjson.dumps(many))]
+    good = [usage(f"acct-{i}", cost="0.25") for i in range(6)]
+    for e in good:
+        ledger.add(e)
+    worker = stack.worker()
+    try:
+        stack.publish([message(e) for e in good[:3]] + oversize
+                      + [message(e) for e in good[3:]])
+        assert ledger.settle(keys, 60, check=worker.alive) == []
+        wait_until(lambda: worker.status()["dead_letters"] == 2, 30, "two dead letters",
+                   check=worker.alive)
+        dead = stack.read(".dlq", 2)
+    finally:
+        stack.close()
+    assert worker.proc.returncode == 0, worker.output()
+    assert len(dead) == 2
+    dead.sort(key=lambda r: r.key != b"acct-big")  # two keys: two DLQ partitions, any order
+    for record, (key, value) in zip(dead, oversize, strict=True):
+        headers = dict(record.headers)
+        assert record.key == key and value.startswith(record.value)
+        assert len(record.value) == dead_letter.MAX_VALUE_BYTES
+        assert headers[dead_letter.ORIGINAL_BYTES] == str(len(value)).encode()
+        assert headers[dead_letter.ORIGINAL_SHA256] == hashlib.sha256(value).hexdigest().encode()
+    why = reasons(dead)
+    assert "over the 65536 limit" in why[0] and "over the 1048576 limit" in why[1], why
