@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+import psycopg
+
 from spendstream.contract.control import MARKER, control_of
 from spendstream.contract.decode import Horizon, decode_events
 from spendstream.contract.event import MAX_FUTURE_SECONDS, MalformedEvent
@@ -62,6 +64,9 @@ class LedgerStats:
     """Rows that were new in the database (``rows - written`` were already there)."""
     batches: int = 0
     outages: int = 0
+    refused: int = 0
+    """Rows PostgreSQL refused as data (a value it cannot hold): logged and skipped, so
+    one row never holds the ledger back; the worker counted their events."""
     down_since: float | None = None
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -201,6 +206,38 @@ class LedgerConsumer:
 
     async def _write_rows(self, rows: list[LedgerRow | GrantRow],
                           meanwhile: Callable[[], object] | None = None) -> int:
+        """Store ``rows``; when PostgreSQL refuses one as data (a class 22 error: the same
+        row fails every time), the batch is split until the rows it refuses are found and
+        skipped, instead of retried whole for ever."""
+        ran = False
+
+        def once() -> None:
+            nonlocal ran
+            if not ran and meanwhile is not None:
+                ran = True
+                meanwhile()
+
+        try:
+            return await self._write_group(rows, once)
+        except psycopg.errors.DataError:
+            once()  # the next group is decoded once, whatever failed
+            return await self._write_apart(rows)
+
+    async def _write_apart(self, rows: list[LedgerRow | GrantRow]) -> int:
+        try:
+            return await self._write_group(rows)
+        except psycopg.errors.DataError as e:
+            if len(rows) > 1:
+                half = len(rows) // 2
+                return await self._write_apart(rows[:half]) + await self._write_apart(
+                    rows[half:])
+            self.stats.refused += 1
+            log.error("ledger: PostgreSQL cannot store %r (%s); skipped (the worker counted "
+                      "it)", rows[0], str(e).strip())
+            return 0
+
+    async def _write_group(self, rows: list[LedgerRow | GrantRow],
+                           meanwhile: Callable[[], object] | None = None) -> int:
         assert self._writer is not None
         grants = [r for r in rows if type(r) is GrantRow]
         if not grants:

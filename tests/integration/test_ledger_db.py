@@ -293,3 +293,28 @@ def test_report_shows_each_features_cache_hits_and_hit_rate(database_url):
             if r["feature"] == "faq"] == [(8, 2)]
     table = cli(database_url, "report").stdout
     assert "feature  calls  spend" in table and "cache_hits  hit_rate" in table
+
+
+def test_a_row_postgresql_cannot_hold_is_skipped_and_the_rest_are_written(database_url):
+    """One row PostgreSQL refuses as data (a NUL in text; the decoder rejects it now, but
+    the ledger must not hang on whatever it misses next): the consumer finds it by halving
+    the batch and skips it; before, the whole batch was retried for ever."""
+    from spendstream.domain.budgets import parse_budgets
+    from spendstream.ledger.consumer import LedgerConsumer
+
+    rows: list = rows_at("2026-11-23T10:15:00Z", 9)
+    rows.insert(4, rows[4]._replace(event_id="bad", provider="a\x00b"))
+    consumer = LedgerConsumer(database_url, "127.0.0.1:9", "t", "g", parse_budgets({}))
+    calls = []
+
+    async def go() -> int:
+        consumer._writer = await LedgerWriter.open(database_url)
+        try:
+            return await consumer._write_rows(rows, lambda: calls.append(1))
+        finally:
+            await consumer._writer.close()
+
+    assert asyncio.run(go()) == 9
+    assert consumer.stats.refused == 1 and calls == [1]  # the next group decoded once
+    assert one(database_url, "SELECT count(*) FROM cost_logs WHERE event_id = 'bad'") == (0,)
+    assert one(database_url, "SELECT count(*) FROM cost_logs") == (9,)
