@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -25,7 +25,6 @@ from spendstream.contract.event import (
     CONTROL_CHARS,
     EARLIEST,
     LATEST,
-    MAX_COST_PER_EVENT,
     MAX_EVENT_BYTES,
     MAX_FUTURE_SECONDS,
     MAX_TOKENS_PER_EVENT,
@@ -33,6 +32,7 @@ from spendstream.contract.event import (
     Decoded,
     MalformedEvent,
     UsageEvent,
+    money,
 )
 
 MAX_RECORD_BYTES = 1024 * 1024
@@ -290,7 +290,9 @@ def _build(w: _Wire, plain: bool, origin: Origin | None, index: int | None
         if origin is None:
             return None
         event_id = origin_id(origin, index)
-    if not plain and CONTROL_CHARS.search(event_id + w.user_id + w.feature + w.model):
+    if not plain and CONTROL_CHARS.search("".join((
+            event_id, w.user_id, w.feature, w.model, w.provider or "", w.status,
+            w.finish_reason or ""))):
         return None
     if w.cached_input_tokens + w.cache_write_input_tokens > w.input_tokens:
         return None
@@ -318,13 +320,8 @@ def _build(w: _Wire, plain: bool, origin: Origin | None, index: int | None
 
 
 def _money(text: str) -> Decimal | None:
-    try:
-        d = Decimal(text)
-    except InvalidOperation:
-        return None
-    if not d.is_finite() or d < 0 or d > MAX_COST_PER_EVENT:
-        return None
-    return d
+    d = money(text)
+    return None if isinstance(d, str) else d
 
 
 def _explain(e: ValidationError) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
@@ -39,6 +39,36 @@ MAX_FUTURE_SECONDS = 300
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(3000, 1, 1, tzinfo=UTC)
 """Timestamps outside ``[EARLIEST, LATEST)`` are absurd, whatever form they come in."""
+
+MAX_COST_DECIMALS = 18
+"""Decimal places an amount may have: sums of them stay exact (28 significant digits in
+Python's default context hold $10 billion to the 18th place) and PostgreSQL stores them."""
+_MONEY_TEXT = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_QUANTUM = Decimal(1).scaleb(-MAX_COST_DECIMALS)
+
+
+def money(text: str) -> Decimal | str:
+    """The amount a money string holds, or why it holds none (for the DLQ reason).
+
+    ASCII digits with an optional point and exponent only (``Decimal`` alone would also
+    take ``"1_0"`` as 10, spaces, other scripts' digits, signs, ``NaN``), from 0 to
+    :data:`MAX_COST_PER_EVENT`, with at most :data:`MAX_COST_DECIMALS` places once
+    trailing zeros are dropped."""
+    if not _MONEY_TEXT.fullmatch(text):
+        return 'must be a decimal string such as "0.0123"'
+    d = Decimal(text)
+    if d > MAX_COST_PER_EVENT:
+        return f"must be between 0 and {MAX_COST_PER_EVENT}"
+    if not d:
+        return Decimal(0)  # whatever exponent it was written with
+    _, digits, exponent = d.as_tuple()
+    if isinstance(exponent, int) and exponent < -MAX_COST_DECIMALS:
+        zeros = len(digits) - len(bytes(digits).rstrip(b"\0"))
+        if exponent + zeros < -MAX_COST_DECIMALS:
+            return f"more than {MAX_COST_DECIMALS} decimal places"
+        d = d.quantize(_QUANTUM)  # only trailing zeros go
+    return d
+
 
 _ID = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 _TOKENS = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS_PER_EVENT)]
@@ -115,10 +145,12 @@ class UsageEvent(_Outcome, BaseModel):
     saved_usd: Decimal | None = None
     """For a cache hit: what the original call cost, so the cache's savings add up."""
 
-    @field_validator("event_id", "user_id", "feature", "model")
+    @field_validator("event_id", "user_id", "feature", "model", "provider", "status",
+                     "finish_reason")
     @classmethod
-    def _printable(cls, v: str) -> str:
-        return _no_control_chars(v)
+    def _printable(cls, v: str | None) -> str | None:
+        # Every string lands in keys, logs or the ledger (PostgreSQL text holds no NUL).
+        return v if v is None else _no_control_chars(v)
 
     @field_validator("ts", mode="before")
     @classmethod
@@ -154,14 +186,15 @@ class UsageEvent(_Outcome, BaseModel):
         if isinstance(v, int | float):  # bool too
             raise ValueError("must be a decimal string such as \"0.0123\", not a JSON number "
                              "(a binary float cannot hold every amount exactly)")
-        if not isinstance(v, str | Decimal):
+        if isinstance(v, Decimal):
+            if not v.is_finite() or v < 0:
+                raise ValueError(f"must be between 0 and {MAX_COST_PER_EVENT}")
+            v = str(v)
+        if not isinstance(v, str):
             raise ValueError("must be a decimal string such as \"0.0123\"")
-        try:
-            d = Decimal(str(v))
-        except InvalidOperation as e:
-            raise ValueError("must be a decimal string such as \"0.0123\"") from e
-        if not d.is_finite() or d < 0 or d > MAX_COST_PER_EVENT:
-            raise ValueError(f"must be between 0 and {MAX_COST_PER_EVENT}")
+        d = money(v)
+        if isinstance(d, str):
+            raise ValueError(d)
         return d
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from spendstream.contract.decode import Horizon, decode_event, decode_events
 from spendstream.contract.event import Decoded, MalformedEvent, UsageEvent
@@ -91,7 +92,47 @@ VARIANTS = [
     {"cache_hit": "yes"}, {"saved_usd": 1}, {"saved_usd": "-1"}, {"ts": "2026-11-23T10:00:00"},
     {"ts": "9999-12-20T00:00:00Z"}, {"user_id": "a\\u0000b"}, {"cache_hit": True},
     {"cache_hit": False}, {"cache_hit": None}, {"saved_usd": -1},
+    {"cost_usd": "1_0"}, {"cost_usd": " 1 "}, {"cost_usd": "\uff11"}, {"cost_usd": "-0"},
+    {"cost_usd": "1e-20000"}, {"cost_usd": "1.5e-18"}, {"cost_usd": "1e-18"},
+    {"cost_usd": "0.100000000000000000000"}, {"cost_usd": "0E-30000"}, {"cost_usd": ".5"},
+    {"saved_usd": "99999.99000000000000000000000001"}, {"cost_usd": "Infinity"},
+    {"provider": "a\u0000b"}, {"status": "ok\u0007"}, {"finish_reason": "stop\n"},
 ]
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("1_0", "decimal string"),  # Decimal() reads it as 10
+    (" 1 ", "decimal string"), ("\uff11", "decimal string"), ("-0", "decimal string"),
+    ("+1", "decimal string"), ("Infinity", "decimal string"),
+    ("1e-20000", "more than 18 decimal places"),  # PostgreSQL cannot store it
+    ("99999.99000000000000000000000001", "more than 18 decimal places"),  # sums round
+    ("100000.000000000000000001", "between 0 and 100000"),
+])
+def test_money_is_plain_ascii_decimal_with_at_most_18_places(text, reason):
+    with pytest.raises(MalformedEvent, match=reason):
+        decode_event(raw(cost_usd=text))
+    with pytest.raises(MalformedEvent, match=reason):
+        decode_event(raw(cache_hit=True, saved_usd=text))
+    with pytest.raises(ValidationError, match=reason):
+        UsageEvent(user_id="u", feature="f", model="m", cost_usd=text)
+
+
+@pytest.mark.parametrize("field", ["provider", "status", "finish_reason"])
+def test_no_string_of_an_event_holds_a_control_character(field):
+    """PostgreSQL text cannot hold a NUL: one such event stalled the ledger."""
+    with pytest.raises(MalformedEvent, match=f"{field}: .*control characters"):
+        decode_event(raw(**{field: "a\x00b"}))
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("1E-7", "1E-7"), ("0.000000000000000001", "1E-18"), (".5", "0.5"),
+    ("0.100000000000000000000", "0.1"),  # trailing zeros are not places
+    ("0E-30000", "0"), ("1e5", "100000"),
+])
+def test_money_in_any_plain_form_is_its_exact_value(text, value):
+    event = decode_event(raw(cost_usd=text))
+    assert event.cost_usd == Decimal(value)
+    assert decode_event(event.to_json()).cost_usd == Decimal(value)  # and it round-trips
 
 
 def test_a_packed_record_decodes_as_its_elements_do_alone():
