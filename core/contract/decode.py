@@ -290,9 +290,7 @@ def _build(w: _Wire, plain: bool, origin: Origin | None, index: int | None
         if origin is None:
             return None
         event_id = origin_id(origin, index)
-    if not plain and CONTROL_CHARS.search("".join((
-            event_id, w.user_id, w.feature, w.model, w.provider or "", w.status,
-            w.finish_reason or ""))):
+    if not plain and CONTROL_CHARS.search(event_id + w.user_id + w.feature + w.model):
         return None
     if w.cached_input_tokens + w.cache_write_input_tokens > w.input_tokens:
         return None

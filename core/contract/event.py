@@ -145,12 +145,10 @@ class UsageEvent(_Outcome, BaseModel):
     saved_usd: Decimal | None = None
     """For a cache hit: what the original call cost, so the cache's savings add up."""
 
-    @field_validator("event_id", "user_id", "feature", "model", "provider", "status",
-                     "finish_reason")
+    @field_validator("event_id", "user_id", "feature", "model")
     @classmethod
-    def _printable(cls, v: str | None) -> str | None:
-        # Every string lands in keys, logs or the ledger (PostgreSQL text holds no NUL).
-        return v if v is None else _no_control_chars(v)
+    def _printable(cls, v: str) -> str:
+        return _no_control_chars(v)
 
     @field_validator("ts", mode="before")
     @classmethod

@@ -296,9 +296,9 @@ def test_report_shows_each_features_cache_hits_and_hit_rate(database_url):
 
 
 def test_a_row_postgresql_cannot_hold_is_skipped_and_the_rest_are_written(database_url):
-    """One row PostgreSQL refuses as data (a NUL in text; the decoder rejects it now, but
-    the ledger must not hang on whatever it misses next): the consumer finds it by halving
-    the batch and skips it; before, the whole batch was retried for ever."""
+    """One row PostgreSQL refuses as data (here a NUL in text, which ``ledger_row``
+    replaces; the ledger must not hang on whatever a check misses next): the consumer
+    finds it by halving the batch and skips it; before, the batch was retried for ever."""
     from spendstream.domain.budgets import parse_budgets
     from spendstream.ledger.consumer import LedgerConsumer
 
