@@ -1,7 +1,7 @@
 """Budgets files shipped with spendstream: the documented example and the demo's."""
 
 EXAMPLE_BUDGETS = """\
-# spendstream budgets file: see the README's "Budgets file" section.
+# spendstream budgets file: every key is in docs/budgets.md.
 thresholds: {warn: 0.8, cutoff: 1.0, alert: 1.2}
 users:
   period: day                       # UTC day

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -236,9 +236,35 @@ def parse_budgets(data: object, source: str = "budgets") -> Budgets:
             key = ".".join(str(p) for p in err["loc"]) or "(top level)"
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
-                msg = "unknown key (check the spelling against the README's budgets file)"
+                msg = "unknown key (check the spelling against docs/budgets.md)"
             lines.append(f"  {key}: {msg}")
         raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines)) from e
+
+
+class _RepeatedKey(Exception):
+    """A mapping that names one key twice (YAML itself would keep the last value)."""
+
+    def __init__(self, key: object, first: int, again: int) -> None:
+        super().__init__(f"key {key!r} is given twice (line {first} and line {again})")
+        self.key, self.first, self.again = key, first, again
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a repeated key: in a budgets file the second
+    ``usd:`` of a tier would otherwise replace the first without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False
+                          ) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` then a key of base's: an override, not a repeat
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _RepeatedKey(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def load_budgets(path: Path) -> Budgets:
@@ -250,8 +276,17 @@ def load_budgets(path: Path) -> Budgets:
             f"budgets file {path} not found: set SPENDSTREAM_BUDGETS or run "
             "`spendstream init` to write an example"
         ) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"budgets file {path} is not UTF-8 text (byte {e.start}); give "
+                          "the YAML file, e.g. one `spendstream init` writes") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read budgets file {path} ({e.strerror or e}); give a "
+                          "readable YAML file") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+    except _RepeatedKey as e:
+        raise ConfigError(f"{path}: {e}: give each key once (YAML would keep only the "
+                          "last)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from e
     return parse_budgets(data, source=str(path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -61,3 +62,36 @@ def test_missing_file_and_bad_yaml_say_what_to_do(tmp_path):
     listy.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_budgets(listy)
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ("users:\n  tiers:\n    free: {usd: 0.1}\nusers:\n  tiers:\n    free: {usd: 100}\n",
+     "key 'users' is given twice (line 1 and line 4)"),
+    ("users:\n  tiers:\n    free: {usd: 0.1, usd: 100}\n",
+     "key 'usd' is given twice (line 3 and line 3)"),
+    ("users:\n  tiers:\n    free: {usd: 0.1}\n    free: {usd: 100}\n",
+     "key 'free' is given twice (line 3 and line 4)"),
+])
+def test_a_repeated_key_is_an_error_not_the_last_value(tmp_path, text, named):
+    """YAML keeps the last of two equal keys: a $0.10 tier would become $100 unseen."""
+    path = tmp_path / "budgets.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_budgets(path)
+
+
+def test_a_merge_key_is_not_a_repeat(tmp_path):
+    path = tmp_path / "budgets.yaml"
+    path.write_text("users:\n  tiers:\n    free: &b {usd: 0.1, tokens: 100}\n"
+                    "    pro:\n      <<: *b\n      usd: 1\n")
+    tiers = load_budgets(path).users.tiers
+    assert (tiers["pro"].usd, tiers["pro"].tokens) == (Decimal(1), 100)
+
+
+def test_a_file_that_is_not_text_or_not_a_file_is_one_clear_error(tmp_path):
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_budgets(binary)
+    with pytest.raises(ConfigError, match="cannot read budgets file .*Is a directory"):
+        load_budgets(tmp_path)
