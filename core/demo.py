@@ -179,17 +179,21 @@ def run_demo(settings: Settings, keep_running: bool = False, timeout: float = 12
             return 1
         assert stack.database_url is not None
         _ledger_report(stack.database_url, emitted)
-        say("demo OK: a warning, a cutoff and an alert happened. Inspect them with:")
+        say("demo OK: a warning, a cutoff and an alert happened.")
+        if not keep_running:
+            # The embedded servers keep nothing: what follows would find them gone.
+            say("The embedded stack stops now. Run `spendstream demo --keep-running` to "
+                "look around: the dashboard, `spendstream flags`, `report` and `sql`.")
+            return 0
+        say("Inspect them with:")
         say(f"  the dashboard: {stack.dashboard_url}")
         say(f"  {stack.env_hint()}")
         say("  spendstream flags          # active cutoff/warn keys with reasons and TTLs")
         say("  spendstream report         # the spend ledger: top features, users, models")
         say('  spendstream sql "SELECT feature, SUM(cost_usd) FROM cost_logs GROUP BY 1"')
         say(f"  alerts are also on the Kafka topic {settings.alert_topic}")
-        if keep_running:
-            say("still running (--keep-running); Ctrl-C to stop")
-            return stack.wait()
-        return 0
+        say("still running (--keep-running); Ctrl-C to stop")
+        return stack.wait()
     except KeyboardInterrupt:
         return 130
     finally:

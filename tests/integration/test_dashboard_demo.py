@@ -41,6 +41,9 @@ def test_demo_dashboard_shows_warning_cutoff_and_alert(redis_server, tmp_path):
         url = first.group(1)
         wait_until(lambda: any("demo OK" in line for line in lines), 200, "demo OK",
                    check=lambda: proc.poll() is None or pytest.fail("".join(lines)))
+        wait_until(lambda: any("still running (--keep-running)" in line for line in lines),
+                   30, "the demo staying up")
+        assert any("Inspect them with" in line for line in lines), lines
         flags = {f["key"] for f in _get(url + "api/flags")["flags"]}
         assert {"warn:user:acct-7", "cutoff:user:acct-7"} <= flags
         alerts = _get(url + "api/alerts")["alerts"]

@@ -29,6 +29,8 @@ def test_demo_shows_warning_cutoff_and_alert_then_cleans_up(redis_server, tmp_pa
                  "acct-7's next call refused", "demo OK"):
         assert seen in text, (seen, text)
     assert out.stdout.rstrip().endswith("spendstream | stopped")
+    # It does not send the user to a dashboard or ledger that are gone once it exits.
+    assert "spendstream demo --keep-running" in text and "Inspect them with" not in text
     # It ends with the spend ledger's report, once the ledger holds every event.
     emitted = int(re.search(r"the spend ledger holds all (\d+) events", text).group(1))
     report = text[text.index("spend ledger report:"):]
