@@ -43,7 +43,7 @@ MARKER = b'"control"'
 """Bytes every control record holds (its field name); a usage event without them is never
 parsed twice."""
 
-_ID = Annotated[StrictStr, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+_ID = Annotated[StrictStr, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
 
 
 class Control(BaseModel):

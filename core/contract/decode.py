@@ -273,7 +273,8 @@ def _fast_many(items: list[Any], raw: bytes, origin: Origin | None = None
         wires = _wires(items, _WIRES)
     except msgspec.ValidationError:
         return None
-    plain = b"\\" not in raw and b"\x7f" not in raw
+    # U+0080-U+009F (C1) are \xc2\x80-\xc2\x9f in UTF-8: a text without \xc2 holds none
+    plain = b"\\" not in raw and b"\x7f" not in raw and b"\xc2" not in raw
     out: list[Decoded] = []
     for i, w in enumerate(wires):
         event = _build(w, plain, origin, None if len(items) == 1 and raw[:1] != b"[" else i)

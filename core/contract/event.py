@@ -84,8 +84,9 @@ class MalformedEvent(SpendstreamError):
         """The element's JSON when it came from a packed record, else ``None``."""
 
 
-CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-"""What no id may hold: a control character would forge log lines and key separators."""
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""What no id may hold: a control character (C0, DEL or C1, such as the terminal escape
+U+009B) would forge log lines, key separators or a terminal's display."""
 
 
 def _no_control_chars(value: str) -> str:

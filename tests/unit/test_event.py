@@ -97,7 +97,23 @@ VARIANTS = [
     {"cost_usd": "0.100000000000000000000"}, {"cost_usd": "0E-30000"}, {"cost_usd": ".5"},
     {"saved_usd": "99999.99000000000000000000000001"}, {"cost_usd": "Infinity"},
     {"provider": "a\u0000b"}, {"status": "ok\u0007"}, {"finish_reason": "stop\n"},
+    {"user_id": "a\u0085b"}, {"feature": "a\u009b[31mb"}, {"model": "\u00a3\u00e9"},
 ]
+
+
+@pytest.mark.parametrize("text", ["a\u0085b", "\u009b[31mred", "a\u0080", "x\u009f"])
+def test_no_id_holds_a_c1_control_character(text):
+    """U+0080-U+009F are control characters too (U+009B starts a terminal escape)."""
+    with pytest.raises(MalformedEvent, match="control characters"):
+        decode_event(raw(user_id=text))
+    out = decode_events(b"[" + raw() + b"," + raw(event_id="2", feature=text) + b"]")
+    assert isinstance(out[0], Decoded) and isinstance(out[1], MalformedEvent)
+
+
+def test_ids_in_latin_1_and_beyond_are_fine():
+    user = "\u00a3\u00e9\u00a0\u00bf-\u4e2d"  # UTF-8 \xc2 and \xc3 lead bytes, and CJK
+    assert decode_event(raw(user_id=user)).user_id == user
+    assert decode_events(b"[" + raw(user_id=user) + b"]")[0].user_id == user
 
 
 @pytest.mark.parametrize(("text", "reason"), [
