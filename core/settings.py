@@ -6,7 +6,11 @@ where the environment (and an optional settings file) turns into configuration.
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +18,8 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from spendstream.errors import ConfigError
+
+log = logging.getLogger("spendstream.settings")
 
 
 class Settings(BaseSettings):
@@ -198,6 +204,7 @@ def load_settings(settings_file: Path | None = None, **overrides: Any) -> Settin
 
     Raises :class:`ConfigError` naming the bad variable when a value does not parse.
     """
+    _warn_misspelled(os.environ)
     try:
         if settings_file is not None:
             if not settings_file.is_file():
@@ -210,3 +217,18 @@ def load_settings(settings_file: Path | None = None, **overrides: Any) -> Settin
             for err in e.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from e
+
+
+def _warn_misspelled(environ: Mapping[str, str]) -> list[str]:
+    """Warn of each ``SPENDSTREAM_*`` variable that is no setting but close to one (a typo
+    is otherwise ignored: the default applies without a word); the warnings given."""
+    known = {f"SPENDSTREAM_{name.upper()}" for name in Settings.model_fields}
+    said = []
+    for name in sorted(environ):
+        if name.startswith("SPENDSTREAM_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+            if close:
+                said.append(f"{name} is not a spendstream setting (ignored); did you mean "
+                            f"{close[0]}?")
+                log.warning("%s", said[-1])
+    return said
