@@ -21,6 +21,7 @@ from mode import Service
 
 from spendstream.alerts import AlertDispatcher, Notifier, handover
 from spendstream.contract.alert import Alert
+from spendstream.contract.dead_letter import MAX_REQUEST_BYTES
 from spendstream.contract.dead_letter import dead_letter as contract_dead_letter
 from spendstream.domain.budgets import Budgets
 from spendstream.domain.pricing import Pricer
@@ -197,9 +198,8 @@ def _worker_app(settings: Settings, partitions: int, **faust_options: Any) -> Wo
         broker_heartbeat_interval=1.0,
         producer_acks=-1,
         table_standby_replicas=0,
-        # Kafka's default message.max.bytes: a message the broker accepted (up to 1 MiB)
-        # must fit the DLQ unchanged (faust's default is 1,000,000 bytes).
-        producer_max_request_size=1_048_576 + 1024,
+        # A DLQ message (contract/dead_letter.py) must fit; faust's default is 1,000,000.
+        producer_max_request_size=MAX_REQUEST_BYTES,
         **faust_options,
     )
 

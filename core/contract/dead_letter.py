@@ -20,11 +20,13 @@ ORIGINAL_SHA256 = "x-spendstream-original-sha256"
 ORIGINAL_KEY_BYTES = "x-spendstream-original-key-bytes"
 """Set when the key was cut: the original key's length."""
 
-MAX_VALUE_BYTES = 512 * 1024
-"""The longest value dead-lettered whole: half of the default 1 MB producer request limit,
-which the key, the headers and the batch overhead share."""
-MAX_KEY_BYTES = 16 * 1024
+MAX_VALUE_BYTES = 1_000_000
+"""The longest value dead-lettered whole: with the key, the headers and the batch overhead
+it stays under Kafka's default message limit (1 MiB), which the DLQ topic has."""
+MAX_KEY_BYTES = 4 * 1024
 """The longest key dead-lettered whole (a key is a user id: 256 characters at most)."""
+MAX_REQUEST_BYTES = 1_048_576 + 1024
+"""The worker's producer request limit: a DLQ message at the limits above fits."""
 
 
 def dead_letter(key: bytes | None, value: bytes | None, reason: str, source: str

@@ -275,7 +275,7 @@ def test_records_too_big_to_produce_again_go_to_the_dlq_cut_and_their_neighbours
         broker, redis_url, uid, tmp_path):
     """A 2 MB event and a packed record of 10,001 events (2.4 MB) are over the worker's
     limits and over the 1 MB a producer sends by default: each goes to the DLQ cut to
-    512 KiB, with its size and SHA-256, and the events around them count exactly. (Before,
+    1,000,000 bytes, with its size and SHA-256, and the events around them count exactly. (Before,
     the DLQ send failed, the record was counted as dead-lettered, and its offset was
     committed with it in neither place.)"""
     stack = Stack(broker.bootstrap, broker.url, redis_url, uid, tmp_path, PLAIN_BUDGETS)
