@@ -54,11 +54,17 @@ def money(text: str) -> Decimal | str:
     take ``"1_0"`` as 10, spaces, other scripts' digits, signs, ``NaN``), from 0 to
     :data:`MAX_COST_PER_EVENT`, with at most :data:`MAX_COST_DECIMALS` places once
     trailing zeros are dropped."""
-    if not _MONEY_TEXT.fullmatch(text):
+    digits_only = text.replace(".", "", 1)  # "0.0123" checked without the regex
+    if not (digits_only.isascii() and digits_only.isdigit()) and not _MONEY_TEXT.fullmatch(
+            text):
         return 'must be a decimal string such as "0.0123"'
     d = Decimal(text)
     if d > MAX_COST_PER_EVENT:
         return f"must be between 0 and {MAX_COST_PER_EVENT}"
+    point = text.find(".")
+    if (point < 0 or len(text) - point - 1 <= MAX_COST_DECIMALS) and not (
+            "e" in text or "E" in text):
+        return d  # the everyday form, "0.0123": no need to look at its digits
     if not d:
         return Decimal(0)  # whatever exponent it was written with
     _, digits, exponent = d.as_tuple()
