@@ -1,7 +1,7 @@
 """The ``spendstream`` command: worker, up, demo, init, check, flags, health, disable,
 enable, grant, unblock, audit, estimate, report, sql, ledger, dashboard.
 
-``parser`` builds the command line, ``args`` its argument types, ``commands`` (and
+``parser`` builds the command line, ``argtypes`` its argument types, ``commands`` (and
 ``ledger`` for the ledger's) what each command does.
 """
 
