@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from spendstream.contract.event import MAX_TOKENS_PER_EVENT, MalformedEvent
+from spendstream.contract.event import MAX_TOKENS_PER_EVENT, MalformedEvent, no_control_chars
 
 MAX_GRANT_USD = Decimal("100000")
 """Above this a grant is a typo, not a support request."""
@@ -43,7 +44,8 @@ MARKER = b'"control"'
 """Bytes every control record holds (its field name); a usage event without them is never
 parsed twice."""
 
-_ID = Annotated[StrictStr, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
+_ID = Annotated[StrictStr, Field(min_length=1, max_length=256),
+                AfterValidator(no_control_chars)]
 
 
 class Control(BaseModel):

@@ -95,7 +95,9 @@ CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 U+009B) would forge log lines, key separators or a terminal's display."""
 
 
-def _no_control_chars(value: str) -> str:
+def no_control_chars(value: str) -> str:
+    """``value``, or :class:`ValueError` when it holds a :data:`CONTROL_CHARS` character
+    (a pydantic validator: every id of the contracts goes through it)."""
     if CONTROL_CHARS.search(value):
         raise ValueError("must not contain control characters")
     return value
@@ -155,7 +157,7 @@ class UsageEvent(_Outcome, BaseModel):
     @field_validator("event_id", "user_id", "feature", "model")
     @classmethod
     def _printable(cls, v: str) -> str:
-        return _no_control_chars(v)
+        return no_control_chars(v)
 
     @field_validator("ts", mode="before")
     @classmethod

@@ -51,6 +51,16 @@ def test_a_bad_grant_goes_to_the_dlq_with_the_reason(fields: dict, reason: str) 
         control_of(raw)
 
 
+@pytest.mark.parametrize("text", ["a\nb", "a\x00b", "a\x7fb", "a\x85b", "\x9b[31mred"])
+@pytest.mark.parametrize("field", ["user_id", "grant_id"])
+def test_ids_of_a_grant_hold_no_control_character(field: str, text: str) -> None:
+    """The usage event's rule (C0, DEL and C1): one check serves both contracts."""
+    raw = orjson.dumps({"control": "grant", "user_id": "u", "ts": "2026-11-23T10:00:00Z",
+                        "usd": "1", field: text})
+    with pytest.raises(MalformedEvent, match=f"{field}: .*control characters"):
+        control_of(raw)
+
+
 def test_an_unblock_takes_no_amounts() -> None:
     assert unblock("u", ts=TS).control == "unblock"
     with pytest.raises(MalformedEvent, match="takes no usd"):
